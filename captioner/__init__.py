@@ -1,0 +1,27 @@
+"""video-captioner: turn a video into an English sentence.
+
+Heavy modules (torch, decord) are imported on first use, so `import captioner` and
+`captioner --help` stay fast.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "open_features", "Captioner", "CaptionerError"]
+
+
+def __getattr__(name: str):
+    if name == "open_features":
+        from .store import open_features
+
+        return open_features
+    if name == "CaptionerError":
+        from .errors import CaptionerError
+
+        return CaptionerError
+    if name == "Captioner":
+        from .caption import Captioner
+
+        return Captioner
+    raise AttributeError(f"module 'captioner' has no attribute {name!r}")

@@ -1,0 +1,103 @@
+"""Configs are plain dataclasses, loaded from YAML and overridden with `--set key=value`.
+
+Nested dataclasses map to nested YAML mappings; an override addresses them with dots
+(`--set model.hidden_size=512`). Values in overrides are parsed as YAML scalars, so
+`true`, `3`, `1e-3` and `[a, b]` get their natural types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import CaptionerError
+
+T = TypeVar("T")
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def from_dict(cls: type[T], data: dict, source: str = "config") -> T:
+    """Build `cls` from a mapping, refusing unknown keys (typos must not pass silently)."""
+    if not isinstance(data, dict):
+        raise CaptionerError(f"expected a mapping for {cls.__name__}, got {type(data).__name__}", source)
+    types = _field_types(cls)
+    unknown = sorted(set(data) - set(types))
+    if unknown:
+        raise CaptionerError(f"unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
+                             f"known: {', '.join(types)}", source)
+    kwargs = {}
+    for name, value in data.items():
+        tp = types[name]
+        if _is_dataclass_type(tp):
+            value = from_dict(tp, value or {}, source)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def apply_overrides(obj: T, overrides: list[str] | None, source: str = "--set") -> T:
+    """Return a copy of `obj` with `key.sub=value` overrides applied."""
+    data = to_dict(obj)
+    for item in overrides or []:
+        if "=" not in item:
+            raise CaptionerError(f"override {item!r} is not key=value", source)
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node, cls = data, type(obj)
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            types = _field_types(cls)
+            if part not in types or not _is_dataclass_type(types[part]):
+                raise CaptionerError(f"unknown config section {part!r} in override {item!r}", source)
+            node, cls = node[part], types[part]
+        if parts[-1] not in _field_types(cls):
+            raise CaptionerError(f"unknown config key {key!r} in override {item!r}; "
+                                 f"known: {', '.join(_field_types(cls))}", source)
+        node[parts[-1]] = value
+    return from_dict(type(obj), data, source)
+
+
+def load_config(cls: type[T], path: str | os.PathLike | None = None,
+                overrides: list[str] | None = None) -> T:
+    """Load `cls` from a YAML file (or defaults when `path` is None), then apply overrides."""
+    if path is None:
+        obj = cls()
+    else:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise CaptionerError("config file not found", path) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CaptionerError(f"cannot read config: {exc}", path) from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise CaptionerError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path,
+                                 mark.line + 1 if mark else None) from None
+        obj = from_dict(cls, data, str(path))
+    return apply_overrides(obj, overrides)
+
+
+def save_config(obj, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), encoding="utf-8")

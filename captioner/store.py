@@ -1,0 +1,356 @@
+"""The feature store: per-video frame features, the pooled vector and their provenance.
+
+A store is a directory:
+
+    STORE/store.json          what extracted it (backbone, weights checksum, sampling)
+    STORE/videos/<id>.npz     frames (T x D), pooled (D), meta (JSON)
+    STORE/failures.jsonl      the last extraction's failures, one JSON object per line
+
+One file per video, written to a temporary name and renamed into place, is what makes the
+store safe to SIGKILL at any moment: a reader sees a video completely or not at all, and a
+re-run only has to ask which files exist. A single HDF5 file cannot promise that (a killed
+writer can corrupt the whole file), so HDF5 and `.npy` folders are import/export formats.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Iterable, Iterator
+from urllib.parse import quote, unquote
+
+import numpy as np
+
+from .errors import CaptionerError
+
+FORMAT = "captioner-features"
+FORMAT_VERSION = 1
+_SUFFIX = ".npz"
+_TMP_PREFIX = ".tmp-"
+_GROUP_LEAVES = ("features", "frames", "feats")
+
+
+class MissingFeatures(CaptionerError, KeyError):
+    """A video id that the store does not hold."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.format()
+
+
+def _file_name(video_id: str) -> str:
+    # Percent-encoding keeps any id (slashes, spaces, non-ASCII) a single, reversible file name.
+    name = quote(video_id, safe="-_.,=+@")
+    if name.startswith("."):
+        name = "%2E" + name[1:]
+    return name + _SUFFIX
+
+
+def _video_id(file_name: str) -> str:
+    return unquote(file_name[: -len(_SUFFIX)])
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class FeatureStore:
+    """Random access to extracted features by video id.
+
+    Open with `captioner.open_features(path)`; extraction opens it with mode="a".
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: str = "r"):
+        if mode not in ("r", "a"):
+            raise ValueError("mode must be 'r' or 'a'")
+        self.path = Path(path)
+        self.mode = mode
+        self._videos = self.path / "videos"
+        self._index_file = self.path / "store.json"
+        self._ids: list[str] | None = None
+        if mode == "a":
+            self._videos.mkdir(parents=True, exist_ok=True)
+            if not self._index_file.exists():
+                self._write_info({"format": FORMAT, "version": FORMAT_VERSION,
+                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "provenance": None})
+            self._remove_stale_temporaries()
+        elif not self.path.is_dir():
+            raise CaptionerError("feature store not found (run `captioner extract` first)", self.path)
+        elif not self._index_file.exists():
+            raise CaptionerError("not a feature store (no store.json); to read an HDF5 file or a "
+                                 "folder of .npy files, convert it with `captioner features import`",
+                                 self.path)
+        self.info = self._read_info()
+
+    # ----------------------------------------------------------------- store level
+    def _read_info(self) -> dict:
+        try:
+            info = json.loads(self._index_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CaptionerError(f"unreadable store.json: {exc}", self._index_file) from None
+        if info.get("format") != FORMAT:
+            raise CaptionerError("not a captioner feature store", self._index_file)
+        if info.get("version", 0) > FORMAT_VERSION:
+            raise CaptionerError(f"store format version {info['version']} is newer than this "
+                                 f"captioner understands ({FORMAT_VERSION}); upgrade captioner",
+                                 self._index_file)
+        return info
+
+    def _write_info(self, info: dict) -> None:
+        _atomic_write_bytes(self._index_file, json.dumps(info, indent=2, default=_jsonable).encode())
+
+    @property
+    def provenance(self) -> dict | None:
+        """What every video in this store was extracted with (backbone, weights, sampling)."""
+        return self.info.get("provenance")
+
+    def set_provenance(self, provenance: dict) -> None:
+        """Record the extraction settings; refuse to mix features of different extractors."""
+        self._require_writable()
+        current = self.provenance
+        if current is not None and current != provenance and len(self) > 0:
+            differing = sorted(k for k in set(current) | set(provenance)
+                               if current.get(k) != provenance.get(k))
+            raise CaptionerError(
+                "store already holds features extracted with other settings "
+                f"({', '.join(differing)} differ); use another --out or delete the store",
+                self.path)
+        self.info["provenance"] = provenance
+        self._write_info(self.info)
+
+    def _remove_stale_temporaries(self) -> None:
+        # Left behind by a writer that was killed between write and rename; never visible as videos.
+        for entry in os.scandir(self._videos):
+            if entry.name.startswith(_TMP_PREFIX):
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    pass
+
+    def _require_writable(self) -> None:
+        if self.mode != "a":
+            raise CaptionerError("feature store is opened read-only", self.path)
+
+    # ----------------------------------------------------------------- reading
+    def ids(self) -> list[str]:
+        """Sorted ids of every completely written video."""
+        if self._ids is None:
+            self._ids = sorted(_video_id(e.name) for e in os.scandir(self._videos)
+                               if e.name.endswith(_SUFFIX) and not e.name.startswith(_TMP_PREFIX))
+        return list(self._ids)
+
+    def refresh(self) -> None:
+        self._ids = None
+
+    def __len__(self) -> int:
+        return len(self.ids())
+
+    def __contains__(self, video_id: str) -> bool:
+        return (self._videos / _file_name(video_id)).exists()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids())
+
+    def _load(self, video_id: str, key: str):
+        path = self._videos / _file_name(video_id)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return npz[key]
+        except FileNotFoundError:
+            raise MissingFeatures(f"no features for video id {video_id!r}", self.path) from None
+        except (zipfile.BadZipFile, ValueError, OSError, KeyError) as exc:
+            raise CaptionerError(f"corrupt feature file ({exc}); delete it and re-run extraction",
+                                 path) from None
+
+    def pooled(self, video_id: str) -> np.ndarray:
+        """The time-pooled feature vector, shape (D,), float32."""
+        return self._load(video_id, "pooled").astype(np.float32, copy=False)
+
+    def frames(self, video_id: str) -> np.ndarray:
+        """Per-frame (or per-clip) features, shape (T, D), float32."""
+        return self._load(video_id, "frames").astype(np.float32, copy=False)
+
+    def meta(self, video_id: str) -> dict:
+        """Provenance of one video: backbone, weights checksum, frame indices, timestamps, ..."""
+        return json.loads(bytes(self._load(video_id, "meta")).decode("utf-8"))
+
+    def pooled_matrix(self, ids: Iterable[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """All pooled vectors at once, (N, D): what training and retrieval baselines want."""
+        ids = self.ids() if ids is None else list(ids)
+        if not ids:
+            return ids, np.zeros((0, self.feature_dim or 0), np.float32)
+        return ids, np.stack([self.pooled(i) for i in ids])
+
+    @property
+    def feature_dim(self) -> int | None:
+        prov = self.provenance or {}
+        if "feature_dim" in prov:
+            return int(prov["feature_dim"])
+        ids = self.ids()
+        return int(self.pooled(ids[0]).shape[0]) if ids else None
+
+    # ----------------------------------------------------------------- writing
+    def put(self, video_id: str, frames: np.ndarray, meta: dict | None = None,
+            pooled: np.ndarray | None = None) -> None:
+        """Store one video atomically; `pooled` defaults to the mean over time."""
+        self._require_writable()
+        frames = np.asarray(frames, dtype=np.float32)
+        if frames.ndim == 1:
+            frames = frames[None, :]
+        if frames.ndim != 2 or frames.shape[0] == 0:
+            raise ValueError(f"frames must be (T, D) with T >= 1, got {frames.shape}")
+        pooled = frames.mean(axis=0) if pooled is None else np.asarray(pooled, dtype=np.float32)
+        meta_bytes = json.dumps(meta or {}, default=_jsonable, ensure_ascii=False).encode("utf-8")
+        buf = io.BytesIO()
+        np.savez(buf, frames=frames, pooled=pooled, meta=np.frombuffer(meta_bytes, dtype=np.uint8))
+        _atomic_write_bytes(self._videos / _file_name(video_id), buf.getvalue())
+        if self._ids is not None and video_id not in self._ids:
+            self._ids = None
+
+    def delete(self, video_id: str) -> None:
+        self._require_writable()
+        try:
+            os.unlink(self._videos / _file_name(video_id))
+        except FileNotFoundError:
+            pass
+        self._ids = None
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.path)!r}, {len(self)} videos)"
+
+
+def open_features(path: str | os.PathLike, mode: str = "r") -> FeatureStore:
+    """Open a feature store written by `captioner extract` (mode "a" creates it)."""
+    return FeatureStore(path, mode)
+
+
+# --------------------------------------------------------------------- exchange formats
+def export_features(store: FeatureStore, dest: str | os.PathLike, fmt: str = "auto") -> int:
+    """Write every video to one HDF5 file (`dest.h5`) or a folder of `<id>.npy` files.
+
+    HDF5: one (T, D) dataset per video id at the root, with the meta JSON as an attribute
+    (the layout of video_features and most S2VT-style loaders). NPY: `<id>.npy` holding (T, D).
+    """
+    dest = Path(dest)
+    fmt = _resolve_format(dest, fmt)
+    ids = store.ids()
+    if fmt == "hdf5":
+        import h5py
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".partial")
+        with h5py.File(tmp, "w") as h5:
+            h5.attrs["provenance"] = json.dumps(store.provenance or {}, default=_jsonable)
+            for vid in ids:
+                ds = h5.create_dataset(vid.replace("/", "%2F"), data=store.frames(vid))
+                ds.attrs["meta"] = json.dumps(store.meta(vid), default=_jsonable, ensure_ascii=False)
+                ds.attrs["video_id"] = vid
+        os.replace(tmp, dest)
+    else:
+        dest.mkdir(parents=True, exist_ok=True)
+        for vid in ids:
+            np.save(dest / (_file_name(vid)[: -len(_SUFFIX)] + ".npy"), store.frames(vid))
+    return len(ids)
+
+
+def import_features(source: str | os.PathLike, store: FeatureStore, fmt: str = "auto",
+                    provenance: dict | None = None) -> int:
+    """Bring features made by other tools into a store; returns how many videos were added.
+
+    Accepts an HDF5 file whose datasets (at the root or in groups) are (T, D) or (D,) arrays
+    named by video id, or a folder of `<id>.npy` files with the same shapes.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise CaptionerError("no such file or folder", source)
+    fmt = _resolve_format(source, fmt)
+    added = 0
+    dims: set[int] = set()
+
+    def add(vid: str, array, meta: dict) -> None:
+        nonlocal added
+        array = np.asarray(array, dtype=np.float32)
+        if array.ndim not in (1, 2) or array.size == 0:
+            raise CaptionerError(f"video {vid!r} has features of shape {array.shape}; "
+                                 "expected (T, D) or (D,)", source)
+        dims.add(array.shape[-1])
+        if len(dims) > 1:
+            raise CaptionerError(f"videos have different feature sizes {sorted(dims)}", source)
+        store.put(vid, array if array.ndim == 2 else array[None, :], {**meta, "imported_from": str(source)})
+        added += 1
+
+    if fmt == "hdf5":
+        import h5py
+
+        try:
+            h5 = h5py.File(source, "r")
+        except OSError as exc:
+            raise CaptionerError(f"cannot open as HDF5: {exc}", source) from None
+        with h5:
+            def visit(name, obj):
+                if not isinstance(obj, h5py.Dataset):
+                    return
+                parent, _, leaf = name.rpartition("/")
+                # Some tools write one group per video holding a "features" dataset.
+                vid = obj.attrs.get("video_id") or (parent if parent and leaf in _GROUP_LEAVES else name)
+                if isinstance(vid, bytes):
+                    vid = vid.decode("utf-8")
+                meta_raw = obj.attrs.get("meta")
+                meta = json.loads(meta_raw) if isinstance(meta_raw, (str, bytes)) else {}
+                add(str(vid).replace("%2F", "/"), obj[()], meta)
+
+            h5.visititems(visit)
+    else:
+        files = sorted(source.glob("*.npy"))
+        if not files:
+            raise CaptionerError("folder holds no .npy files", source)
+        for file in files:
+            try:
+                array = np.load(file, allow_pickle=False)
+            except (ValueError, OSError) as exc:
+                raise CaptionerError(f"not a readable .npy file: {exc}", file) from None
+            add(unquote(file.stem), array, {})
+    if added == 0:
+        raise CaptionerError("no feature arrays found", source)
+    if provenance is None:
+        provenance = {"backbone": f"imported:{source.name}", "feature_dim": dims.pop()}
+    store.set_provenance(provenance)
+    return added
+
+
+def _resolve_format(path: Path, fmt: str) -> str:
+    if fmt in ("hdf5", "h5"):
+        return "hdf5"
+    if fmt == "npy":
+        return "npy"
+    if fmt != "auto":
+        raise CaptionerError(f"unknown feature format {fmt!r} (hdf5 or npy)", path)
+    if path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
+        return "hdf5"
+    if path.is_file():
+        return "hdf5"
+    return "npy"

@@ -1,0 +1,31 @@
+"""Shared fixtures: the real data in ../shared/data and features extracted from it once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("CAPTIONER_DATA", ROOT.parent / "shared" / "data"))
+MSVD_CLIPS = DATA / "msvd" / "clips"
+
+# The split that `../shared/data/README.md` gives for the 18 clips.
+MSVD_TRAIN_CLIPS = ["vid98", "vid114", "vid184", "vid311", "vid710", "vid836", "vid930", "vid950", "vid1025"]
+MSVD_TEST_CLIPS = ["vid1429", "vid1509", "vid1563", "vid1712", "vid1721", "vid1766", "vid1817", "vid1847",
+                   "vid1876"]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.fail(f"real data not found at {DATA} (set CAPTIONER_DATA)")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def msvd_clips(data_dir) -> list[Path]:
+    clips = sorted(MSVD_CLIPS.glob("*.avi"))
+    assert len(clips) == 18, f"expected 18 MSVD clips in {MSVD_CLIPS}"
+    return clips
