@@ -1,0 +1,334 @@
+"""Batch feature extraction: videos in, a feature store out.
+
+Decoding runs in worker processes while the main process batches frames from several videos
+through the backbone, so neither side waits for the other longer than it must. The main
+process is the store's only writer, and each video is written atomically, which is what makes
+a SIGKILL at any moment lose only the videos in flight. With `ray_address`, whole videos are
+decoded and embedded on a Ray cluster and the features come back to the same single writer.
+
+Worker processes import only `captioner.video` (no torch), and are replaced after a fixed
+number of videos because decord's readers leak memory over thousands of files.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import json
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import CaptionerError, UsageError
+
+# Videos a decoding process handles before it is replaced (bounds decord's leak).
+VIDEOS_PER_WORKER = 64
+
+
+@dataclass
+class ExtractConfig:
+    backbone: str = "efficientnet_lite2"
+    frames: str = "uniform:16"
+    batch_size: int = 32
+    workers: int | None = None  # decoding processes; None: one per core left over by inference
+    device: str = "auto"  # auto | cpu | cuda
+    ray_address: str | None = None
+    ray_videos_per_task: int = 8
+
+
+@dataclass
+class ExtractSummary:
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failures: list[dict] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    def line(self) -> str:
+        rate = f"{self.done / self.seconds:.2f} videos/s, {self.frames / self.seconds:.1f} frames/s" \
+            if self.seconds > 0 and self.done else "nothing to do"
+        return (f"extracted {self.done}, skipped {self.skipped} (already in store), "
+                f"failed {self.failed} of {self.total} inputs in {self.seconds:.1f}s ({rate})")
+
+
+# ----------------------------------------------------------------------------- inputs
+def video_ids(paths: list[Path]) -> dict[Path, str]:
+    """A store id per input: the file stem, or the fuller path where stems collide."""
+    stems = collections.Counter(p.stem for p in paths)
+    ids: dict[Path, str] = {}
+    for path in paths:
+        if stems[path.stem] == 1:
+            ids[path] = path.stem
+        else:
+            ids[path] = path.with_suffix("").as_posix().lstrip("/")
+    return ids
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but torch sees no CUDA device")
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device {device!r} (cpu, cuda or auto)")
+    return device
+
+
+def default_workers(device: str) -> int:
+    cores = os.cpu_count() or 1
+    if device == "cuda":
+        return max(1, min(cores - 1, 16))  # the GPU is fast: every spare core decodes
+    return max(1, cores // 2)  # on CPU, inference needs cores too
+
+
+# ----------------------------------------------------------------------------- decoding
+def _decode_task(path: str, sampling: str, short_side: int, clip_len: int):
+    """Runs in a worker process. Returns (path, DecodedVideo) or (path, error message)."""
+    from .video import decode
+
+    try:
+        return path, decode(path, sampling, short_side=short_side, clip_len=clip_len)
+    except CaptionerError as exc:
+        return path, exc.reason
+    except Exception as exc:  # a decoder bug must fail one video, not the batch
+        return path, f"cannot decode ({type(exc).__name__}: {exc})"
+
+
+class _Decoder:
+    """Decodes videos in worker processes, at most `window` ahead of inference."""
+
+    def __init__(self, paths: list[Path], workers: int, sampling: str, short_side: int, clip_len: int):
+        self._todo = collections.deque(str(p) for p in paths)
+        self._args = (sampling, short_side, clip_len)
+        self._workers = workers
+        self._window = max(2, 2 * workers)
+        self._pool = self._new_pool() if workers > 0 else None
+        self._running: dict[cf.Future, str] = {}
+
+    def _new_pool(self):
+        # spawn: the parent holds torch's thread pools, which must not be forked.
+        return cf.ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"),
+                                      max_tasks_per_child=VIDEOS_PER_WORKER)
+
+    def __iter__(self):
+        if self._pool is None:
+            while self._todo:
+                yield _decode_task(self._todo.popleft(), *self._args)
+            return
+        try:
+            while self._todo or self._running:
+                while self._todo and len(self._running) < self._window:
+                    path = self._todo.popleft()
+                    self._running[self._pool.submit(_decode_task, path, *self._args)] = path
+                done, _ = cf.wait(self._running, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    path = self._running.pop(future)
+                    try:
+                        yield future.result()
+                    except cf.process.BrokenProcessPool:
+                        # A decoder crashed hard (segfault, OOM kill). Every video in flight is
+                        # suspect; fail them with a reason and carry on with a fresh pool.
+                        yield path, "decoder process crashed on this file"
+                        for other in list(self._running):
+                            yield self._running.pop(other), "decoder process crashed while this file was in flight"
+                        self._pool.shutdown(wait=False, cancel_futures=True)
+                        self._pool = self._new_pool()
+                        break
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------- inference
+class _Batcher:
+    """Packs the frames of consecutive videos into fixed-size backbone batches."""
+
+    def __init__(self, backbone, batch_size: int, device: str):
+        import torch
+
+        self.backbone = backbone
+        self.batch_size = batch_size
+        self.device = device
+        self._pin = device == "cuda"
+        self._pending: list[tuple[str, object, int]] = []  # (video id, frames, count)
+        self._pending_frames = 0
+        self._outputs: dict[str, list] = collections.defaultdict(list)
+        self._needed: dict[str, int] = {}
+        self._torch = torch
+
+    def add(self, video_id: str, frames: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """Queue one video's frames; returns the videos whose features are complete."""
+        tensor = self._torch.from_numpy(np.ascontiguousarray(frames))
+        self._needed[video_id] = tensor.shape[0]
+        start = 0
+        finished = []
+        while start < tensor.shape[0]:
+            take = min(self.batch_size - self._pending_frames, tensor.shape[0] - start)
+            self._pending.append((video_id, tensor[start:start + take], take))
+            self._pending_frames += take
+            start += take
+            if self._pending_frames == self.batch_size:
+                finished += self.flush()
+        return finished
+
+    def flush(self) -> list[tuple[str, np.ndarray]]:
+        if not self._pending:
+            return []
+        torch = self._torch
+        batch = torch.cat([frames for _, frames, _ in self._pending])
+        if self._pin:
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        features = self.backbone.features(batch).float().cpu().numpy()
+        finished, offset = [], 0
+        for video_id, _, count in self._pending:
+            self._outputs[video_id].append(features[offset:offset + count])
+            offset += count
+            if sum(len(x) for x in self._outputs[video_id]) == self._needed[video_id]:
+                finished.append((video_id, np.concatenate(self._outputs.pop(video_id))))
+                del self._needed[video_id]
+        self._pending, self._pending_frames = [], 0
+        return finished
+
+
+def _video_meta(decoded, path: Path, provenance: dict, sampling: str) -> dict:
+    info = decoded.info
+    return {**provenance, "frames": sampling, "path": str(path), "frame_indices": decoded.indices,
+            "timestamps": np.round(decoded.timestamps, 4), "fps": info.fps, "duration": info.duration,
+            "num_frames": info.num_frames, "width": info.width, "height": info.height,
+            "is_image": info.is_image, "decoder": info.backend, "captioner_version": __version__}
+
+
+# ----------------------------------------------------------------------------- entry point
+def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
+            config: ExtractConfig | None = None, *, failures_path: str | os.PathLike | None = None,
+            progress: bool = True, log=None) -> ExtractSummary:
+    """Extract features for every input video into the store at `store_path`.
+
+    Videos already in the store are skipped; videos that fail are reported (one line each on
+    `log`, default stderr, and in the failure list) while the rest are still extracted.
+    """
+    from . import backbones
+    from .store import open_features
+    from .video import Sampling, collect_inputs
+
+    config = config or ExtractConfig()
+    log = log or sys.stderr
+    started = time.perf_counter()
+    sampling = str(Sampling.parse(config.frames))
+    if config.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if config.workers is not None and config.workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {config.workers}")
+    paths = collect_inputs(inputs)
+    if not paths:
+        raise UsageError(f"no video or image files found in {', '.join(map(str, inputs))}")
+    ids = video_ids(paths)
+
+    device = resolve_device(config.device)
+    backbone = backbones.create(config.backbone, device=device)
+    provenance = {**backbone.provenance(), "frames": sampling}
+    store = open_features(store_path, "a")
+    store.set_provenance(provenance)
+
+    summary = ExtractSummary(total=len(paths))
+    todo = [p for p in paths if ids[p] not in store]
+    summary.skipped = len(paths) - len(todo)
+
+    def fail(path, reason: str) -> None:
+        summary.failures.append({"path": str(path), "id": ids.get(Path(path), Path(path).stem),
+                                 "reason": reason})
+        _write_line(log, bar, f"captioner: {path}: {reason}")
+
+    bar = _progress(len(todo), progress)
+    try:
+        if config.ray_address:
+            from .distributed import extract_on_ray
+
+            results = extract_on_ray(todo, config, sampling, device, config.ray_address)
+            for path, outcome in results:
+                if isinstance(outcome, str):
+                    fail(path, outcome)
+                    continue
+                features, meta = outcome
+                store.put(ids[Path(path)], features, meta)
+                _advance(bar, summary, len(features))
+        else:
+            _extract_local(todo, ids, backbone, config, sampling, device, provenance, store, summary,
+                           bar, fail)
+    finally:
+        if bar is not None:
+            bar.close()
+        summary.seconds = time.perf_counter() - started
+        _write_failures(failures_path or Path(store_path) / "failures.jsonl", summary.failures)
+    print(summary.line(), file=log)
+    return summary
+
+
+def _extract_local(todo, ids, backbone, config, sampling, device, provenance, store, summary, bar, fail):
+    workers = default_workers(device) if config.workers is None else config.workers
+    decoder = _Decoder(todo, workers, sampling, backbone.decode_short_side, backbone.clip_len)
+    batcher = _Batcher(backbone, config.batch_size, device)
+    in_flight: dict[str, tuple[Path, dict]] = {}
+
+    def store_finished(finished) -> None:
+        for video_id, features in finished:
+            path, meta = in_flight.pop(video_id)
+            store.put(video_id, features, meta)
+            _advance(bar, summary, len(features))
+
+    for path, outcome in decoder:
+        if isinstance(outcome, str):
+            fail(path, outcome)
+            continue
+        video_id = ids[Path(path)]
+        in_flight[video_id] = (Path(path), _video_meta(outcome, Path(path), provenance, sampling))
+        store_finished(batcher.add(video_id, outcome.frames))
+    store_finished(batcher.flush())
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled or total == 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="video", dynamic_ncols=True, file=sys.stderr,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {postfix}]")
+
+
+def _advance(bar, summary: ExtractSummary, frames: int) -> None:
+    summary.done += 1
+    summary.frames += frames
+    if bar is not None:
+        elapsed = max(bar.format_dict["elapsed"], 1e-9)
+        bar.set_postfix_str(f"{summary.done / elapsed:.2f} videos/s, {summary.frames / elapsed:.1f} frames/s",
+                            refresh=False)
+        bar.update(1)
+
+
+def _write_line(log, bar, line: str) -> None:
+    if bar is not None:
+        bar.write(line, file=log)
+    else:
+        print(line, file=log)
+
+
+def _write_failures(path: str | os.PathLike, failures: list[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for failure in failures:
+            fh.write(json.dumps(failure, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
