@@ -29,3 +29,16 @@ def msvd_clips(data_dir) -> list[Path]:
     clips = sorted(MSVD_CLIPS.glob("*.avi"))
     assert len(clips) == 18, f"expected 18 MSVD clips in {MSVD_CLIPS}"
     return clips
+
+
+@pytest.fixture(scope="session")
+def msvd_store(msvd_clips, tmp_path_factory) -> Path:
+    """All 18 MSVD clips extracted once with the smallest backbone (ids are the clip stems)."""
+    from captioner.extract import ExtractConfig, extract
+
+    path = tmp_path_factory.mktemp("features") / "msvd_lite0"
+    config = ExtractConfig(backbone="efficientnet_lite0", frames="uniform:8", batch_size=32, workers=1,
+                           device="cpu")
+    summary = extract(msvd_clips, path, config, progress=False)
+    assert summary.failed == 0, summary.failures
+    return path
