@@ -1,0 +1,325 @@
+"""Caption metrics, computed exactly as coco-caption computes them (through pycocoevalcap 1.2).
+
+    score(predictions, references)            -> {"BLEU-1": ..., "METEOR": ..., "CIDEr": ...}
+    score_per_video(predictions, references)  -> Scores(corpus={...}, per_video={id: {...}})
+    with Scorer() as scorer: ...               keeps the Java processes alive between calls
+
+Papers report these numbers, so the scorers themselves are pycocoevalcap's: the Java
+PTBTokenizer (Stanford CoreNLP 3.4.1), BLEU with the closest-reference brevity penalty,
+METEOR 1.5, ROUGE-L (beta 1.2) and `Cider`, which despite its name is CIDEr-D (clipped
+n-gram counts, Gaussian length penalty, x10) with document frequencies taken from the
+evaluated references: the number coco-caption reports as "CIDEr". What this module changes
+is only how the Java helpers are run, to fix pycocoevalcap's known failures:
+
+- METEOR finds its paraphrase table through the jar's URL, which percent-encodes spaces and
+  non-ASCII characters, so it dies ("Broken pipe", "could not convert string to float")
+  whenever the install path holds either; we pass the table's path with `-a`.
+- A caption holding '\\r' or '|||' breaks METEOR's line protocol (desynchronised replies or
+  a hang); the tokenizer counts '\\r', '\\v', '\\f', U+0085 and U+2028 as line breaks and
+  shifts every later caption onto the wrong video. Whitespace is collapsed first, which
+  changes no token.
+- The tokenizer writes a temporary file into site-packages (fails when it is read-only);
+  we feed it through stdin.
+- Java under a non-UTF-8 locale cannot open a jar at a non-ASCII path; the helpers get a
+  UTF-8 locale.
+- METEOR's process is started once, fed in batches, and closed (`close()` or `with`), so no
+  java process outlives the command; a dead process becomes a one-line error, not a
+  ValueError from an empty read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from .errors import CaptionerError
+
+BLEU_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
+METRIC_KEYS = (*BLEU_KEYS, "METEOR", "ROUGE-L", "CIDEr", "SPICE")
+DEFAULT_METRICS = ("BLEU", "METEOR", "ROUGE-L", "CIDEr")
+JAVA_INSTALL_HINT = "install a Java runtime, e.g. `apt-get install -y default-jre-headless`"
+
+# Spellings users bring from papers and from coco-caption's own output ("Bleu_4", "ROUGE_L").
+_ALIASES = {"BLEU": BLEU_KEYS, "METEOR": ("METEOR",), "ROUGE-L": ("ROUGE-L",), "ROUGE": ("ROUGE-L",),
+            "CIDER": ("CIDEr",), "CIDER-D": ("CIDEr",), "SPICE": ("SPICE",),
+            **{f"BLEU-{n}": (f"BLEU-{n}",) for n in range(1, 5)}}
+
+_METEOR_BATCH = 128  # SCORE lines in flight: their replies (~100 B each) stay far below a pipe buffer
+
+
+def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
+    """Expand metric names ("BLEU" -> BLEU-1..4, case and '_'/'-' insensitive) in METRIC_KEYS order."""
+    names = metrics.split(",") if isinstance(metrics, str) else list(metrics)
+    wanted: set[str] = set()
+    for name in names:
+        key = name.strip().upper().replace("_", "-")
+        if not key:
+            continue
+        if key not in _ALIASES:
+            raise CaptionerError(f"unknown metric {name.strip()!r}; choose from BLEU, BLEU-1..BLEU-4, "
+                                 "METEOR, ROUGE-L, CIDEr, SPICE")
+        wanted.update(_ALIASES[key])
+    if not wanted:
+        raise CaptionerError("no metrics requested")
+    return tuple(k for k in METRIC_KEYS if k in wanted)
+
+
+def _coco_dir() -> Path:
+    import pycocoevalcap
+
+    return Path(next(iter(pycocoevalcap.__path__)))
+
+
+def spice_available() -> bool:
+    """SPICE needs Stanford CoreNLP 3.6.0 models that pycocoevalcap would otherwise download."""
+    lib = _coco_dir() / "spice" / "lib"
+    return (lib / "stanford-corenlp-3.6.0.jar").exists() and (lib / "stanford-corenlp-3.6.0-models.jar").exists()
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise CaptionerError("Java not found: coco-caption's PTB tokenizer and METEOR run on Java; "
+                             + JAVA_INSTALL_HINT)
+    return java
+
+
+def _java_env() -> dict[str, str]:
+    env = dict(os.environ)
+    ctype = env.get("LC_ALL") or env.get("LC_CTYPE") or env.get("LANG") or ""
+    if "utf-8" not in ctype.lower() and "utf8" not in ctype.lower():
+        env["LC_ALL"] = "C.UTF-8"
+    return env
+
+
+def _one_line(caption: str) -> str:
+    return " ".join(str(caption).split())
+
+
+# ----------------------------------------------------------------------------- tokenizer
+class PTBTokenizer:
+    """pycocoevalcap's PTBTokenizer (same jar, flags and punctuation filter), fed through stdin.
+
+    Tokenization is line by line, so results are cached per caption: references are
+    tokenized once however many prediction sets are scored against them.
+    """
+
+    def __init__(self):
+        self._cache: dict[str, str] = {}
+
+    def tokenize_captions(self, captions: Iterable[str]) -> list[str]:
+        from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, STANFORD_CORENLP_3_4_1_JAR
+
+        captions = [_one_line(c) for c in captions]
+        todo = list(dict.fromkeys(c for c in captions if c not in self._cache))
+        if todo:
+            jar = _coco_dir() / "tokenizer" / STANFORD_CORENLP_3_4_1_JAR
+            cmd = [_java(), "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer",
+                   "-preserveLines", "-lowerCase", "-encoding", "utf-8"]
+            proc = subprocess.run(cmd, input="\n".join(todo) + "\n", capture_output=True,
+                                  encoding="utf-8", env=_java_env())
+            lines = proc.stdout.split("\n")
+            if proc.returncode != 0 or len(lines) < len(todo):
+                detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise CaptionerError(f"PTB tokenizer (Java) failed: {detail}")
+            punctuation = set(PUNCTUATIONS)
+            for caption, line in zip(todo, lines):
+                self._cache[caption] = " ".join(w for w in line.rstrip().split(" ") if w not in punctuation)
+        return [self._cache[c] for c in captions]
+
+    def tokenize(self, captions_for_id: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+        ids = list(captions_for_id)
+        flat = [c for i in ids for c in captions_for_id[i]]
+        tokens = iter(self.tokenize_captions(flat))
+        return {i: [next(tokens) for _ in captions_for_id[i]] for i in ids}
+
+
+# ----------------------------------------------------------------------------- METEOR
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        try:
+            process.stdin.close()  # METEOR exits at end of input
+            process.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            process.kill()
+            process.wait()
+    for stream in (process.stdin, process.stdout):
+        try:
+            stream.close()
+        except OSError:
+            pass
+
+
+def _meteor_class():
+    from pycocoevalcap.meteor.meteor import METEOR_JAR, Meteor as CocoMeteor
+
+    class Meteor(CocoMeteor):
+        """pycocoevalcap's METEOR 1.5 wrapper with the process started, fed and stopped safely."""
+
+        def __init__(self):  # the parent's would start java with a relative jar and no -a
+            meteor_dir = _coco_dir() / "meteor"
+            self.meteor_cmd = [_java(), "-Xmx2G", "-jar", str(meteor_dir / METEOR_JAR), "-", "-", "-stdio",
+                               "-l", "en", "-norm", "-a", str(meteor_dir / "data" / "paraphrase-en.gz")]
+            self.lock = threading.Lock()
+            self._stderr = tempfile.TemporaryFile()  # a PIPE nobody reads could fill and stall java
+            self.meteor_p = subprocess.Popen(self.meteor_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                             stderr=self._stderr, env=_java_env())
+            self._finalizer = weakref.finalize(self, _stop, self.meteor_p)
+
+        def _fail(self) -> CaptionerError:
+            self.meteor_p.kill()
+            self.meteor_p.wait()
+            self._stderr.seek(0)
+            lines = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
+            detail = next((ln.strip() for ln in lines if "Exception" in ln or "Error" in ln), None)
+            return CaptionerError(f"METEOR (Java) stopped: {detail or (lines or ['no output'])[-1]}")
+
+        def _exchange(self, lines: list[str]) -> list[str]:
+            try:
+                self.meteor_p.stdin.write("".join(f"{line}\n" for line in lines).encode("utf-8"))
+                self.meteor_p.stdin.flush()
+            except OSError:
+                raise self._fail() from None
+            replies = [self.meteor_p.stdout.readline().decode("utf-8").strip() for _ in lines]
+            if not all(replies):
+                raise self._fail()
+            return replies
+
+        def compute_score(self, gts, res):
+            assert gts.keys() == res.keys()
+            ids = list(gts)
+            score_lines = []
+            for i in ids:
+                assert len(res[i]) == 1
+                # '|||' separates fields and a newline ends the command: neither may appear in a caption.
+                refs = [_one_line(r.replace("|||", "")) for r in gts[i]]
+                hypothesis = _one_line(res[i][0].replace("|||", ""))
+                score_lines.append(" ||| ".join(("SCORE", " ||| ".join(refs), hypothesis)))
+            with self.lock:
+                stats = []
+                for start in range(0, len(score_lines), _METEOR_BATCH):
+                    stats += self._exchange(score_lines[start:start + _METEOR_BATCH])
+                # EVAL answers one line per segment, then the corpus score from the summed statistics.
+                self.meteor_p.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode("utf-8"))
+                self.meteor_p.stdin.flush()
+                replies = [self.meteor_p.stdout.readline().decode("utf-8").strip() for _ in range(len(ids) + 1)]
+                if not all(replies):
+                    raise self._fail()
+            return float(replies[-1]), [float(r) for r in replies[:-1]]
+
+        def close(self) -> None:
+            self._finalizer()
+            self._stderr.close()
+
+        def __del__(self):  # the parent's __del__ blocks on the lock and fails if __init__ did
+            pass
+
+    return Meteor
+
+
+# ----------------------------------------------------------------------------- scoring
+@dataclass
+class Scores:
+    corpus: dict[str, float]
+    per_video: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class Scorer:
+    """Scores caption sets; holds the METEOR process, so close it (or use `with`)."""
+
+    def __init__(self, metrics: str | Iterable[str] = DEFAULT_METRICS):
+        self.metrics = parse_metrics(metrics)
+        if "SPICE" in self.metrics and not spice_available():
+            print("captioner: SPICE skipped: its Stanford CoreNLP 3.6.0 models are not installed in "
+                  f"{_coco_dir() / 'spice' / 'lib'} (they cannot be downloaded here)", file=sys.stderr)
+            self.metrics = tuple(m for m in self.metrics if m != "SPICE")
+        if not self.metrics:
+            raise CaptionerError("no metric left to compute")
+        _java()
+        self.tokenizer = PTBTokenizer()
+        self._meteor = _meteor_class()() if "METEOR" in self.metrics else None
+
+    def __enter__(self) -> "Scorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._meteor is not None:
+            self._meteor.close()
+            self._meteor = None
+
+    def score(self, predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float]:
+        return self.score_per_video(predictions, references).corpus
+
+    def score_per_video(self, predictions: Mapping[str, str],
+                        references: Mapping[str, Sequence[str]]) -> Scores:
+        """Corpus and per-video scores of `predictions` (one caption per id) against `references`.
+
+        Every predicted id needs at least one reference; references without a prediction are
+        ignored. CIDEr's document frequencies come from the scored ids' references, as in
+        coco-caption, so a video's CIDEr depends on which other videos are scored with it.
+        """
+        ids = [str(i) for i in predictions]
+        if not ids:
+            raise CaptionerError("no predictions to score")
+        missing = [i for i in predictions if not references.get(i)]
+        if missing:
+            raise CaptionerError(f"{len(missing)} predicted ids have no reference captions "
+                                 f"(e.g. {missing[0]!r})")
+        res = self.tokenizer.tokenize({str(i): [predictions[i]] for i in predictions})
+        gts = self.tokenizer.tokenize({str(i): list(references[i]) for i in predictions})
+
+        corpus: dict[str, float] = {}
+        per_video: dict[str, dict[str, float]] = {i: {} for i in ids}
+
+        def keep(key: str, total, each) -> None:
+            corpus[key] = float(total)
+            for i, value in zip(ids, each):
+                per_video[i][key] = float(value)
+
+        if any(k in self.metrics for k in BLEU_KEYS):
+            from pycocoevalcap.bleu.bleu import Bleu
+
+            totals, each = Bleu(4).compute_score(gts, res, verbose=0)
+            for n, key in enumerate(BLEU_KEYS):
+                if key in self.metrics:
+                    keep(key, totals[n], each[n])
+        if "METEOR" in self.metrics:
+            keep("METEOR", *self._meteor.compute_score(gts, res))
+        if "ROUGE-L" in self.metrics:
+            from pycocoevalcap.rouge.rouge import Rouge
+
+            keep("ROUGE-L", *Rouge().compute_score(gts, res))
+        if "CIDEr" in self.metrics:
+            from pycocoevalcap.cider.cider import Cider
+
+            keep("CIDEr", *Cider().compute_score(gts, res))
+        if "SPICE" in self.metrics:
+            from pycocoevalcap.spice.spice import Spice
+
+            total, each = Spice().compute_score(gts, res)
+            keep("SPICE", total, [e["All"]["f"] for e in each])
+        return Scores(corpus, per_video)
+
+
+def score(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]],
+          metrics: str | Iterable[str] = DEFAULT_METRICS) -> dict[str, float]:
+    """Corpus scores on coco-caption's scale (0-1; CIDEr as computed, typically 0-2)."""
+    with Scorer(metrics) as scorer:
+        return scorer.score(predictions, references)
+
+
+def score_per_video(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]],
+                    metrics: str | Iterable[str] = DEFAULT_METRICS) -> Scores:
+    with Scorer(metrics) as scorer:
+        return scorer.score_per_video(predictions, references)
