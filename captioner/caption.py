@@ -1,0 +1,193 @@
+"""Caption video files end to end: decode → backbone → mean-pool → LSTM decoder.
+
+    from captioner import Captioner
+    captioner = Captioner.load()              # the default model shipped in the package
+    captioner.caption("clip.mp4").caption     # 'a man is playing a guitar'
+
+The backbone and the frame sampling come from the checkpoint's feature provenance, so a
+model is always fed features made exactly like the ones it was trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import CaptionerError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_MODEL = ASSETS / "default" / "model.pt"
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    caption: str
+    score: float
+
+
+@dataclass
+class Caption:
+    path: str
+    id: str
+    caption: str
+    score: float  # length-normalised log-probability of the caption under the model
+    alternatives: list[dict]  # the n-best list, best first: {"caption", "score"}
+    model: str
+    timing: dict = field(default_factory=dict)  # seconds: decode, backbone, caption
+    segments: list[Segment] | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Captioner:
+    """A caption model together with the backbone and frame sampling it was trained with."""
+
+    def __init__(self, checkpoint, backbone, device: str, model_id: str, load_seconds: float = 0.0):
+        self.checkpoint = checkpoint
+        self.backbone = backbone
+        self.device = device
+        self.model_id = model_id
+        self.load_seconds = load_seconds
+        provenance = checkpoint.provenance or {}
+        self.sampling = provenance.get("frames", "uniform:16")
+
+    @classmethod
+    def load(cls, model: str | os.PathLike = "default", device: str = "auto") -> "Captioner":
+        """Load a checkpoint ("default" is the model inside the package) and its backbone."""
+        from . import backbones
+        from .extract import resolve_device
+        from .model import load_checkpoint
+
+        started = time.perf_counter()
+        device = resolve_device(device)
+        path = DEFAULT_MODEL if str(model) == "default" else Path(model)
+        if str(model) == "default" and not path.is_file():
+            raise CaptionerError("the default model is missing from the installed package; "
+                                 "reinstall video-captioner", path)
+        checkpoint = load_checkpoint(path, device=device)
+        provenance = checkpoint.provenance or {}
+        if "backbone" not in provenance:
+            raise CaptionerError("checkpoint does not record which backbone made its training features", path)
+        backbone = backbones.create(provenance["backbone"], device=device)
+        checkpoint.check_features({**backbone.provenance(), "frames": provenance.get("frames")}, path)
+        name = "default" if str(model) == "default" else path.stem
+        model_id = f"{name}:{provenance['backbone']}:{_file_digest(path)[:12]}"
+        return cls(checkpoint, backbone, device, model_id, time.perf_counter() - started)
+
+    # ------------------------------------------------------------------ features
+    def _pooled(self, path, start: float | None = None, end: float | None = None, timing: dict | None = None):
+        import torch
+
+        from .video import Sampling, decode
+
+        timing = {} if timing is None else timing
+        t0 = time.perf_counter()
+        sampling = Sampling.parse(self.sampling, start=start, end=end)
+        decoded = decode(path, sampling, short_side=self.backbone.decode_short_side,
+                         clip_len=self.backbone.clip_len)
+        t1 = time.perf_counter()
+        frames = torch.from_numpy(decoded.frames).to(self.device)
+        features = self.backbone.features(frames).float().mean(0)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        timing["decode"] = timing.get("decode", 0.0) + t1 - t0
+        timing["backbone"] = timing.get("backbone", 0.0) + t2 - t1
+        return features, decoded.info
+
+    def _describe(self, pooled, beam: int, n_best: int, max_len: int, timing: dict) -> list[tuple[str, float]]:
+        t0 = time.perf_counter()
+        model = self.checkpoint.model
+        hyps = model.generate(pooled[None].to(next(model.parameters()).device), beam_size=beam,
+                              max_len=max_len, n_best=n_best)[0]
+        timing["caption"] = timing.get("caption", 0.0) + time.perf_counter() - t0
+        return [(self.checkpoint.decode(tokens), float(score)) for tokens, score in hyps]
+
+    # ------------------------------------------------------------------ public
+    def caption(self, path: str | os.PathLike, beam: int = 3, n_best: int = 3, max_len: int = 20,
+                segments: float | None = None) -> Caption:
+        """Caption one video or image; with `segments`, also each window of that many seconds."""
+        import torch
+
+        if beam < 1:
+            raise CaptionerError(f"beam size must be at least 1, got {beam}")
+        timing: dict = {}
+        with torch.inference_mode():
+            pooled, info = self._pooled(path, timing=timing)
+            nbest = self._describe(pooled, beam, max(1, min(n_best, beam)), max_len, timing)
+            windows = None
+            if segments is not None:
+                windows = self._segments(path, info, segments, beam, max_len, timing)
+        caption, score = nbest[0]
+        return Caption(path=str(path), id=Path(path).stem, caption=caption, score=score,
+                       alternatives=[{"caption": c, "score": s} for c, s in nbest], model=self.model_id,
+                       timing={k: round(v, 4) for k, v in timing.items()}, segments=windows)
+
+    def _segments(self, path, info, seconds: float, beam: int, max_len: int, timing: dict) -> list[Segment]:
+        if not seconds > 0:
+            raise CaptionerError(f"segment length must be positive, got {seconds}")
+        if info.is_image or info.duration <= 0:
+            return [Segment(0.0, max(info.duration, 0.0), *self._describe(
+                self._pooled(path, timing=timing)[0], beam, 1, max_len, timing)[0])]
+        count = max(1, math.ceil(info.duration / seconds - 1e-6))
+        result = []
+        for k in range(count):
+            start, end = k * seconds, min((k + 1) * seconds, info.duration)
+            if end - start < 1e-3:
+                break
+            pooled, _ = self._pooled(path, start=start, end=end, timing=timing)
+            caption, score = self._describe(pooled, beam, 1, max_len, timing)[0]
+            result.append(Segment(round(start, 3), round(end, 3), caption, score))
+        return result
+
+
+# ---------------------------------------------------------------------- subtitles
+def write_subtitles(segments: list[Segment], path: str | os.PathLike, fmt: str | None = None) -> Path:
+    """Write segment captions as SRT or WebVTT (by `fmt`, else by the file extension)."""
+    from datetime import timedelta
+
+    path = Path(path)
+    fmt = (fmt or path.suffix.lstrip(".")).lower()
+    if fmt not in ("srt", "vtt"):
+        raise CaptionerError("subtitle format must be srt or vtt", path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "srt":
+        import srt
+
+        subtitles = [srt.Subtitle(index=i + 1, start=timedelta(seconds=s.start), end=timedelta(seconds=s.end),
+                                  content=s.caption) for i, s in enumerate(segments)]
+        text = srt.compose(subtitles)
+    else:
+        import webvtt
+
+        vtt = webvtt.WebVTT()
+        for s in segments:
+            vtt.captions.append(webvtt.Caption(_vtt_time(s.start), _vtt_time(s.end), s.caption))
+        text = vtt.content
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _vtt_time(seconds: float) -> str:
+    millis = int(round(seconds * 1000))
+    hours, rest = divmod(millis, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"
+
