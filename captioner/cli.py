@@ -102,13 +102,234 @@ def _run_features_info(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- train
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a caption model on extracted features",
+                       description="Train the caption model described by a YAML config (see configs/). "
+                                   "Writes RUN/config.yaml, last.pt, best.pt and metrics.csv. "
+                                   "Multi-GPU/CPU: python -m torch.distributed.run --nproc_per_node=N "
+                                   "-m captioner.train CONFIG")
+    p.add_argument("config", metavar="CONFIG", help="training config (YAML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set epochs=5 --set model.hidden_size=256")
+    p.add_argument("--resume", action="store_true", help="continue the run in run_dir from last.pt")
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args) -> int:
+    from .train import train_from_config
+
+    best = train_from_config(args.config, args.overrides, resume=args.resume)
+    if best.exists():
+        print(f"best checkpoint: {best}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate / report
+def _add_scoring_inputs(p) -> None:
+    """The inputs `evaluate` and `report` share: what to score, against what, beside which baselines."""
+    p.add_argument("--predictions", required=True, metavar="FILE",
+                   help="JSON {id: caption}, a coco results list, or `captioner caption --json` JSONL")
+    p.add_argument("--references", required=True, metavar="FILE",
+                   help="reference captions: JSON {id: [captions]} or any caption file `captioner train` reads")
+    p.add_argument("--split", default=None, help="split of --references to use (train, val, test or an id list)")
+    p.add_argument("--metrics", default="BLEU,METEOR,ROUGE-L,CIDEr",
+                   help="comma-separated: BLEU (= BLEU-1..4), BLEU-n, METEOR, ROUGE-L, CIDEr, SPICE "
+                        "(default %(default)s)")
+    p.add_argument("--train-references", default=None, metavar="FILE",
+                   help="training captions: adds the constant-caption baseline")
+    p.add_argument("--train-split", default=None, help="split of --train-references to use")
+    p.add_argument("--train-features", default=None, metavar="STORE",
+                   help="feature store of the training videos: adds the nearest-neighbour baseline")
+    p.add_argument("--test-features", default=None, metavar="STORE",
+                   help="feature store of the evaluated videos (default: --train-features)")
+    p.add_argument("--k", type=int, default=10, help="neighbours whose captions the retrieval baseline "
+                                                     "pools (default %(default)s)")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score predicted captions with coco-caption's metrics",
+                       description="Score predictions against reference captions exactly as coco-caption "
+                                   "does (PTB tokenizer, BLEU-1..4, METEOR 1.5, ROUGE-L, CIDEr-D), beside "
+                                   "the baselines whose inputs are given. Needs Java.")
+    _add_scoring_inputs(p)
+    p.add_argument("--json", action="store_true", help="print the model's scores as one JSON object")
+    p.add_argument("--out", default=None, metavar="FILE", help="also write every score and caption, per video, "
+                                                               "as JSON")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _scoring_kwargs(args) -> dict:
+    return dict(split=args.split, metrics=args.metrics, train_references=args.train_references,
+                train_split=args.train_split, train_features=args.train_features,
+                test_features=args.test_features, k=args.k)
+
+
+def _run_evaluate(args) -> int:
+    import json
+
+    from .evaluate import evaluate_files, format_table, write_results
+
+    evaluation = evaluate_files(args.predictions, args.references, **_scoring_kwargs(args))
+    if args.out:
+        write_results(evaluation, args.out)
+    if args.json:
+        result = dict(evaluation.model.corpus)
+        if len(evaluation.systems) > 1:
+            result["baselines"] = {s.name: s.corpus for s in evaluation.systems[1:]}
+        print(json.dumps(result))
+    else:
+        print(format_table(evaluation))
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="write an HTML/Markdown/JSON evaluation report",
+                       description="Evaluate (as `captioner evaluate`) and write OUT/report.html (self-contained), "
+                                   "OUT/report.md and OUT/report.json: scores beside baselines and published "
+                                   "numbers, per-video captions with thumbnails, best and worst videos, plots.")
+    _add_scoring_inputs(p)
+    p.add_argument("--videos", default=None, metavar="DIR",
+                   help="folder of the evaluated videos (found by file stem) for thumbnails")
+    p.add_argument("--run", default=None, metavar="RUN_DIR", help="training run directory: plots RUN/metrics.csv")
+    p.add_argument("--title", default=None, help="report title")
+    p.add_argument("--out", required=True, metavar="DIR", help="where to write the report")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_run_report)
+
+
+def _run_report(args) -> int:
+    from .report import report_files
+
+    paths = report_files(args.predictions, args.references, args.out, videos=args.videos, run=args.run,
+                         title=args.title, progress=not args.quiet, **_scoring_kwargs(args))
+    for path in paths.values():
+        print(path)
+    return 0
+
+
+# ----------------------------------------------------------------------------- caption
+def _add_caption(sub) -> None:
+    p = sub.add_parser("caption", help="caption video or image files",
+                       description="Caption each input with a trained model (default: the model shipped "
+                                   "in the package; nothing is downloaded). Prints path<TAB>caption.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="video/image files, folders or glob patterns")
+    p.add_argument("--model", default="default", help="'default' or a checkpoint file (.pt)")
+    p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy; default %(default)s)")
+    p.add_argument("--n-best", type=int, default=3, help="alternatives kept in --json (default %(default)s)")
+    p.add_argument("--max-len", type=int, default=20, help="longest caption in words (default %(default)s)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line: path, id, caption, score, alternatives, model, timing")
+    p.add_argument("--segments", type=float, default=None, metavar="SECONDS",
+                   help="also caption consecutive windows of this many seconds")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--srt", default=None, metavar="FILE",
+                     help="write segment captions as SRT (a folder when several inputs are given)")
+    out.add_argument("--vtt", default=None, metavar="FILE",
+                     help="write segment captions as WebVTT (a folder when several inputs are given)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--verbose", action="store_true", help="print the time split per input on stderr")
+    p.set_defaults(handler=_run_caption)
+
+
+def _process_age() -> float:
+    """Seconds since this process started (interpreter start-up and imports), 0 if unknown."""
+    import os
+
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _expand_caption_inputs(patterns: list[str]) -> tuple[list[str], list[str]]:
+    """Files, folders and globs to media paths; returns (paths, patterns that matched nothing)."""
+    import glob
+    from pathlib import Path
+
+    paths, unmatched = [], []
+    for pattern in patterns:
+        if glob.has_magic(pattern) and not Path(pattern).exists():
+            matches = sorted(glob.glob(pattern, recursive=True))
+            if not matches:
+                unmatched.append(pattern)
+            paths.extend(matches)
+        else:
+            paths.append(pattern)
+    return paths, unmatched
+
+
+def _run_caption(args) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    startup = _process_age()
+    if (args.srt or args.vtt) and args.segments is None:
+        raise UsageError("--srt/--vtt need --segments SECONDS")
+    if args.beam < 1 or args.n_best < 1 or args.max_len < 1:
+        raise UsageError("--beam, --n-best and --max-len must be at least 1")
+    if args.segments is not None and not args.segments > 0:
+        raise UsageError("--segments must be a positive number of seconds")
+    from .caption import Captioner, write_subtitles
+    from .video import collect_inputs
+
+    candidates, unmatched = _expand_caption_inputs(args.paths)
+    failed = 0
+    for pattern in unmatched:
+        print(f"captioner: {pattern}: no file matches this pattern", file=sys.stderr)
+        failed += 1
+    paths = []
+    for candidate in candidates:
+        try:
+            paths.extend(collect_inputs([candidate]))
+        except CaptionerError as exc:
+            print(f"captioner: {exc}", file=sys.stderr)
+            failed += 1
+    if not paths:
+        return 1 if failed else 2
+    captioner = Captioner.load(args.model, device=args.device)
+    subtitle_target = args.srt or args.vtt
+    many = len(paths) > 1
+    for path in paths:
+        started = time.perf_counter()
+        try:
+            result = captioner.caption(path, beam=args.beam, n_best=args.n_best, max_len=args.max_len,
+                                       segments=args.segments)
+            if subtitle_target:
+                fmt = "srt" if args.srt else "vtt"
+                target = Path(subtitle_target) / f"{Path(path).stem}.{fmt}" if many else Path(subtitle_target)
+                write_subtitles(result.segments, target, fmt)
+        except CaptionerError as exc:
+            print(f"captioner: {exc if exc.path else f'{path}: {exc}'}", file=sys.stderr)
+            failed += 1
+            continue
+        result.timing = {"startup": round(startup, 4), "model_load": round(captioner.load_seconds, 4),
+                         **result.timing, "total": round(startup + captioner.load_seconds
+                                                          + time.perf_counter() - started, 4)}
+        startup = 0.0  # paid once, by the first input
+        captioner.load_seconds = 0.0
+        if args.json:
+            print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
+        else:
+            print(f"{result.path}\t{result.caption}", flush=True)
+        if args.verbose:
+            print("captioner: " + result.path + ": " + ", ".join(f"{k} {v:.3f}s" for k, v in result.timing.items()),
+                  file=sys.stderr)
+    return 1 if failed else 0
+
+
 # ----------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="captioner", description="Caption videos in English.")
     parser.add_argument("--version", action="version", version=f"captioner {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for add in (_add_extract, _add_features):
+    for add in (_add_extract, _add_features, _add_caption, _add_train, _add_evaluate, _add_report):
         add(sub)
     return parser
 

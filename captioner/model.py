@@ -1,0 +1,287 @@
+"""The caption model: a mean-pooled video vector drives an LSTM that writes a sentence.
+
+Venugopalan et al., "Translating Videos to Natural Language Using Deep Recurrent Neural
+Networks" (NAACL 2015): the video is one vector (the time-mean of CNN frame features). It is
+projected to the word-embedding size and fed to the LSTM at every step beside the previous
+word, so the decoder cannot forget the video; `video_input="first_step"` feeds it once, as the
+first input, like Show and Tell. Decoding is greedy or beam search and stops at <eos>.
+
+A checkpoint holds the weights with everything needed to use them: the vocabulary, the
+configs, and the provenance of the features it was trained on, so that features from another
+backbone are refused instead of silently producing nonsense.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import CaptionerError
+from .text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
+
+CHECKPOINT_FORMAT = "captioner-checkpoint"
+CHECKPOINT_VERSION = 1
+# What must agree between a checkpoint's training features and the features it is given.
+PROVENANCE_KEYS = ("backbone", "feature_dim", "weights_sha256")
+
+
+@dataclass
+class ModelConfig:
+    feature_dim: int = 0  # set from the feature store when training starts
+    embed_size: int = 256
+    hidden_size: int = 512
+    num_layers: int = 1
+    dropout: float = 0.3
+    video_input: str = "every_step"  # or "first_step"
+    tie_weights: bool = False  # share the word embedding with the output layer
+
+    def validate(self) -> None:
+        if self.video_input not in ("every_step", "first_step"):
+            raise CaptionerError(f"model.video_input must be every_step or first_step, not {self.video_input!r}")
+        if self.tie_weights and self.embed_size != self.hidden_size:
+            raise CaptionerError("model.tie_weights needs model.embed_size == model.hidden_size "
+                                 f"(got {self.embed_size} and {self.hidden_size})")
+        if self.feature_dim <= 0:
+            raise CaptionerError("model.feature_dim must be positive")
+
+
+class CaptionModel(nn.Module):
+    def __init__(self, config: ModelConfig, vocab_size: int):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.vocab_size = vocab_size
+        self.every_step = config.video_input == "every_step"
+        self.video_proj = nn.Linear(config.feature_dim, config.embed_size)
+        self.embed = nn.Embedding(vocab_size, config.embed_size, padding_idx=PAD_ID)
+        lstm_in = 2 * config.embed_size if self.every_step else config.embed_size
+        self.lstm = nn.LSTM(lstm_in, config.hidden_size, config.num_layers, batch_first=True,
+                            dropout=config.dropout if config.num_layers > 1 else 0.0)
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, vocab_size)
+        if config.tie_weights:
+            self.head.weight = self.embed.weight
+
+    # ------------------------------------------------------------------ training
+    def forward(self, feats: torch.Tensor, tokens: torch.Tensor, sample_prob: float = 0.0) -> torch.Tensor:
+        """Logits (B, L, V): position t predicts the word after tokens[:, t] (teacher forcing).
+
+        With `sample_prob` > 0 (scheduled sampling, Bengio et al. 2015) each input word after
+        <bos> is, with that probability, replaced by a word sampled from the model's own
+        previous prediction, so training sees the kind of inputs decoding will.
+        """
+        video = self.drop(self.video_proj(feats))
+        if sample_prob > 0:
+            return self._forward_sampled(video, tokens, sample_prob)
+        words = self.drop(self.embed(tokens))
+        if self.every_step:
+            out, _ = self.lstm(torch.cat([words, video[:, None].expand_as(words)], dim=-1))
+        else:
+            out, _ = self.lstm(torch.cat([video[:, None], words], dim=1))
+            out = out[:, 1:]
+        return self.head(self.drop(out))
+
+    def _forward_sampled(self, video, tokens, sample_prob):
+        state = self._initial_state(video)
+        logits, prev = [], tokens[:, 0]
+        for t in range(tokens.size(1)):
+            if t > 0:
+                sampled = torch.multinomial(logits[-1].detach().float().softmax(-1), 1)[:, 0]
+                use_sample = torch.rand(prev.shape, device=prev.device) < sample_prob
+                prev = torch.where(use_sample, sampled, tokens[:, t])
+            step_logits, state = self._step(video, prev, state)
+            logits.append(step_logits)
+        return torch.stack(logits, dim=1)
+
+    # ------------------------------------------------------------------ one decoding step
+    def _initial_state(self, video):
+        if self.every_step:
+            return None
+        _, state = self.lstm(video[:, None])  # the video is the first input, before <bos>
+        return state
+
+    def _step(self, video, prev_tokens, state):
+        x = self.drop(self.embed(prev_tokens))[:, None]
+        if self.every_step:
+            x = torch.cat([x, video[:, None]], dim=-1)
+        out, state = self.lstm(x, state)
+        return self.head(self.drop(out[:, 0])), state
+
+    @staticmethod
+    def _allowed(logp, prev_tokens, no_repeat: bool, must_end: bool):
+        """Mask what a caption may never contain next; at the length limit only <eos> is left."""
+        logp[:, [PAD_ID, BOS_ID, UNK_ID]] = -math.inf
+        if no_repeat:  # "a man is is playing": never the same word twice in a row
+            logp.scatter_(1, prev_tokens[:, None], -math.inf)
+        if must_end:
+            eos = logp[:, EOS_ID].clone()
+            logp.fill_(-math.inf)
+            logp[:, EOS_ID] = eos
+        return logp
+
+    # ------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def greedy(self, feats: torch.Tensor, max_len: int = 20, length_penalty: float = 0.0,
+               no_repeat: bool = True) -> list[tuple[list[int], float]]:
+        """The most likely word at every step: (word ids, score) per video."""
+        video = self.video_proj(feats)
+        state = self._initial_state(video)
+        prev = torch.full((feats.size(0),), BOS_ID, dtype=torch.long, device=feats.device)
+        total = torch.zeros(feats.size(0), device=feats.device)
+        alive = torch.ones(feats.size(0), dtype=torch.bool, device=feats.device)
+        chosen = []
+        for step in range(max_len + 1):
+            logits, state = self._step(video, prev, state)
+            logp = self._allowed(F.log_softmax(logits.float(), -1), prev, no_repeat, step == max_len)
+            best, prev = logp.max(dim=-1)
+            total += torch.where(alive, best, torch.zeros_like(best))
+            chosen.append(prev)
+            alive &= prev != EOS_ID
+            if not alive.any():
+                break
+        results = []
+        for row, score in zip(torch.stack(chosen, 1).tolist(), total.tolist()):
+            words = row[: row.index(EOS_ID)]
+            results.append((words, score / (len(words) + 1) ** length_penalty))
+        return results
+
+    @torch.no_grad()
+    def generate(self, feats: torch.Tensor, beam_size: int = 1, max_len: int = 20,
+                 length_penalty: float = 0.0, n_best: int = 1,
+                 no_repeat: bool = True) -> list[list[tuple[list[int], float]]]:
+        """Batched beam search: per video, the n best (word ids, score), best first.
+
+        score = sum of word log-probabilities (with <eos>) / length ** length_penalty; a
+        penalty of 0 ranks by total probability, 1 by the mean per word (favours longer
+        captions). A video stops once `beam_size` captions have ended (fairseq's rule).
+        """
+        if not 1 <= n_best <= beam_size:
+            raise ValueError(f"n_best must be between 1 and beam_size ({beam_size}), got {n_best}")
+        batch, k, vocab = feats.size(0), beam_size, self.vocab_size
+        device = feats.device
+        video = self.video_proj(feats).repeat_interleave(k, dim=0)
+        state = self._initial_state(video)
+        prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
+        history = torch.zeros((batch * k, 0), dtype=torch.long, device=device)
+        # All beams start identical; only the first is alive, or the top k would be k copies.
+        scores = torch.full((batch, k), -math.inf, device=device)
+        scores[:, 0] = 0.0
+        finished: list[list[tuple[list[int], float]]] = [[] for _ in range(batch)]
+        done = [False] * batch
+        offsets = torch.arange(batch, device=device)[:, None] * k
+        for step in range(max_len + 1):
+            logits, state = self._step(video, prev, state)
+            logp = self._allowed(F.log_softmax(logits.float(), -1), prev, no_repeat, step == max_len)
+            candidates = (scores.view(-1, 1) + logp).view(batch, k * vocab)
+            # 2k candidates: at most k of them end in <eos>, so k live ones always remain.
+            top_scores, top = candidates.topk(min(2 * k, k * vocab), dim=1)
+            beam, token = top // vocab, top % vocab
+            ends = (token == EOS_ID) & torch.isfinite(top_scores)
+            ends[:, k:] = False  # only endings that rank among the k best count
+            for b, j in ends.nonzero().tolist():
+                if not done[b]:
+                    words = history[b * k + beam[b, j]].tolist()
+                    finished[b].append((words, top_scores[b, j].item() / (len(words) + 1) ** length_penalty))
+            scores, pick = top_scores.masked_fill(token == EOS_ID, -math.inf).topk(k, dim=1)
+            rows = (beam.gather(1, pick) + offsets).view(-1)
+            prev = token.gather(1, pick).view(-1)
+            history = torch.cat([history[rows], prev[:, None]], dim=1)
+            state = None if state is None else tuple(s[:, rows] for s in state)
+            done = [d or len(f) >= k for d, f in zip(done, finished)]
+            if all(done):
+                break
+        return [sorted(f, key=lambda hyp: -hyp[1])[:n_best] for f in finished]
+
+
+# ---------------------------------------------------------------------- checkpoints
+def check_provenance(trained_on: dict | None, given: dict | None, checkpoint_path, features_path) -> None:
+    """Refuse features extracted differently from the ones a checkpoint was trained on."""
+    trained_on, given = trained_on or {}, given or {}
+    differing = [k for k in PROVENANCE_KEYS
+                 if k in trained_on and k in given and trained_on[k] != given[k]]
+    if differing:
+        what = ", ".join(f"{k} {given[k]!r} (checkpoint {checkpoint_path} expects {trained_on[k]!r})"
+                         for k in differing)
+        raise CaptionerError(f"features were extracted with a different backbone: {what}; re-extract "
+                             f"with --backbone {trained_on.get('backbone')}", features_path)
+
+
+def save_checkpoint(path: str | os.PathLike, model: CaptionModel, vocab: Vocabulary, config: dict,
+                    provenance: dict | None, epoch: int, metrics: dict, train_state: dict | None = None) -> None:
+    """Write atomically (temporary file + rename): a crash never leaves half a checkpoint."""
+    path = Path(path)
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+               "model_config": asdict(model.config), "vocab": vocab.words,
+               "model": model.state_dict(), "config": config, "provenance": provenance,
+               "epoch": epoch, "metrics": metrics, "train_state": train_state}
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Checkpoint:
+    model: CaptionModel  # in eval mode
+    vocab: Vocabulary
+    config: dict  # the training config it was made with
+    provenance: dict | None  # the feature store's provenance at training time
+    path: Path
+    epoch: int = 0
+    metrics: dict = field(default_factory=dict)
+    train_state: dict | None = None  # optimizer, scheduler, RNG: only what --resume needs
+
+    def check_features(self, provenance: dict | None, features_path=None) -> None:
+        check_provenance(self.provenance, provenance, self.path, features_path)
+
+    def decode(self, ids) -> str:
+        return self.vocab.decode(ids)
+
+    @torch.no_grad()
+    def caption(self, feats, beam_size: int = 3, max_len: int = 20, length_penalty: float = 0.0,
+                no_repeat: bool = True) -> list[str]:
+        """One caption per pooled feature vector (rows of a (B, D) array or tensor)."""
+        param = next(self.model.parameters())
+        feats = torch.as_tensor(np.asarray(feats, dtype=np.float32), device=param.device)
+        if feats.ndim == 1:
+            feats = feats[None]
+        hyps = self.model.generate(feats, beam_size=beam_size, max_len=max_len,
+                                   length_penalty=length_penalty, no_repeat=no_repeat)
+        return [self.decode(best[0][0]) for best in hyps]
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """A trained model in eval mode with its vocabulary, config and feature provenance."""
+    path = Path(path)
+    if not path.is_file():
+        raise CaptionerError("checkpoint not found", path)
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise CaptionerError(f"not a readable checkpoint ({type(exc).__name__}: {exc})", path) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CaptionerError("not a captioner checkpoint", path)
+    if payload.get("version", 0) > CHECKPOINT_VERSION:
+        raise CaptionerError(f"checkpoint version {payload['version']} is newer than this captioner "
+                             "understands; upgrade captioner", path)
+    vocab = Vocabulary(payload["vocab"])
+    model = CaptionModel(ModelConfig(**payload["model_config"]), len(vocab)).to(device)
+    model.load_state_dict(payload["model"])
+    model.eval()
+    return Checkpoint(model=model, vocab=vocab, config=payload["config"], provenance=payload["provenance"],
+                      path=path, epoch=payload["epoch"], metrics=payload["metrics"],
+                      train_state=payload.get("train_state"))

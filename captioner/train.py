@@ -1,0 +1,441 @@
+"""Training: teacher forcing with cross-entropy on (pooled video vector, caption) pairs.
+
+    captioner train configs/train_msvd.yaml [--set key=value ...] [--resume]
+    python -m torch.distributed.run --nproc_per_node=N -m captioner.train CONFIG   (DDP)
+
+A run directory holds config.yaml, last.pt (everything --resume needs), best.pt (the
+checkpoint with the best validation score) and metrics.csv (one row per epoch).
+
+Every video's pooled vector and every tokenised caption are loaded once into two tensors on
+the training device; a batch is then two index operations, so no data loader or per-caption
+Python runs in the loop. Checkpoints are written at the end of each epoch; `--resume`
+continues from the last one exactly: same weights, optimizer, schedule, shuffling and dropout
+RNG, so the following losses equal those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .config import load_config, save_config
+from .datasets import Captions, join_features, load_captions
+from .errors import CaptionerError
+from .model import CaptionModel, Checkpoint, ModelConfig, check_provenance, load_checkpoint, save_checkpoint
+from .store import open_features
+from .text import PAD_ID, Vocabulary, tokenize
+
+log = logging.getLogger("captioner")
+
+
+@dataclass
+class DataConfig:
+    features: str = ""  # feature store of the training videos
+    captions: str = ""  # caption file (any format captioner.datasets reads)
+    split: str | None = "train"  # split name, a file listing ids, or null for the whole file
+    # Validation: on when val_captions or val_split is set; stores/files default to the above.
+    val_features: str | None = None
+    val_captions: str | None = None
+    val_split: str | None = "val"
+    max_words: int = 20  # longer captions are cut; also the decoding limit in validation
+    min_count: int = 2  # words seen fewer times in the training captions become <unk>
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/caption"
+    seed: int = 0
+    epochs: int = 30
+    batch_size: int = 64  # captions per optimizer step, over all processes
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0  # max gradient norm; 0 turns clipping off
+    lr_schedule: str = "cosine"  # cosine | constant | step (x lr_gamma every lr_step_epochs)
+    warmup_steps: int = 200
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.5
+    label_smoothing: float = 0.0
+    scheduled_sampling: float = 0.0  # probability of feeding the model's own word, reached linearly at the last epoch
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    device: str = "auto"  # auto | cpu | cuda
+    # Scores computed on the validation set each epoch (captioner.metrics names); best.pt is
+    # chosen by the first (BLEU means BLEU-4); an empty list chooses by validation loss.
+    val_metrics: list[str] = field(default_factory=lambda: ["CIDEr"])
+    val_beam_size: int = 1
+    # Fine-tuning: start from this checkpoint's weights and architecture (the model section is
+    # then ignored). init_vocab "extend" keeps every pre-trained word at its id and appends the
+    # new frequent words of this data (fresh rows); "keep" uses the pre-trained vocabulary as is.
+    init_from: str | None = None
+    init_vocab: str = "extend"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class CaptionTensors:
+    """One split on the training device: pooled vectors (videos x D) and padded captions."""
+
+    video_ids: list[str]
+    feats: torch.Tensor  # (videos, D)
+    tokens: torch.Tensor  # (captions, max_words + 2): <bos> words <eos> <pad>...
+    video_of: torch.Tensor  # (captions,) row of `feats` for each caption
+    lengths: torch.Tensor  # (captions,) on the CPU, so cutting a batch needs no device sync
+
+    def __len__(self) -> int:
+        return self.tokens.size(0)
+
+    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(feats (B, D), tokens (B, L)) with L the longest caption of these rows."""
+        longest = int(self.lengths[rows].max())
+        rows = rows.to(self.tokens.device, non_blocking=True)
+        return self.feats[self.video_of[rows]], self.tokens[rows, :longest]
+
+
+def load_split(features: str, captions_file: str, split: str | None) -> tuple[Captions, object]:
+    store = open_features(features)
+    captions = join_features(load_captions(captions_file, split), store.ids(), captions_file, features)
+    return captions, store
+
+
+def make_tensors(store, captions: Captions, vocab: Vocabulary, max_words: int,
+                 device: torch.device) -> CaptionTensors:
+    video_ids = list(captions)
+    _, feats = store.pooled_matrix(video_ids)
+    token_lists, video_of = [], []
+    for row, vid in enumerate(video_ids):
+        for caption in captions[vid]:
+            token_lists.append(tokenize(caption))
+            video_of.append(row)
+    tokens, lengths = vocab.encode_batch(token_lists, max_words)
+    return CaptionTensors(video_ids, torch.from_numpy(feats).to(device), torch.from_numpy(tokens).to(device),
+                          torch.tensor(video_of, device=device), torch.from_numpy(lengths))
+
+
+# ----------------------------------------------------------------------------- one epoch
+def caption_loss(model, feats, tokens, label_smoothing: float = 0.0, sample_prob: float = 0.0):
+    logits = model(feats, tokens[:, :-1], sample_prob)
+    return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), ignore_index=PAD_ID,
+                           label_smoothing=label_smoothing)
+
+
+def batch_layout(captions: int, batch_size: int, world: int) -> tuple[int, int]:
+    """(captions per rank per step, steps per epoch); the incomplete last batch is skipped."""
+    per_rank = max(1, min(batch_size, captions) // world)
+    return per_rank, max(1, captions // (per_rank * world))
+
+
+def train_epoch(model, data: CaptionTensors, optimizer, scheduler, scaler, cfg: TrainConfig,
+                generator: torch.Generator, sample_prob: float = 0.0, rank: int = 0, world: int = 1,
+                max_steps: int | None = None) -> float:
+    """One pass over the shuffled captions; returns the mean training loss (over all ranks)."""
+    model.train()
+    device = data.tokens.device
+    per_rank, steps = batch_layout(len(data), cfg.batch_size, world)
+    # Every rank draws the same permutation and takes its own share of each batch.
+    order = torch.randperm(len(data), generator=generator)
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    total = torch.zeros((), device=device)
+    for step in range(steps):
+        start = (step * world + rank) * per_rank
+        feats, tokens = data.batch(order[start: start + per_rank])
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            loss = caption_loss(model, feats, tokens, cfg.label_smoothing, sample_prob)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total += loss.detach()
+    if world > 1:
+        dist.all_reduce(total)
+    return total.item() / (steps * world)
+
+
+@torch.no_grad()
+def validate(model: CaptionModel, data: CaptionTensors, references: Captions, vocab: Vocabulary,
+             cfg: TrainConfig, batch_size: int = 256) -> dict[str, float]:
+    """Validation loss (teacher forcing) and caption metrics of decoded captions."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        feats, tokens = data.batch(torch.arange(start, min(start + batch_size, len(data))))
+        logits = model(feats, tokens[:, :-1])
+        targets = tokens[:, 1:]
+        total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD_ID,
+                                 reduction="sum").item()
+        count += int((targets != PAD_ID).sum())
+    result = {"val_loss": total / count}
+    if cfg.val_metrics:
+        from .metrics import score
+
+        predictions = {}
+        for start in range(0, len(data.video_ids), batch_size):
+            feats = data.feats[start: start + batch_size]
+            hyps = model.generate(feats, beam_size=cfg.val_beam_size, max_len=cfg.data.max_words)
+            for vid, best in zip(data.video_ids[start: start + batch_size], hyps):
+                predictions[vid] = vocab.decode(best[0][0]) or "<empty>"  # the scorers need a word
+        scores = score(predictions, {vid: references[vid] for vid in predictions}, cfg.val_metrics)
+        result.update({f"val_{name}": value for name, value in scores.items()})
+    return result
+
+
+def best_key(cfg: TrainConfig) -> str:
+    if not cfg.val_metrics:
+        return "val_loss"
+    from .metrics import parse_metrics
+
+    return "val_" + parse_metrics([cfg.val_metrics[0]])[-1]
+
+
+# ----------------------------------------------------------------------------- schedule
+def lr_factor(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    warmup = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    if cfg.lr_schedule == "constant":
+        return warmup
+    if cfg.lr_schedule == "step":
+        return warmup * cfg.lr_gamma ** (step // (steps_per_epoch * cfg.lr_step_epochs))
+    if cfg.lr_schedule == "cosine":
+        return warmup * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps))))
+    raise CaptionerError(f"lr_schedule must be cosine, constant or step, not {cfg.lr_schedule!r}")
+
+
+# ----------------------------------------------------------------------------- the run
+def _setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise CaptionerError("device cuda requested but CUDA is not available")
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return rank, world, device
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _load_pretrained_weights(model: CaptionModel, state: dict) -> None:
+    """Copy weights; vocabulary-sized tensors keep the pre-trained words' rows, new rows stay fresh."""
+    own = model.state_dict()
+    for name, value in state.items():
+        own[name][: value.shape[0]] = value
+    model.load_state_dict(own)
+
+
+def _append_metrics(path: Path, row: dict, columns: list[str], keep_epochs_up_to: int) -> None:
+    """Append one epoch; on resume, first drop rows of epochs the checkpoint does not have."""
+    rows = []
+    if path.exists():
+        with path.open(newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= keep_epochs_up_to]
+    rows.append({k: ("" if row.get(k) is None else row[k]) for k in columns})
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Train (or resume) the run in cfg.run_dir; returns the path of best.pt."""
+    rank, world, device = _setup_distributed(cfg)
+    if rank != 0:
+        log.setLevel(logging.ERROR)  # one copy of every warning, from rank 0
+    if cfg.init_vocab not in ("extend", "keep"):
+        raise CaptionerError(f"init_vocab must be extend or keep, not {cfg.init_vocab!r}")
+    if cfg.batch_size < world:
+        raise CaptionerError(f"batch_size {cfg.batch_size} is smaller than the {world} processes")
+    run_dir = Path(cfg.run_dir)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if resume and not last_path.is_file():
+        raise CaptionerError("nothing to resume: no last.pt (start without --resume)", run_dir)
+    if not resume and last_path.exists():
+        raise CaptionerError("run directory already holds a run; pass --resume to continue it or "
+                             "choose another run_dir", run_dir)
+    if not cfg.data.features or not cfg.data.captions:
+        raise CaptionerError("data.features and data.captions must be set")
+
+    # ---- data: captions joined to features, tokenised once
+    train_caps, train_store = load_split(cfg.data.features, cfg.data.captions, cfg.data.split)
+    provenance = train_store.provenance
+    previous: Checkpoint | None = load_checkpoint(last_path, device) if resume else None
+    pretrained: Checkpoint | None = None
+    if previous is not None:
+        check_provenance(previous.provenance, provenance, last_path, cfg.data.features)
+        vocab, model_config = previous.vocab, previous.model.config
+    elif cfg.init_from:
+        pretrained = load_checkpoint(cfg.init_from, device)
+        pretrained.check_features(provenance, cfg.data.features)
+        model_config = pretrained.model.config
+        vocab = pretrained.vocab
+        if cfg.init_vocab == "extend":
+            vocab = vocab.extend((tokenize(c) for caps in train_caps.values() for c in caps), cfg.data.min_count)
+    else:
+        vocab = Vocabulary.build((tokenize(c) for caps in train_caps.values() for c in caps), cfg.data.min_count)
+        model_config = ModelConfig(**{**asdict(cfg.model), "feature_dim": train_store.feature_dim})
+    if model_config.feature_dim != train_store.feature_dim:
+        raise CaptionerError(f"features are {train_store.feature_dim}-d but the model expects "
+                             f"{model_config.feature_dim}-d", cfg.data.features)
+    cfg.model = model_config
+    train_data = make_tensors(train_store, train_caps, vocab, cfg.data.max_words, device)
+
+    val_data = val_refs = None
+    if rank == 0 and (cfg.data.val_captions or cfg.data.val_split):
+        val_features = cfg.data.val_features or cfg.data.features
+        val_refs, val_store = load_split(val_features, cfg.data.val_captions or cfg.data.captions,
+                                         cfg.data.val_split)
+        check_provenance(provenance, val_store.provenance, cfg.data.features, val_features)
+        val_data = make_tensors(val_store, val_refs, vocab, cfg.data.max_words, device)
+    selection = best_key(cfg) if val_data is not None else "train_loss"
+
+    # ---- model, optimizer, schedule
+    torch.manual_seed(cfg.seed)
+    model = CaptionModel(model_config, len(vocab)).to(device)
+    if pretrained is not None:
+        _load_pretrained_weights(model, pretrained.model.state_dict())
+        del pretrained
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = batch_layout(len(train_data), cfg.batch_size, world)[1]
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(cfg, step, total_steps, steps_per_epoch))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda"
+                                  and not torch.cuda.is_bf16_supported())
+    generator = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + rank)  # dropout and sampling differ between ranks
+    start_epoch, best_score = 0, None
+    if previous is not None:
+        state = previous.train_state
+        model.load_state_dict(previous.model.state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        generator.set_state(state["generator"])
+        if state["world"] != world:
+            raise CaptionerError(f"run was trained with {state['world']} processes; resume it with the same number",
+                                 last_path)
+        _set_rng_state(state["rng"][rank], device)
+        start_epoch, best_score = previous.epoch, state["best_score"]
+        del previous
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None)
+
+    columns = ["epoch", "train_loss", "val_loss"] + (
+        [f"val_{m}" for m in _metric_names(cfg)] if val_data is not None else [])
+    writer = None
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        writer = _tensorboard(run_dir)
+        print(f"training on {len(train_data)} captions of {len(train_data.video_ids)} videos, vocabulary "
+              f"{len(vocab)} words, {world} process(es) on {device}"
+              + (f"; validating on {len(val_data.video_ids)} videos" if val_data is not None else ""),
+              file=sys.stderr)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        tic = time.perf_counter()
+        sample_prob = cfg.scheduled_sampling * epoch / max(1, cfg.epochs - 1)
+        train_loss = train_epoch(ddp_model, train_data, optimizer, scheduler, scaler, cfg, generator,
+                                 sample_prob, rank, world)
+        seconds = time.perf_counter() - tic
+        rng = [_rng_state(device)]
+        if world > 1:
+            rng = [None] * world
+            dist.all_gather_object(rng, _rng_state(device))
+        if rank == 0:
+            row = {"epoch": epoch + 1, "train_loss": train_loss}
+            if val_data is not None:
+                row.update(validate(model, val_data, val_refs, vocab, cfg))
+            current = row[selection]
+            higher_is_better = selection not in ("val_loss", "train_loss")
+            improved = best_score is None or (current > best_score if higher_is_better else current < best_score)
+            if improved:
+                best_score = current
+            train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                           "scaler": scaler.state_dict(), "generator": generator.get_state(), "rng": rng,
+                           "world": world, "best_score": best_score}
+            metrics = {k: v for k, v in row.items() if k != "epoch"}
+            save_checkpoint(last_path, model, vocab, asdict(cfg), provenance, epoch + 1, metrics, train_state)
+            if improved:
+                _copy_atomic(last_path, best_path)
+            _append_metrics(run_dir / "metrics.csv", row, columns, epoch)
+            if writer is not None:
+                for key, value in metrics.items():
+                    writer.add_scalar(key, value, epoch + 1)
+                writer.flush()
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            print(f"epoch {epoch + 1}/{cfg.epochs}  {shown}  ({seconds:.1f}s, "
+                  f"{len(train_data) / seconds:.0f} captions/s){'  *best' if improved else ''}", file=sys.stderr)
+        if world > 1:
+            dist.barrier()
+    if writer is not None:
+        writer.close()
+    if world > 1:
+        dist.destroy_process_group()
+    return best_path
+
+
+def _metric_names(cfg: TrainConfig) -> list[str]:
+    from .metrics import parse_metrics
+
+    return list(parse_metrics(cfg.val_metrics)) if cfg.val_metrics else []
+
+
+def _copy_atomic(source: Path, dest: Path) -> None:
+    tmp = dest.with_name(".tmp-" + dest.name)
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, dest)
+
+
+def train_from_config(config_path: str | None, overrides: list[str] | None = None, resume: bool = False) -> Path:
+    return train(load_config(TrainConfig, config_path, overrides), resume=resume)
+
+
+if __name__ == "__main__":  # python -m torch.distributed.run ... -m captioner.train CONFIG [...]
+    from .cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))
