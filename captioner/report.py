@@ -1,0 +1,424 @@
+"""The evaluation report: what the model says about each video, not only five numbers.
+
+    report_files("preds.jsonl", "MSVD_test.tsv", "report/", videos="clips/",
+                 train_references="MSVD_train.tsv", train_features="features/", run="runs/msvd")
+    write_report(evaluation, "report/", ...)    # from an `Evaluation` already computed
+
+writes OUT/report.html (one self-contained file: no external scripts, fonts or styles; images
+are data URIs), OUT/report.md (plots as OUT/plots/*.png beside it) and OUT/report.json.
+The page holds the metric table (model, baselines, published numbers), the best and worst
+videos, plots (per-video scores, caption lengths, vocabulary and copying from the training
+set, training curves) and one row per video with a strip of frames, the captions, the
+references and the per-video scores.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import logging
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .errors import CaptionerError
+from .evaluate import MODEL, Evaluation, evaluate, read_predictions, read_references
+from .metrics import DEFAULT_METRICS, parse_metrics
+from .text import tokenize
+
+log = logging.getLogger("captioner")
+
+# Published MSVD (YouTube2Text) test-set scores of the model this project reproduces. Only the
+# numbers we could check against the authors' own statements are listed; both papers report
+# METEOR (coco-caption's METEOR 1.5) in percent, here on our 0-1 scale.
+PUBLISHED_MSVD = [
+    {"name": "Mean pool, VGG (Venugopalan et al., NAACL 2015)", "scores": {"METEOR": 0.277},
+     "source": "Venugopalan et al., Sequence to Sequence - Video to Text, ICCV 2015, Table 2 "
+               "(improved NAACL-HLT 2015 mean-pool model; the authors' model page "
+               "https://gist.github.com/vsubhashini/3761b9ad43f60db9ac3d gives 27.7% METEOR)"},
+    {"name": "S2VT, RGB VGG (Venugopalan et al., ICCV 2015)", "scores": {"METEOR": 0.292},
+     "source": "Venugopalan et al., Sequence to Sequence - Video to Text, ICCV 2015, Table 2 "
+               "(the authors' model page https://gist.github.com/vsubhashini/38d087e140854fee4b14 "
+               "gives 29.2% METEOR)"},
+]
+# The metric that ranks videos from best to worst, in order of preference.
+_RANKING = ("CIDEr", "METEOR", "BLEU-4", "ROUGE-L", "BLEU-3", "BLEU-2", "BLEU-1", "SPICE")
+_EXAMPLES = 5
+_VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv",
+                   ".gif", ".3gp", ".ts", ".jpg", ".jpeg", ".png"}
+
+
+# ----------------------------------------------------------------------------- facts
+@dataclass
+class CaptionStats:
+    """Length, vocabulary and novelty of one system's captions (PTB-like tokens)."""
+
+    mean_length: float
+    vocabulary: int
+    distinct_captions: float  # share of videos whose caption no other video got
+    copied_from_training: float | None  # share of captions that appear verbatim in the training set
+
+
+def caption_stats(captions: Sequence[str], training_captions: set[str] | None) -> CaptionStats:
+    tokens = [tokenize(c) for c in captions]
+    joined = Counter(" ".join(t) for t in tokens)
+    copied = None
+    if training_captions is not None:
+        copied = sum(" ".join(t) in training_captions for t in tokens) / max(len(tokens), 1)
+    return CaptionStats(mean_length=sum(map(len, tokens)) / max(len(tokens), 1),
+                        vocabulary=len({w for t in tokens for w in t}),
+                        distinct_captions=sum(1 for t in tokens if joined[" ".join(t)] == 1) / max(len(tokens), 1),
+                        copied_from_training=copied)
+
+
+def ranking_metric(evaluation: Evaluation) -> str:
+    return next(m for m in _RANKING if m in evaluation.metrics)
+
+
+def read_training_curves(run_dir: str | os.PathLike) -> dict[str, list[float]]:
+    """Columns of RUN/metrics.csv (epoch, train_loss, val_loss, val_<METRIC>...) as float lists."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        raise CaptionerError("no metrics.csv in the run directory", Path(run_dir))
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "epoch" not in rows[0]:
+        raise CaptionerError("expected a CSV with an 'epoch' column and one row per epoch", path)
+    columns: dict[str, list[float]] = {}
+    for name in rows[0]:
+        try:
+            columns[name] = [float(r[name]) if r[name] not in ("", None) else float("nan") for r in rows]
+        except ValueError:
+            continue  # a text column (e.g. a timestamp) is not a curve
+    return columns
+
+
+# ----------------------------------------------------------------------------- images
+def _png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _plots(evaluation: Evaluation, training_captions: set[str] | None,
+           curves: dict[str, list[float]] | None) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots: dict[str, bytes] = {}
+    metrics = [m for m in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE") if m in evaluation.metrics] \
+        or list(evaluation.metrics)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for system in evaluation.systems:
+            values = [system.per_video[i][metric] for i in evaluation.ids]
+            ax.hist(values, bins=20, histtype="step", linewidth=1.5, label=system.name)
+        ax.set_title(metric)
+        ax.set_xlabel("per-video score")
+    axes[0][0].set_ylabel("videos")
+    axes[0][-1].legend(fontsize=7)
+    plots["scores"] = _png_bytes(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    reference_lengths = [len(tokenize(r)) for i in evaluation.ids for r in evaluation.references[i]]
+    longest = max([*reference_lengths, *(len(tokenize(c)) for s in evaluation.systems for c in s.captions.values())])
+    bins = [x - 0.5 for x in range(0, longest + 2)]
+    ax.hist(reference_lengths, bins=bins, density=True, alpha=0.35, label="references")
+    for system in evaluation.systems:
+        ax.hist([len(tokenize(system.captions[i])) for i in evaluation.ids], bins=bins, density=True,
+                histtype="step", linewidth=1.5, label=system.name)
+    ax.set_xlabel("caption length (words)")
+    ax.set_ylabel("share of captions")
+    ax.legend(fontsize=7)
+    plots["lengths"] = _png_bytes(fig)
+    plt.close(fig)
+
+    model_words = Counter(w for i in evaluation.ids for w in tokenize(evaluation.model.captions[i]))
+    reference_words = Counter(w for i in evaluation.ids for r in evaluation.references[i] for w in tokenize(r))
+    stats = {s.name: caption_stats([s.captions[i] for i in evaluation.ids], training_captions)
+             for s in evaluation.systems}
+    panels = 3 if training_captions is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.2))
+    top = [w for w, _ in model_words.most_common(15)]
+    total_model, total_refs = max(sum(model_words.values()), 1), max(sum(reference_words.values()), 1)
+    positions = range(len(top))
+    axes[0].barh([p + 0.2 for p in positions], [model_words[w] / total_model for w in top], 0.4, label=MODEL)
+    axes[0].barh([p - 0.2 for p in positions], [reference_words[w] / total_refs for w in top], 0.4,
+                 label="references")
+    axes[0].set_yticks(list(positions), top, fontsize=7)
+    axes[0].invert_yaxis()
+    axes[0].set_title("model's most used words", fontsize=9)
+    axes[0].set_xlabel("share of words")
+    axes[0].legend(fontsize=7)
+    names = [*stats, "references"]
+    axes[1].bar(range(len(names)), [*(s.vocabulary for s in stats.values()), len(reference_words)])
+    axes[1].set_xticks(range(len(names)), names, rotation=20, fontsize=7)
+    axes[1].set_title("distinct words used", fontsize=9)
+    if training_captions is not None:
+        axes[2].bar(range(len(stats)), [100 * s.copied_from_training for s in stats.values()])
+        axes[2].set_xticks(range(len(stats)), list(stats), rotation=20, fontsize=7)
+        axes[2].set_ylim(0, 100)
+        axes[2].set_title("% captions copied verbatim from training", fontsize=9)
+    fig.tight_layout()
+    plots["vocabulary"] = _png_bytes(fig)
+    plt.close(fig)
+
+    if curves:
+        loss_columns = [c for c in curves if c.endswith("loss")]
+        val_columns = [c for c in curves if c.startswith("val_") and not c.endswith("loss")]
+        fig, axes = plt.subplots(1, 1 + bool(val_columns), figsize=(5 * (1 + bool(val_columns)), 3), squeeze=False)
+        for column in loss_columns:
+            axes[0][0].plot(curves["epoch"], curves[column], marker=".", label=column)
+        axes[0][0].set_xlabel("epoch")
+        axes[0][0].set_title("loss", fontsize=9)
+        axes[0][0].legend(fontsize=7)
+        for column in val_columns:
+            axes[0][1].plot(curves["epoch"], curves[column], marker=".", label=column[4:])
+        if val_columns:
+            axes[0][1].set_xlabel("epoch")
+            axes[0][1].set_title("validation scores", fontsize=9)
+            axes[0][1].legend(fontsize=7)
+        fig.tight_layout()
+        plots["training"] = _png_bytes(fig)
+        plt.close(fig)
+    return plots
+
+
+def _find_videos(videos_dir: str | os.PathLike, ids: Sequence[str]) -> dict[str, Path]:
+    root = Path(videos_dir)
+    if not root.is_dir():
+        raise CaptionerError("videos folder not found", root)
+    wanted = set(ids)
+    found: dict[str, Path] = {}
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() in _VIDEO_SUFFIXES and path.stem in wanted and path.stem not in found:
+            found[path.stem] = path
+    return found
+
+
+def thumbnail_strips(videos: Mapping[str, Path], progress: bool = True) -> dict[str, str | CaptionerError]:
+    """A JPEG data URI of 4 frames side by side per video (or the error that stopped it)."""
+    import numpy as np
+    from PIL import Image
+    from tqdm import tqdm
+
+    from .video import decode
+
+    strips: dict[str, str | CaptionerError] = {}
+    for video_id, path in tqdm(videos.items(), desc="thumbnails", unit="video", disable=not progress):
+        try:
+            frames = decode(path, "uniform:4", short_side=96).frames
+        except CaptionerError as exc:
+            strips[video_id] = exc
+            continue
+        gap = np.full((frames.shape[1], 3, 3), 255, np.uint8)
+        strip = np.concatenate([part for f in frames for part in (f, gap)][:-1], axis=1)
+        buf = io.BytesIO()
+        Image.fromarray(strip).save(buf, format="JPEG", quality=80)
+        strips[video_id] = _data_uri(buf.getvalue(), "image/jpeg")
+    return strips
+
+
+# ----------------------------------------------------------------------------- writing
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;
+       max-width: 1200px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+th, td { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; text-align: left; }
+th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.published td { color: #555; font-style: italic; }
+.caption { font-weight: 600; } .baseline { color: #555; font-size: 0.9em; }
+.note { color: #666; font-size: 0.9em; } img.plot { max-width: 100%; }
+details summary { cursor: pointer; color: #0366d6; } ol.refs { margin: 0.3em 0; padding-left: 1.5em; }
+"""
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _metric_rows(evaluation: Evaluation) -> list[tuple[str, dict[str, float | None], str | None]]:
+    rows = [(s.name, {m: s.corpus.get(m) for m in evaluation.metrics}, None) for s in evaluation.systems]
+    rows += [(p["name"], {m: p["scores"].get(m) for m in evaluation.metrics}, p["source"]) for p in PUBLISHED_MSVD]
+    return rows
+
+
+def _examples(evaluation: Evaluation) -> tuple[list[str], list[str]]:
+    metric = ranking_metric(evaluation)
+    ranked = sorted(evaluation.ids, key=lambda i: evaluation.model.per_video[i][metric], reverse=True)
+    n = min(_EXAMPLES, len(ranked) // 2) or 1
+    return ranked[:n], ranked[::-1][:n]
+
+
+def _html(evaluation: Evaluation, title: str, plots: dict[str, bytes], strips: dict, stats: dict,
+          notes: list[str]) -> str:
+    e = html.escape
+    metrics = evaluation.metrics
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           f"<title>{e(title)}</title><style>{_STYLE}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    out += [f'<p class="note">{e(n)}</p>' for n in notes]
+
+    out.append("<h2>Scores</h2><table><tr><th>system</th>" + "".join(f"<th>{e(m)}</th>" for m in metrics) + "</tr>")
+    for name, scores, source in _metric_rows(evaluation):
+        cls = ' class="published"' if source else ""
+        label = e(name) + (f'<br><span class="note">{e(source)}</span>' if source else "")
+        out.append(f"<tr{cls}><td>{label}</td>" + "".join(f'<td class="num">{_fmt(scores[m])}</td>' for m in metrics)
+                   + "</tr>")
+    out.append("</table><p class=\"note\">Scores on coco-caption's scale (0-1; CIDEr is CIDEr-D and can exceed 1), "
+               "computed with pycocoevalcap. Published rows are MSVD test-split numbers (670 videos): comparable "
+               "only when these predictions cover that split.</p>")
+
+    out.append("<h2>Captions</h2><table><tr><th>system</th><th>mean length</th><th>distinct words</th>"
+               "<th>unique captions</th><th>copied from training</th></tr>")
+    for name, s in stats.items():
+        copied = "–" if s.copied_from_training is None else f"{100 * s.copied_from_training:.1f}%"
+        out.append(f'<tr><td>{e(name)}</td><td class="num">{s.mean_length:.2f}</td><td class="num">{s.vocabulary}</td>'
+                   f'<td class="num">{100 * s.distinct_captions:.1f}%</td><td class="num">{copied}</td></tr>')
+    out.append("</table>")
+
+    best, worst = _examples(evaluation)
+    metric = ranking_metric(evaluation)
+    out.append(f"<h2>Best and worst videos (by {e(metric)})</h2>")
+    out += ["<h3>Best</h3>", _video_table(evaluation, best, strips), "<h3>Worst</h3>",
+            _video_table(evaluation, worst, strips)]
+
+    captions = {"scores": "Per-video scores", "lengths": "Caption length: predictions vs references",
+                "vocabulary": "Vocabulary and copying", "training": "Training curves"}
+    out.append("<h2>Plots</h2>")
+    for key, png in plots.items():
+        out.append(f'<h3>{e(captions[key])}</h3><img class="plot" alt="{e(captions[key])}" '
+                   f'src="{_data_uri(png, "image/png")}">')
+
+    out += [f"<h2>All videos ({len(evaluation.ids)})</h2>", _video_table(evaluation, evaluation.ids, strips),
+            "</body></html>"]
+    return "\n".join(out)
+
+
+def _video_table(evaluation: Evaluation, ids: Sequence[str], strips: dict) -> str:
+    e = html.escape
+    metrics = evaluation.metrics
+    rows = ["<table><tr><th>video</th><th>captions</th>" + "".join(f"<th>{e(m)}</th>" for m in metrics) + "</tr>"]
+    for video_id in ids:
+        strip = strips.get(video_id)
+        if isinstance(strip, str):
+            frames = f'<img alt="frames of {e(video_id)}" src="{strip}">'
+        elif isinstance(strip, CaptionerError):
+            frames = f'<span class="note">no frames: {e(strip.reason)}</span>'
+        else:
+            frames = ""
+        model = evaluation.model
+        baselines = "".join(f'<div class="baseline">{e(s.name)}: {e(s.captions[video_id])}</div>'
+                            for s in evaluation.systems[1:])
+        references = evaluation.references[video_id]
+        refs = "".join(f"<li>{e(r)}</li>" for r in references)
+        rows.append(f"<tr><td><code>{e(video_id)}</code><br>{frames}</td>"
+                    f'<td><div class="caption">{e(model.captions[video_id])}</div>{baselines}'
+                    f"<details><summary>{len(references)} references</summary><ol class=\"refs\">{refs}</ol>"
+                    "</details></td>"
+                    + "".join(f'<td class="num">{_fmt(model.per_video[video_id][m])}</td>' for m in metrics)
+                    + "</tr>")
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def _markdown(evaluation: Evaluation, title: str, plot_files: dict[str, str], stats: dict, notes: list[str]) -> str:
+    def cell(text: str) -> str:
+        return " ".join(str(text).split()).replace("|", "\\|")
+
+    metrics = evaluation.metrics
+    lines = [f"# {cell(title)}", "", *(f"_{cell(n)}_\n" for n in notes), "## Scores", "",
+             "| system | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+    for name, scores, source in _metric_rows(evaluation):
+        label = cell(name) + (f" ({cell(source)})" if source else "")
+        lines.append(f"| {label} | " + " | ".join(_fmt(scores[m]) for m in metrics) + " |")
+    lines += ["", "## Captions", "", "| system | mean length | distinct words | unique captions | copied from training |",
+              "|---|---:|---:|---:|---:|"]
+    for name, s in stats.items():
+        copied = "–" if s.copied_from_training is None else f"{100 * s.copied_from_training:.1f}%"
+        lines.append(f"| {cell(name)} | {s.mean_length:.2f} | {s.vocabulary} | {100 * s.distinct_captions:.1f}% "
+                     f"| {copied} |")
+    best, worst = _examples(evaluation)
+    metric = ranking_metric(evaluation)
+    for heading, ids in ((f"Best videos (by {metric})", best), (f"Worst videos (by {metric})", worst),
+                         (f"All videos ({len(evaluation.ids)})", evaluation.ids)):
+        lines += ["", f"## {heading}", "", "| video | prediction | first reference | " + " | ".join(metrics) + " |",
+                  "|---|---|---|" + "---:|" * len(metrics)]
+        for i in ids:
+            lines.append(f"| {cell(i)} | {cell(evaluation.model.captions[i])} | {cell(evaluation.references[i][0])} | "
+                         + " | ".join(_fmt(evaluation.model.per_video[i][m]) for m in metrics) + " |")
+    lines += ["", "## Plots", ""] + [f"![{key}]({path})" for key, path in plot_files.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(evaluation: Evaluation, out_dir: str | os.PathLike, *, videos: str | os.PathLike | None = None,
+                 run: str | os.PathLike | None = None, train_references: Mapping[str, Sequence[str]] | None = None,
+                 title: str | None = None, progress: bool = True) -> dict[str, Path]:
+    """Write report.html, report.md (+ plots/) and report.json for an evaluation; returns their paths."""
+    out = Path(out_dir)
+    title = title or "Video captioning evaluation"
+    notes = [f"{len(evaluation.ids)} videos scored"
+             + "".join(f"; {n} {what} ids left out" for what, n in evaluation.excluded.items() if n)]
+    training_captions = None
+    if train_references is not None:
+        training_captions = {" ".join(tokenize(c)) for caps in train_references.values() for c in caps}
+    curves = read_training_curves(run) if run is not None else None
+    strips: dict = {}
+    if videos is not None:
+        found = _find_videos(videos, evaluation.ids)
+        if len(found) < len(evaluation.ids):
+            notes.append(f"{len(evaluation.ids) - len(found)} of {len(evaluation.ids)} videos not found in {videos}: "
+                         "shown without frames")
+        strips = thumbnail_strips(found, progress=progress)
+    stats = {s.name: caption_stats([s.captions[i] for i in evaluation.ids], training_captions)
+             for s in evaluation.systems}
+    plots = _plots(evaluation, training_captions, curves)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plots").mkdir(exist_ok=True)
+    plot_files = {}
+    for key, png in plots.items():
+        (out / "plots" / f"{key}.png").write_bytes(png)
+        plot_files[key] = f"plots/{key}.png"
+    paths = {"html": out / "report.html", "markdown": out / "report.md", "json": out / "report.json"}
+    paths["html"].write_text(_html(evaluation, title, plots, strips, stats, notes), encoding="utf-8")
+    paths["markdown"].write_text(_markdown(evaluation, title, plot_files, stats, notes), encoding="utf-8")
+    if curves is not None:  # JSON has no NaN: an epoch without validation is null
+        curves = {k: [None if math.isnan(v) else v for v in values] for k, values in curves.items()}
+    report = {"title": title, **evaluation.to_dict(),
+              "caption_stats": {name: vars(s) for name, s in stats.items()},
+              "published": PUBLISHED_MSVD, "training_curves": curves}
+    paths["json"].write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return paths
+
+
+def report_files(predictions: str | os.PathLike, references: str | os.PathLike, out_dir: str | os.PathLike, *,
+                 split: str | None = None, metrics=DEFAULT_METRICS, train_references: str | os.PathLike | None = None,
+                 train_split: str | None = None, train_features=None, test_features=None, k: int = 10,
+                 videos=None, run=None, title: str | None = None, progress: bool = True) -> dict[str, Path]:
+    """Evaluate files (as `captioner evaluate`) and write the report: what `captioner report` runs."""
+    metrics = parse_metrics(metrics)
+    if run is not None:
+        read_training_curves(run)  # a wrong --run fails before minutes of scoring
+    predicted = read_predictions(predictions)
+    refs = read_references(references, split)
+    train_refs = read_references(train_references, train_split) if train_references is not None else None
+    evaluation = evaluate(predicted, refs, metrics=metrics, train_references=train_refs,
+                          train_features=train_features, test_features=test_features, k=k,
+                          predictions_name=str(predictions), references_name=str(references))
+    return write_report(evaluation, out_dir, videos=videos, run=run, train_references=train_refs, title=title,
+                        progress=progress)
