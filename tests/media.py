@@ -39,21 +39,31 @@ def pattern_frame(index: int, width: int, height: int) -> np.ndarray:
 
 def synthetic_video(path: str | Path, frames: int = 8, width: int = 64, height: int = 48,
                     fps: float = 10, pts: list[int] | None = None, time_base: Fraction | None = None,
-                    rotation: int = 0) -> Path:
+                    rotation: int = 0, gop: int | None = None, b_frames: int | None = None,
+                    codec: str = _CODEC) -> Path:
     """Encode `frames` test-pattern frames (`pattern_frame(i, width, height)`).
 
     `pts` (in `time_base` units) gives irregular timing; `rotation` (degrees counter-clockwise)
-    goes into the display matrix, as phones write it. The container is chosen by the file
+    goes into the display matrix, as phones write it; `gop` (frames between keyframes) and
+    `b_frames` shape the stream for seeking tests. The container is chosen by the file
     extension (.mp4, .mkv, .avi, ...).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(_CODEC, rate=rate)
+        stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        if _CODEC == "libx264":
-            stream.options = {"preset": "ultrafast", "crf": "28"}
+        if codec == "libx264":
+            params = ["scenecut=0"] if gop else []
+            params += [f"keyint={gop}:min-keyint={gop}"] if gop else []
+            params += [f"bframes={b_frames}"] if b_frames is not None else []
+            stream.options = {"preset": "ultrafast", "crf": "28", **({"x264-params": ":".join(params)} if params else {})}
+        else:
+            if gop:
+                stream.codec_context.gop_size = gop
+            if b_frames is not None:
+                stream.codec_context.max_b_frames = b_frames
         if time_base is not None:
             stream.codec_context.time_base = time_base
             stream.time_base = time_base
