@@ -153,30 +153,36 @@ class _Decoder:
 
 # ----------------------------------------------------------------------------- inference
 class _Batcher:
-    """Packs the frames of consecutive videos into fixed-size backbone batches."""
+    """Packs the frames of consecutive videos into fixed-size backbone batches.
+
+    Frames are preprocessed per video (videos differ in size) on the backbone's device, so a
+    GPU receives compact uint8 frames and resizes them itself.
+    """
 
     def __init__(self, backbone, batch_size: int, device: str):
         import torch
 
         self.backbone = backbone
         self.batch_size = batch_size
-        self.device = device
         self._pin = device == "cuda"
-        self._pending: list[tuple[str, object, int]] = []  # (video id, frames, count)
+        self._pending: list[tuple[str, object]] = []  # (video id, preprocessed frames)
         self._pending_frames = 0
         self._outputs: dict[str, list] = collections.defaultdict(list)
-        self._needed: dict[str, int] = {}
+        self._missing: dict[str, int] = {}  # video id -> frames still without features
         self._torch = torch
 
     def add(self, video_id: str, frames: np.ndarray) -> list[tuple[str, np.ndarray]]:
         """Queue one video's frames; returns the videos whose features are complete."""
         tensor = self._torch.from_numpy(np.ascontiguousarray(frames))
-        self._needed[video_id] = tensor.shape[0]
-        start = 0
-        finished = []
-        while start < tensor.shape[0]:
-            take = min(self.batch_size - self._pending_frames, tensor.shape[0] - start)
-            self._pending.append((video_id, tensor[start:start + take], take))
+        if self._pin:
+            tensor = tensor.pin_memory()
+        with self._torch.inference_mode():
+            inputs = self.backbone.preprocess(tensor)
+        self._missing[video_id] = len(inputs)
+        start, finished = 0, []
+        while start < len(inputs):
+            take = min(self.batch_size - self._pending_frames, len(inputs) - start)
+            self._pending.append((video_id, inputs[start:start + take]))
             self._pending_frames += take
             start += take
             if self._pending_frames == self.batch_size:
@@ -187,17 +193,16 @@ class _Batcher:
         if not self._pending:
             return []
         torch = self._torch
-        batch = torch.cat([frames for _, frames, _ in self._pending])
-        if self._pin:
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        features = self.backbone.features(batch).float().cpu().numpy()
+        with torch.inference_mode(), self.backbone.autocast():
+            features = self.backbone(torch.cat([x for _, x in self._pending])).float().cpu().numpy()
         finished, offset = [], 0
-        for video_id, _, count in self._pending:
-            self._outputs[video_id].append(features[offset:offset + count])
-            offset += count
-            if sum(len(x) for x in self._outputs[video_id]) == self._needed[video_id]:
+        for video_id, inputs in self._pending:
+            self._outputs[video_id].append(features[offset:offset + len(inputs)])
+            offset += len(inputs)
+            self._missing[video_id] -= len(inputs)
+            if self._missing[video_id] == 0:
+                del self._missing[video_id]
                 finished.append((video_id, np.concatenate(self._outputs.pop(video_id))))
-                del self._needed[video_id]
         self._pending, self._pending_frames = [], 0
         return finished
 
@@ -303,8 +308,7 @@ def _progress(total: int, enabled: bool):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="video", dynamic_ncols=True, file=sys.stderr,
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {postfix}]")
+    return tqdm(total=total, unit="video", dynamic_ncols=True, file=sys.stderr, desc="extract")
 
 
 def _advance(bar, summary: ExtractSummary, frames: int) -> None:
