@@ -56,7 +56,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 # ----------------------------------------------------------------------------- sampling
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
-_SPEC = re.compile(rf"^(?P<mode>uniform|fps|all)(?::(?P<value>[^@]+))?(?:@(?P<start>{_NUMBER})?-(?P<end>{_NUMBER})?)?$")
+_SPEC = re.compile(rf"^(?P<mode>uniform|fps|all)(?::(?P<value>[^@]+))?"
+                   rf"(?:@(?P<start>{_NUMBER})?-(?P<end>{_NUMBER})?)?$")
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,10 @@ def sample_indices(info: VideoInfo, sampling: Sampling, timestamps: np.ndarray |
     if start > 0 and start >= info.duration:
         raise CaptionerError(f"time window starts at {start:g} s, after the end of the video "
                              f"({info.duration:.3f} s)", info.path)
-    # The frame on screen at time t is the last one that started at or before t.
-    on_screen = lambda t: np.clip(np.searchsorted(timestamps, t, side="right") - 1, 0, len(timestamps) - 1)
+
+    def on_screen(t):  # the frame shown at time t: the last one to start at or before it
+        return np.clip(np.searchsorted(timestamps, t, side="right") - 1, 0, len(timestamps) - 1)
+
     window = np.flatnonzero((timestamps >= start) & (timestamps < end))
     if len(window) == 0:  # a window inside one frame's display time (a variable-frame-rate gap)
         window = np.array([on_screen(start)])

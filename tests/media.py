@@ -55,10 +55,12 @@ def synthetic_video(path: str | Path, frames: int = 8, width: int = 64, height: 
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if codec == "libx264":
-            params = ["scenecut=0"] if gop else []
-            params += [f"keyint={gop}:min-keyint={gop}"] if gop else []
+            params = [f"keyint={gop}", f"min-keyint={gop}", "scenecut=0"] if gop else []
             params += [f"bframes={b_frames}"] if b_frames is not None else []
-            stream.options = {"preset": "ultrafast", "crf": "28", **({"x264-params": ":".join(params)} if params else {})}
+            options = {"preset": "ultrafast", "crf": "28"}
+            if params:
+                options["x264-params"] = ":".join(params)
+            stream.options = options
         else:
             if gop:
                 stream.codec_context.gop_size = gop
