@@ -146,8 +146,8 @@ class PTBTokenizer:
 def _stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         try:
-            process.stdin.close()  # METEOR exits at end of input
-            process.wait(timeout=10)
+            process.stdin.close()  # an idle METEOR exits at end of input; one still loading is killed
+            process.wait(timeout=2)
         except (OSError, subprocess.TimeoutExpired):
             process.kill()
             process.wait()

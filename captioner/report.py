@@ -113,6 +113,7 @@ def _data_uri(data: bytes, mime: str) -> str:
 def _plots(evaluation: Evaluation, training_captions: set[str] | None,
            curves: dict[str, list[float]] | None) -> dict[str, bytes]:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -182,6 +183,8 @@ def _plots(evaluation: Evaluation, training_captions: set[str] | None,
         fig, axes = plt.subplots(1, 1 + bool(val_columns), figsize=(5 * (1 + bool(val_columns)), 3), squeeze=False)
         for column in loss_columns:
             axes[0][0].plot(curves["epoch"], curves[column], marker=".", label=column)
+        for ax in axes[0]:
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axes[0][0].set_xlabel("epoch")
         axes[0][0].set_title("loss", fontsize=9)
         axes[0][0].legend(fontsize=7)
@@ -241,7 +244,7 @@ table { border-collapse: collapse; margin: 0.5em 0; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; text-align: left; }
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.published td { color: #555; font-style: italic; }
-.caption { font-weight: 600; } .baseline { color: #555; font-size: 0.9em; }
+td.captions { min-width: 22em; } .caption { font-weight: 600; } .baseline { color: #555; font-size: 0.9em; }
 .note { color: #666; font-size: 0.9em; } img.plot { max-width: 100%; }
 details summary { cursor: pointer; color: #0366d6; } ol.refs { margin: 0.3em 0; padding-left: 1.5em; }
 """
@@ -327,7 +330,7 @@ def _video_table(evaluation: Evaluation, ids: Sequence[str], strips: dict) -> st
         references = evaluation.references[video_id]
         refs = "".join(f"<li>{e(r)}</li>" for r in references)
         rows.append(f"<tr><td><code>{e(video_id)}</code><br>{frames}</td>"
-                    f'<td><div class="caption">{e(model.captions[video_id])}</div>{baselines}'
+                    f'<td class="captions"><div class="caption">{e(model.captions[video_id])}</div>{baselines}'
                     f"<details><summary>{len(references)} references</summary><ol class=\"refs\">{refs}</ol>"
                     "</details></td>"
                     + "".join(f'<td class="num">{_fmt(model.per_video[video_id][m])}</td>' for m in metrics)
@@ -386,6 +389,8 @@ def write_report(evaluation: Evaluation, out_dir: str | os.PathLike, *, videos: 
         strips = thumbnail_strips(found, progress=progress)
     stats = {s.name: caption_stats([s.captions[i] for i in evaluation.ids], training_captions)
              for s in evaluation.systems}
+    stats["references"] = caption_stats([r for i in evaluation.ids for r in evaluation.references[i]],
+                                        training_captions)
     plots = _plots(evaluation, training_captions, curves)
 
     out.mkdir(parents=True, exist_ok=True)

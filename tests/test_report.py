@@ -1,0 +1,135 @@
+"""The report: a self-contained page that a browser shows without errors, plus Markdown and JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from captioner.errors import CaptionerError
+from captioner.evaluate import CONSTANT, MODEL, NEAREST, evaluate
+from captioner.report import PUBLISHED_MSVD, write_report
+from captioner.store import open_features
+from eval_helpers import assert_one_line_error, msvd_test_refs, read_msvd_tsv, run_cli, scorer  # noqa: F401
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def msvd_case(data_dir, msvd_clips, msvd_test_refs, tmp_path_factory):
+    """The real test-split clips, a 'model' that says one of each clip's human captions (one
+    clip gets a wrong one), real training captions and toy features for the retrieval baseline."""
+    test_ids = [p.stem for p in msvd_clips if p.stem in msvd_test_refs]
+    assert len(test_ids) == 9
+    predictions = {i: msvd_test_refs[i][n % 4] for n, i in enumerate(test_ids)}
+    predictions[test_ids[0]] = "a woman is slicing an onion"
+    references = {i: msvd_test_refs[i] for i in test_ids}
+    train_refs = dict(list(read_msvd_tsv(data_dir / "msvd" / "captions" / "MSVD_train.tsv").items())[:200])
+    store = open_features(tmp_path_factory.mktemp("features") / "toy", "a")
+    rng = np.random.default_rng(0)
+    for video_id in [*train_refs, *test_ids]:
+        store.put(video_id, rng.normal(size=(2, 16)))
+    run = tmp_path_factory.mktemp("run")
+    (run / "metrics.csv").write_text("epoch,train_loss,val_loss,val_CIDEr,val_METEOR\n1,4.1,3.9,0.21,0.22\n"
+                                     "2,3.2,3.4,0.35,0.25\n3,2.8,3.3,,\n", encoding="utf-8")
+    return predictions, references, train_refs, open_features(store.path), run
+
+
+@pytest.fixture(scope="module")
+def report(msvd_case, msvd_clips, scorer, tmp_path_factory):
+    predictions, references, train_refs, store, run = msvd_case
+    evaluation = evaluate(predictions, references, train_references=train_refs, train_features=store, k=5,
+                          scorer=scorer)
+    out = tmp_path_factory.mktemp("report")
+    paths = write_report(evaluation, out, videos=msvd_clips[0].parent, run=run, train_references=train_refs,
+                         title="MSVD <clips> & co", progress=False)
+    return evaluation, paths
+
+
+def test_report_files(report):
+    evaluation, paths = report
+    assert set(paths) == {"html", "markdown", "json"} and all(p.is_file() for p in paths.values())
+    data = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert set(data["systems"]) == {MODEL, CONSTANT, NEAREST}
+    assert data["systems"][MODEL] == evaluation.model.corpus
+    assert data["training_curves"]["val_CIDEr"] == [0.21, 0.35, None]
+    assert data["caption_stats"][CONSTANT]["copied_from_training"] == 1.0
+    assert data["caption_stats"][NEAREST]["copied_from_training"] == 1.0  # retrieval copies by design
+    assert set(data["per_video"]) == set(evaluation.ids)
+    markdown = paths["markdown"].read_text(encoding="utf-8")
+    for key in ("scores", "lengths", "vocabulary", "training"):
+        assert f"(plots/{key}.png)" in markdown and (paths["markdown"].parent / "plots" / f"{key}.png").is_file()
+    assert PUBLISHED_MSVD[1]["name"] in markdown and "| system | BLEU-1 | BLEU-2" in markdown
+
+    page = paths["html"].read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|@import|url\(\s*["']?http""", page)
+    assert "MSVD &lt;clips&gt; &amp; co" in page  # user text is escaped
+    wrong = evaluation.ids[0]
+    worst = page[page.index("<h3>Worst</h3>"):page.index("<h2>Plots</h2>")]
+    assert wrong in worst and "a woman is slicing an onion" in worst  # the wrong caption ranks last
+
+
+def test_report_renders_in_chromium(report):
+    from playwright.sync_api import sync_playwright
+
+    evaluation, paths = report
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors, requests = [], []
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(paths["html"].as_uri(), wait_until="load")
+            images = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
+            title = page.title()
+        finally:
+            browser.close()
+    assert errors == []
+    assert requests == [paths["html"].as_uri()]  # nothing fetched from anywhere else
+    assert title == "MSVD <clips> & co"
+    assert images and all(complete and width > 0 for _, complete, width in images), images
+    frames = [alt for alt, _, _ in images if alt.startswith("frames of ")]
+    best_and_worst = 2 * min(5, len(evaluation.ids) // 2)
+    assert len(frames) == len(evaluation.ids) + best_and_worst
+    assert sum(not alt.startswith("frames of ") for alt, _, _ in images) == 4  # the four plots
+
+
+def test_report_command(tmp_path, msvd_case, msvd_clips):
+    predictions, references, train_refs, store, run = msvd_case
+    pred_file = tmp_path / "predictions.json"
+    pred_file.write_text(json.dumps(predictions), encoding="utf-8")
+    ref_file = tmp_path / "references.json"
+    ref_file.write_text(json.dumps(references), encoding="utf-8")
+    videos = tmp_path / "some videos"
+    videos.mkdir()
+    linked = [clip for clip in msvd_clips if clip.stem in predictions][:4]  # the others: no frames
+    for clip in linked:
+        (videos / clip.name).symlink_to(clip)
+    out = tmp_path / "report"
+    proc, leftovers = run_cli("report", "--predictions", str(pred_file), "--references", str(ref_file),
+                              "--metrics", "BLEU,CIDEr", "--videos", str(videos), "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert leftovers == []
+    assert proc.stdout.split() == [str(out / "report.html"), str(out / "report.md"), str(out / "report.json")]
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert sum(page.count(f'alt="frames of {clip.stem}"') >= 1 for clip in linked) == 4
+    assert "5 of 9 videos not found" in page
+
+    proc, _ = run_cli("report", "--predictions", str(pred_file), "--references", str(ref_file), "--metrics", "BLEU",
+                      "--run", str(tmp_path / "no run"), "--out", str(out))
+    assert_one_line_error(proc, "no metrics.csv")
+    proc, _ = run_cli("report", "--predictions", str(pred_file), "--references", str(ref_file), "--metrics", "BLEU",
+                      "--videos", str(tmp_path / "nowhere"), "--out", str(out))
+    assert_one_line_error(proc, "videos folder not found")
+
+
+def test_write_report_rejects_a_bad_run_directory(report, tmp_path):
+    evaluation, _ = report
+    (tmp_path / "metrics.csv").write_text("step;loss\n1;2\n", encoding="utf-8")
+    with pytest.raises(CaptionerError, match="'epoch' column"):
+        write_report(evaluation, tmp_path / "out", run=tmp_path, progress=False)
