@@ -1,0 +1,228 @@
+"""What every backbone shares: the `Backbone` interface, preprocessing, weight files.
+
+A backbone turns uint8 video frames into one feature vector per sample point. Image backbones
+see one frame per point; clip backbones (I3D) see `clip_len` consecutive frames per point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from ..errors import CaptionerError
+
+
+class Backbone(torch.nn.Module):
+    """A pretrained network with the preprocessing that its weights were trained with.
+
+    Subclasses implement `forward` (preprocessed input -> features) and, where the weights
+    have a classifier, `logits` and pass `class_names`.
+    """
+
+    def __init__(self, name: str, *, input_size: int, mean: tuple[float, float, float],
+                 std: tuple[float, float, float], feature_dim: int, weights_sha256: str,
+                 clip_len: int = 1, class_names: list[str] | None = None):
+        super().__init__()
+        self.name = name
+        self.input_size = int(input_size)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.feature_dim = int(feature_dim)
+        self.clip_len = int(clip_len)
+        # preprocess centre-crops a square of the short side, so more pixels would be wasted.
+        self.decode_short_side = self.input_size
+        self.weights_sha256 = weights_sha256
+        self._class_names = class_names
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (N,H,W,3) or clips (N,L,H,W,3) -> normalised float (N,3,S,S) or (N,3,L,S,S).
+
+        An image backbone given clips sees each clip's centre frame, which is how it samples
+        the same points in time as a clip backbone it is combined with.
+        """
+        if frames.dtype != torch.uint8 or frames.ndim not in (4, 5) or frames.shape[-1] != 3:
+            raise ValueError(f"{self.name}: expected uint8 frames (N,H,W,3) or clips (N,L,H,W,3), "
+                             f"got {frames.dtype} {tuple(frames.shape)}")
+        if self.clip_len > 1 and frames.ndim == 4:
+            raise ValueError(f"{self.name} is a clip backbone: give it clips (N,L,H,W,3)")
+        if self.clip_len == 1 and frames.ndim == 5:
+            frames = frames[:, frames.shape[1] // 2]
+        frames = frames.to(self.device, non_blocking=True)
+        leading = frames.shape[:-3]
+        images = frames.reshape(-1, *frames.shape[-3:]).permute(0, 3, 1, 2)
+        # Resizing while still uint8 keeps full-resolution frames out of float memory.
+        images = TF.resize(images, [self.input_size], antialias=True)
+        images = TF.center_crop(images, [self.input_size, self.input_size])
+        x = normalize(images, self.mean, self.std)
+        x = x.reshape(*leading, *x.shape[1:])
+        if x.ndim == 5:  # (N,L,3,S,S) -> (N,3,L,S,S), the Conv3d layout
+            return x.permute(0, 2, 1, 3, 4).contiguous()
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise self._no_head()
+
+    @torch.inference_mode()
+    def features(self, frames_uint8: torch.Tensor) -> torch.Tensor:
+        """(N, feature_dim) float32 features of uint8 frames or clips."""
+        x = self.preprocess(frames_uint8)
+        with self.autocast():
+            return self(x).float()
+
+    @torch.inference_mode()
+    def classify(self, frames_uint8: torch.Tensor) -> torch.Tensor:
+        """(N, len(class_names())) float32 class logits of uint8 frames or clips."""
+        if self._class_names is None:
+            raise self._no_head()
+        x = self.preprocess(frames_uint8)
+        with self.autocast():
+            return self.logits(x).float()
+
+    def class_names(self) -> list[str]:
+        if self._class_names is None:
+            raise self._no_head()
+        return list(self._class_names)
+
+    def provenance(self) -> dict:
+        return {"backbone": self.name, "weights_sha256": self.weights_sha256,
+                "feature_dim": self.feature_dim, "input_size": self.input_size,
+                "mean": list(self.mean), "std": list(self.std), "clip_len": self.clip_len}
+
+    def _no_head(self) -> CaptionerError:
+        return CaptionerError(f"backbone {self.name} has no classification head (its weights are "
+                              "a feature extractor only)")
+
+    def autocast(self):
+        """Mixed precision on CUDA (bf16 where supported), full precision elsewhere."""
+        device = self.device
+        if device.type != "cuda":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, feature_dim={self.feature_dim}, input_size={self.input_size}"
+
+
+def normalize(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float (x/255 - mean) / std, as one multiply-add."""
+    shape = (3, 1, 1)
+    std_t = torch.tensor(std, device=images_uint8.device).view(shape)
+    scale = 1.0 / (255.0 * std_t)
+    shift = -torch.tensor(mean, device=images_uint8.device).view(shape) / std_t
+    return torch.addcmul(shift, images_uint8.float(), scale)
+
+
+# ---------------------------------------------------------------------------- weight files
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, cached on disk by (path, mtime, size).
+
+    Backbones are created on every `captioner caption`; re-hashing ~100 MB each time would
+    cost more than building the network.
+    """
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_mtime_ns}|{stat.st_size}"
+    cache_file = _cache_dir() / "sha256.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if isinstance(cache.get(key), str):
+        return cache[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    cache[key] = digest.hexdigest()
+    _write_json_atomic(cache_file, cache)  # best effort: a read-only home only costs time
+    return cache[key]
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "captioner"
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+# Wrappers that training scripts put around a model's state dict.
+_NESTING_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "params")
+_PREFIXES = ("module.", "model.", "_orig_mod.")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a .pth/.pt/.bin/.safetensors file, unwrapped and without prefixes."""
+    path = Path(path)
+    if not path.is_file():
+        raise CaptionerError("weights file not found", path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(path)
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a torch/pickle/zip error: the file is not a readable checkpoint
+        raise CaptionerError(f"cannot read weights: {type(exc).__name__}: {exc}".split("\n")[0], path) from None
+    while isinstance(obj, dict) and not _is_state_dict(obj):
+        nested = next((obj[k] for k in _NESTING_KEYS if isinstance(obj.get(k), dict)), None)
+        if nested is None:
+            break
+        obj = nested
+    if not isinstance(obj, dict) or not obj or not _is_state_dict(obj):
+        raise CaptionerError("not a state dict (expected a dict of tensor names to tensors, "
+                             "e.g. saved with torch.save(model.state_dict(), path))", path)
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _PREFIXES:
+            if all(k.startswith(prefix) for k in obj):
+                obj = {k[len(prefix):]: v for k, v in obj.items()}
+                stripped = True
+    return obj
+
+
+def _is_state_dict(obj: dict) -> bool:
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path, what: str) -> None:
+    """load_state_dict(strict=True), with a one-line CaptionerError naming what does not fit."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+                   for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+        if keys:
+            shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+            problems.append(f"{len(keys)} {label} ({shown})")
+    if problems:
+        raise CaptionerError(f"weights do not fit {what}: " + "; ".join(problems), path)
+    model.load_state_dict(state_dict, strict=True)
