@@ -14,10 +14,11 @@ is only how the Java helpers are run, to fix pycocoevalcap's known failures:
 - METEOR finds its paraphrase table through the jar's URL, which percent-encodes spaces and
   non-ASCII characters, so it dies ("Broken pipe", "could not convert string to float")
   whenever the install path holds either; we pass the table's path with `-a`.
-- A caption holding '\\r' or '|||' breaks METEOR's line protocol (desynchronised replies or
-  a hang); the tokenizer counts '\\r', '\\v', '\\f', U+0085 and U+2028 as line breaks and
-  shifts every later caption onto the wrong video. Whitespace is collapsed first, which
-  changes no token.
+- Both Java helpers speak a line protocol: a caption holding '\\r' desynchronises METEOR's
+  replies (or hangs it), and the tokenizer also breaks lines at '\\v', '\\f', U+0085 and
+  U+2028, shifting every later caption onto the wrong video. Whitespace is collapsed first,
+  which changes no token. '|||' (METEOR's field separator) is dropped from references as
+  pycocoevalcap drops it from hypotheses.
 - The tokenizer writes a temporary file into site-packages (fails when it is read-only);
   we feed it through stdin.
 - Java under a non-UTF-8 locale cannot open a jar at a non-ASCII path; the helpers get a

@@ -27,13 +27,24 @@ def msvd_test_refs(data_dir) -> dict[str, list[str]]:
     return read_msvd_tsv(data_dir / "msvd" / "captions" / "MSVD_test.tsv")
 
 
+_SHARED_SCORER: list = []
+
+
 @pytest.fixture(scope="session")
 def scorer():
-    """One METEOR process for the whole session: Java start-up is the slow part."""
+    """One METEOR process for the whole session: Java start-up is the slow part.
+
+    Each test module imports this fixture, which gives pytest one fixture per module; the
+    module-level list makes them all hand out the same Scorer, closed by the one that made it.
+    """
     from captioner.metrics import Scorer
 
-    with Scorer() as shared:
-        yield shared
+    owner = not _SHARED_SCORER
+    if owner:
+        _SHARED_SCORER.append(Scorer())
+    yield _SHARED_SCORER[0]
+    if owner:
+        _SHARED_SCORER.pop().close()
 
 
 def java_children(pid: int | None = None) -> list[int]:
