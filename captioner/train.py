@@ -217,6 +217,19 @@ def lr_factor(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: in
     raise CaptionerError(f"lr_schedule must be cosine, constant or step, not {cfg.lr_schedule!r}")
 
 
+def make_optimizer(model, cfg: TrainConfig, steps_per_epoch: int):
+    """Adam, the per-step learning-rate schedule and the fp16 gradient scaler (a no-op otherwise)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(cfg, step, total_steps, steps_per_epoch))
+    device = next(model.parameters()).device
+    # bf16 autocast needs no loss scaling; fp16 (GPUs without bf16) does.
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda"
+                                  and not torch.cuda.is_bf16_supported())
+    return optimizer, scheduler, scaler
+
+
 # ----------------------------------------------------------------------------- the run
 def _setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -336,13 +349,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if pretrained is not None:
         _load_pretrained_weights(model, pretrained.model.state_dict())
         del pretrained
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = batch_layout(len(train_data), cfg.batch_size, world)[1]
-    total_steps = steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(cfg, step, total_steps, steps_per_epoch))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda"
-                                  and not torch.cuda.is_bf16_supported())
+    optimizer, scheduler, scaler = make_optimizer(model, cfg, batch_layout(len(train_data), cfg.batch_size, world)[1])
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed + rank)  # dropout and sampling differ between ranks
     start_epoch, best_score = 0, None
