@@ -323,13 +323,94 @@ def _run_caption(args) -> int:
     return 1 if failed else 0
 
 
+# ----------------------------------------------------------------------------- pipeline
+def _add_pipeline(sub) -> None:
+    p = sub.add_parser("pipeline", help="extract -> train -> predict -> evaluate -> report from one config",
+                       description="Run the stages a pipeline config describes (see configs/pipeline_*.yaml). "
+                                   "Stages whose config values, input files and upstream stages are unchanged "
+                                   "are skipped; an interrupted stage resumes.")
+    psub = p.add_subparsers(dest="pipeline_command", metavar="ACTION", parser_class=_Parser)
+    psub.required = True
+    run = psub.add_parser("run", help="print the plan, then run the stages that are not up to date")
+    run.add_argument("config", metavar="CONFIG", help="pipeline config (YAML)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set train.lr=3e-4 --set distributed.nproc_per_node=4")
+    run.add_argument("--until", action="append", default=[], metavar="STAGE",
+                     help="run only this stage and those it needs (a group name such as 'extract' means all)")
+    run.add_argument("--force", action="append", default=[], metavar="STAGE",
+                     help="re-run this stage from scratch, and every stage after it")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
+    run.add_argument("--ray-address", default=None, metavar="ADDR",
+                     help="extract on this Ray cluster ('auto' or host:port; overrides extract.ray_address)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(handler=_run_pipeline)
+    join = psub.add_parser("join", help="on another node: join the multi-node training stage of a pipeline",
+                           description="Wait until the pipeline (started on the first node with the same config) "
+                                       "launches its training stage, then start this node's share of it. The run "
+                                       "directory must be on a file system shared by all nodes.")
+    join.add_argument("config", metavar="CONFIG", help="the same pipeline config")
+    join.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="the same overrides as on the first node")
+    join.add_argument("--stage", default="train", choices=["train", "pretrain"], help="training stage to join")
+    join.set_defaults(handler=_run_pipeline_join)
+
+
+def _run_pipeline(args) -> int:
+    from pipelines import load_pipeline, run_pipeline
+
+    config = load_pipeline(args.config, args.overrides)
+    if args.ray_address:
+        config.extract.ray_address = args.ray_address
+    run_pipeline(config, until=args.until, force=args.force, dry_run=args.dry_run, progress=not args.quiet)
+    return 0
+
+
+def _run_pipeline_join(args) -> int:
+    from pipelines import join_training, load_pipeline
+
+    join_training(load_pipeline(args.config, args.overrides), args.stage)
+    return 0
+
+
+# ----------------------------------------------------------------------------- serve
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="caption videos from a web page (and a JSON API)",
+                       description="Serve a page where a video can be uploaded or dropped to read its caption, "
+                                   "alternatives, keyframes and timed captions (SRT/WebVTT downloads), and the "
+                                   "JSON API behind it: POST /api/caption, GET /api/health, /openapi.json.")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default %(default)s: this machine only; 0.0.0.0 exposes it)")
+    p.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    p.add_argument("--model", default="default", help="'default' or a checkpoint file (.pt)")
+    p.add_argument("--max-upload-mb", type=float, default=100.0, metavar="N",
+                   help="largest accepted upload in MB (default %(default)g); larger ones get HTTP 413")
+    p.add_argument("--queue", type=int, default=4, metavar="N",
+                   help="requests admitted at once, captioning or waiting (default %(default)s); "
+                        "more get HTTP 503")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args) -> int:
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
+    if not args.max_upload_mb > 0 or args.queue < 1:
+        raise UsageError("--max-upload-mb must be positive and --queue at least 1")
+    from .serve import serve
+
+    serve(model=args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, queue=args.queue,
+          device=args.device)
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="captioner", description="Caption videos in English.")
     parser.add_argument("--version", action="version", version=f"captioner {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for add in (_add_extract, _add_features, _add_caption, _add_train, _add_evaluate, _add_report):
+    for add in (_add_extract, _add_features, _add_caption, _add_train, _add_evaluate, _add_report,
+                _add_pipeline, _add_serve):
         add(sub)
     return parser
 

@@ -1,0 +1,245 @@
+"""A stage graph whose stages are cached by what they depend on, and resumable.
+
+Each stage declares its config values (`params`), the files it reads (`inputs`) and the
+stages it needs (`deps`). The hash of those, with the upstream stages' own keys, is the
+stage's key; its outputs live in `RUN/<stage>/<key>/`. The directory counts as complete only
+once `.done.json` naming that key has been renamed into place after every declared output
+exists, so a crash at any moment leaves either a complete stage or an unmarked directory that
+the next run resumes. Keys depend on configs and inputs, never on outputs, so the whole plan
+is known before anything runs: that is what `--dry-run` prints.
+
+A stage whose outputs can be brought up to date in place (a feature store: extraction skips
+the videos it already holds) names `dir_params`: its directory is keyed by those alone and
+keeps its contents across input changes, while `.done.json` still records the full key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from captioner.errors import CaptionerError
+
+MARKER = ".done.json"
+LATEST = "latest"  # RUN/<stage>/latest -> the directory of the stage's last completed run
+# Files at most this large are fingerprinted by content; larger ones and media by size + mtime.
+HASH_LIMIT = 64 << 20
+MEDIA_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
+                            ".3gp", ".ts", ".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable[[Mapping[str, Path]], None]  # gets every stage's directory by name, its own included
+    params: dict = field(default_factory=dict)  # config values the outputs depend on (JSON-able)
+    inputs: list[Path] = field(default_factory=list)  # files the outputs depend on
+    deps: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)  # paths (relative to the stage directory) it must leave
+    dir_params: dict | None = None  # key the directory by these only (outputs updated in place)
+
+
+class StageFailed(CaptionerError):
+    def __init__(self, stage: str, error: CaptionerError):
+        self.stage = stage
+        super().__init__(f"pipeline stage {stage} failed: {error}")
+
+
+# ----------------------------------------------------------------------------- keys
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """What a file's contents are known by: a content hash for small files, else size and mtime.
+
+    Media files are never read (size + mtime only); the name stays part of it because the
+    feature store knows videos by their file names.
+    """
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return f"{path}: missing"  # the stage that reads it reports the error
+    if path.is_dir():
+        raise CaptionerError("expected a file, found a folder", path)
+    if path.suffix.lower() in MEDIA_SUFFIXES or stat.st_size > HASH_LIMIT:
+        return f"{path.name}: {stat.st_size} bytes, mtime {stat.st_mtime_ns}"
+    return f"{path.name}: sha256 {_file_digest(path)}"
+
+
+def _hash(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flatten(params: Mapping, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# ----------------------------------------------------------------------------- plan
+@dataclass
+class Step:
+    stage: Stage
+    key: str
+    dir: Path
+    action: str  # run | resume | skip
+    reason: str
+    description: dict  # what the key was made of, kept in .done.json to explain later changes
+    fresh: bool = False  # discard the directory's contents first (--force)
+
+
+def _read_marker(stage_dir: Path) -> dict | None:
+    try:
+        return json.loads((stage_dir / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _why_changed(old: dict | None, new: dict) -> str:
+    """One line on what differs from the stage's last completed run."""
+    if old is None:
+        return "never run"
+    changes = []
+    old_params, new_params = _flatten(old.get("params", {})), _flatten(new["params"])
+    for name in sorted(set(old_params) | set(new_params)):
+        if old_params.get(name) != new_params.get(name):
+            changes.append(f"{name} {old_params.get(name)!r} -> {new_params.get(name)!r}")
+    old_inputs, new_inputs = set(old.get("inputs", [])), set(new["inputs"])
+    if old_inputs != new_inputs:
+        changes.append(f"{len(new_inputs - old_inputs)} input file(s) new or changed, "
+                       f"{len(old_inputs - new_inputs)} gone")
+    for dep, key in new["deps"].items():
+        if old.get("deps", {}).get(dep) != key:
+            changes.append(f"upstream {dep} changed")
+    if not changes:
+        return "no completed run of this key"
+    return "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+
+
+def select(stages: Iterable[Stage], names: Iterable[str]) -> set[str]:
+    """Stage names matching each of `names` exactly or as a group prefix ('extract' = 'extract-*')."""
+    known = [s.name for s in stages]
+    chosen = set()
+    for name in names:
+        matches = [s for s in known if s == name or s.startswith(name + "-")]
+        if not matches:
+            raise CaptionerError(f"no pipeline stage {name!r}; stages: {', '.join(known)}")
+        chosen.update(matches)
+    return chosen
+
+
+def plan(stages: list[Stage], run_dir: Path, until: Iterable[str] = (), force: Iterable[str] = ()) -> list[Step]:
+    """Keys, directories and what to do for every stage (in order), without touching anything."""
+    by_name = {s.name: s for s in stages}
+    wanted = set(by_name)
+    if until:
+        wanted = set()
+        todo = list(select(stages, until))
+        while todo:  # a stage and everything upstream of it
+            name = todo.pop()
+            if name not in wanted:
+                wanted.add(name)
+                todo.extend(by_name[name].deps)
+    asked = select(stages, force)
+    forced = set(asked)
+    keys: dict[str, str] = {}
+    steps = []
+    for stage in stages:
+        description = {"stage": stage.name, "params": stage.params,
+                       "inputs": sorted(fingerprint(p) for p in stage.inputs),
+                       "deps": {d: keys[d] for d in stage.deps}}
+        key = keys[stage.name] = _hash(description)
+        stage_dir = run_dir / stage.name / (key if stage.dir_params is None else _hash(stage.dir_params))
+        if any(d in forced for d in stage.deps):
+            forced.add(stage.name)  # its inputs are being rewritten
+        marker = _read_marker(stage_dir)
+        fresh = False
+        if stage.name not in wanted:
+            action, reason = "skip", "not needed for --until"
+        elif stage.name in forced:
+            action, reason, fresh = "run", "forced" if stage.name in asked else "upstream forced", True
+        elif marker is not None and marker.get("key") == key:
+            action, reason = "skip", "up to date"
+        elif stage_dir.is_dir() and marker is None:
+            action, reason = "resume", "an earlier run of this stage was interrupted"
+        else:
+            action, reason = "run", _why_changed(marker or _read_marker(run_dir / stage.name / LATEST), description)
+        steps.append(Step(stage, key, stage_dir, action, reason, description, fresh))
+    return steps
+
+
+def format_plan(steps: list[Step]) -> str:
+    width = max(len(s.stage.name) for s in steps)
+    return "\n".join(f"  {s.stage.name.ljust(width)}  {s.action:<6}  {s.reason}" for s in steps)
+
+
+# ----------------------------------------------------------------------------- execution
+def _write_json_atomic(path: Path, value: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(value, fh, indent=1, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _point_latest(stage_dir: Path) -> None:
+    link = stage_dir.parent / LATEST
+    tmp = stage_dir.parent / f".tmp-{LATEST}-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(stage_dir.name)
+    os.replace(tmp, link)
+
+
+def execute(steps: list[Step], log=None) -> None:
+    """Run the steps that are not skipped, in order; raise StageFailed naming the stage."""
+    log = log or sys.stderr
+    dirs = {s.stage.name: s.dir for s in steps}
+    todo = [s for s in steps if s.action != "skip"]
+    for number, step in enumerate(todo, 1):
+        stage = step.stage
+        if step.fresh and step.dir.exists():
+            shutil.rmtree(step.dir)
+        step.dir.mkdir(parents=True, exist_ok=True)
+        (step.dir / MARKER).unlink(missing_ok=True)
+        print(f"[{number}/{len(todo)}] {stage.name}: {step.action} ({step.reason}) in {step.dir}", file=log, flush=True)
+        started = time.perf_counter()
+        try:
+            stage.run(dirs)
+            missing = [o for o in stage.outputs if not (step.dir / o).exists()]
+            if missing:
+                raise CaptionerError(f"finished without writing {', '.join(missing)}", step.dir)
+        except StageFailed:
+            raise
+        except CaptionerError as exc:
+            raise StageFailed(stage.name, exc) from None
+        except Exception as exc:  # a bug: keep the traceback, but say where it happened
+            exc.add_note(f"in pipeline stage {stage.name} ({step.dir})")
+            raise
+        seconds = time.perf_counter() - started
+        _write_json_atomic(step.dir / MARKER, {"key": step.key, **step.description, "seconds": round(seconds, 3),
+                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        _point_latest(step.dir)
+        print(f"[{number}/{len(todo)}] {stage.name}: done in {seconds:.1f}s", file=log, flush=True)

@@ -1,0 +1,401 @@
+"""The captioning pipeline: one config from videos to a report, as cached stages.
+
+    extract-pretrain ─> pretrain ─┐              (only with videos.pretrain: image pre-training)
+    extract-train ───────────────> train ─> predict ─> evaluate ─> report
+    extract-val ─────────────────┘            ^           ^
+    extract-test ─────────────────────────────┴───────────┘
+
+Every stage calls the library (`captioner.extract`, `captioner.train`, `captioner.model`,
+`captioner.evaluate`, `captioner.report`); this module only decides what each stage reads,
+which config values its outputs depend on and where they go. Relative paths in the config
+are relative to the current directory, as in `captioner train` configs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from captioner.config import load_config, save_config
+from captioner.errors import CaptionerError
+from captioner.extract import ExtractConfig
+from captioner.train import TrainConfig
+
+from .graph import MARKER, Stage, Step, execute, format_plan, plan
+
+STORE = "features"  # the feature store inside an extraction stage's directory
+VIDEO_SETS = ("pretrain", "train", "val", "test")
+LAUNCH = "torchrun.json"  # a multi-node training stage's launch command, for the other nodes
+
+
+@dataclass
+class VideosConfig:
+    """Videos of each set: files, folders or .txt path lists (as `captioner extract` takes them).
+
+    Each non-empty set is extracted into its own feature store.
+    """
+
+    train: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)  # empty: training validates on the train store (if at all)
+    test: list[str] = field(default_factory=list)
+    pretrain: list[str] = field(default_factory=list)  # images for the pretrain stage; empty: no pre-training
+    pretrain_frames: str = "uniform:1"  # an image is a one-frame video
+    max_failures: int = 0  # undecodable videos a set may have before its extraction counts as failed
+
+
+@dataclass
+class DistributedConfig:
+    """How the pretrain and train stages run: in this process, or under torchrun."""
+
+    nproc_per_node: int = 1  # training processes per node (GPUs per node); more than 1 starts torchrun
+    nnodes: int = 1  # other nodes join with `captioner pipeline join CONFIG`
+    master_addr: str | None = None  # rendezvous host, reachable from every node (needed when nnodes > 1)
+    master_port: int = 29500
+
+
+@dataclass
+class PredictConfig:
+    beam_size: int = 3
+    max_len: int = 20
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class EvaluateConfig:
+    references: str | None = None  # caption file of the test videos (default: train.data.captions)
+    split: str | None = "test"  # split of it, a file listing ids, or null for all
+    metrics: list[str] = field(default_factory=lambda: ["BLEU", "METEOR", "ROUGE-L", "CIDEr"])
+    baselines: bool = True  # constant-caption and nearest-neighbour baselines from the training data
+    k: int = 10  # neighbours the nearest-neighbour baseline pools
+
+
+@dataclass
+class ReportConfig:
+    title: str | None = None
+    videos: str | None = None  # folder of the test videos for thumbnails (default: the folder holding them)
+    thumbnails: bool = True
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: str = "runs/pipeline"
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    videos: VideosConfig = field(default_factory=VideosConfig)
+    # Stage `pretrain` (when videos.pretrain is given) and stage `train` (which then starts from
+    # pretrain's best.pt) are `captioner train` configs. The pipeline sets their run_dir and
+    # data.features / data.val_features (and train.init_from after pre-training).
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+def load_pipeline(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
+    config = load_config(PipelineConfig, path, overrides)
+    set_by_pipeline = TrainConfig()
+    for section in ("pretrain", "train") if config.videos.pretrain else ("train",):
+        cfg = getattr(config, section)
+        for name, value, default in (("run_dir", cfg.run_dir, set_by_pipeline.run_dir),
+                                     ("data.features", cfg.data.features, ""),
+                                     ("data.val_features", cfg.data.val_features, None)):
+            if value != default:
+                raise CaptionerError(f"{section}.{name} is set by the pipeline (it is {value!r}); remove it", path)
+    if config.videos.pretrain and config.train.init_from is not None:
+        raise CaptionerError("train.init_from is set by the pipeline to the pretrain stage's best.pt when "
+                             "videos.pretrain is given; remove one of them", path)
+    for name in ("train", "test"):
+        if not getattr(config.videos, name):
+            raise CaptionerError(f"videos.{name} is empty: list the {name} videos (files, folders or .txt lists)",
+                                 path)
+    if config.distributed.nproc_per_node < 1 or config.distributed.nnodes < 1:
+        raise CaptionerError("distributed.nproc_per_node and distributed.nnodes must be at least 1", path)
+    if config.distributed.nnodes > 1 and not config.distributed.master_addr:
+        raise CaptionerError("distributed.nnodes > 1 needs distributed.master_addr (the rendezvous host)", path)
+    return config
+
+
+# ----------------------------------------------------------------------------- extract
+def _extract_stage(config: PipelineConfig, name: str, progress: bool) -> Stage:
+    from captioner.extract import extract, video_ids
+    from captioner.store import open_features
+    from captioner.video import collect_inputs
+
+    inputs = getattr(config.videos, name)
+    extract_config = copy.deepcopy(config.extract)
+    if name == "pretrain":
+        extract_config.frames = config.videos.pretrain_frames
+    paths = collect_inputs(inputs)
+    stage_name = f"extract-{name}"
+
+    def run(dirs: Mapping[str, Path]) -> None:
+        store_path = dirs[stage_name] / STORE
+        if store_path.exists():  # the list changed since the store was filled: drop videos no longer in it
+            wanted = set(video_ids(collect_inputs(inputs)).values())
+            store = open_features(store_path, "a")
+            for video_id in store.ids():
+                if video_id not in wanted:
+                    store.delete(video_id)
+        summary = extract(inputs, store_path, extract_config, progress=progress)
+        if summary.failed > config.videos.max_failures:
+            raise CaptionerError(f"{summary.failed} of {summary.total} videos could not be extracted (reasons in "
+                                 f"{store_path / 'failures.jsonl'}); fix or remove them from videos.{name}, or "
+                                 f"raise videos.max_failures")
+
+    # Where and how fast extraction runs does not change the features, so batch size, workers,
+    # device and the Ray address are not part of the key.
+    params = {"backbone": extract_config.backbone, "frames": extract_config.frames}
+    return Stage(stage_name, run, params=params, inputs=paths, outputs=[f"{STORE}/store.json"], dir_params=params)
+
+
+# ----------------------------------------------------------------------------- train
+def _train_params(cfg: TrainConfig) -> dict:
+    params = asdict(cfg)
+    for key in ("run_dir", "device"):
+        params.pop(key)
+    for key in ("features", "val_features"):
+        params["data"].pop(key)
+    return params
+
+
+def _train_inputs(cfg: TrainConfig, init_from_stage: bool) -> list[Path]:
+    files = [cfg.data.captions, cfg.data.val_captions]
+    files += [s for s in (cfg.data.split, cfg.data.val_split) if s and os.path.isfile(s)]
+    if cfg.init_from and not init_from_stage:
+        files.append(cfg.init_from)
+    return [Path(f) for f in files if f]
+
+
+def _torchrun(config_file: Path, dist: DistributedConfig, rendezvous_id: str, resume: bool) -> list[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={dist.nproc_per_node}"]
+    if dist.nnodes == 1:
+        command.append("--standalone")  # a free local port: pipelines side by side never collide
+    else:  # every node runs the same command; ranks are assigned at the rendezvous
+        command += [f"--nnodes={dist.nnodes}", "--rdzv_backend=c10d",
+                    f"--rdzv_endpoint={dist.master_addr}:{dist.master_port}", f"--rdzv_id={rendezvous_id}"]
+    return command + ["-m", "captioner.train", str(config_file)] + (["--resume"] if resume else [])
+
+
+def run_torchrun(command: list[str]) -> None:
+    """Run torchrun, passing its output through; a failure becomes the trainer's own error line."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parent.parent)  # so that a source checkout works uninstalled
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    reason = None
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in process.stderr:
+            sys.stderr.write(line)
+            if "captioner: error:" in line:
+                reason = line.split("captioner: error:", 1)[1].strip()
+        code = process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    if code != 0:
+        raise CaptionerError(f"torchrun exited with status {code}: " + (reason or "see the output above"))
+
+
+def _train_stage(config: PipelineConfig, name: str) -> Stage:
+    cfg: TrainConfig = getattr(config, name)
+    store_set = "pretrain" if name == "pretrain" else "train"
+    deps = [f"extract-{store_set}"]
+    if name == "train" and config.videos.val:
+        deps.append("extract-val")
+    if name == "train" and config.videos.pretrain:
+        deps.append("pretrain")
+
+    def stage_config(dirs: Mapping[str, Path]) -> TrainConfig:
+        staged = copy.deepcopy(cfg)
+        staged.run_dir = str(dirs[name])
+        staged.data.features = str(dirs[f"extract-{store_set}"] / STORE)
+        staged.data.val_features = str(dirs["extract-val"] / STORE) if "extract-val" in deps else None
+        if "pretrain" in deps:
+            staged.init_from = str(dirs["pretrain"] / "best.pt")
+        return staged
+
+    def run(dirs: Mapping[str, Path]) -> None:
+        staged = stage_config(dirs)
+        (dirs[name] / LAUNCH).unlink(missing_ok=True)  # only ever the command of the current attempt
+        resume = (dirs[name] / "last.pt").is_file()  # an interrupted run of this very key
+        if resume:
+            print(f"{name}: resuming from {dirs[name] / 'last.pt'}", file=sys.stderr)
+        dist = config.distributed
+        if dist.nproc_per_node * dist.nnodes == 1:
+            from captioner.train import train
+
+            train(staged, resume=resume)
+            return
+        config_file = dirs[name] / "train.yaml"
+        save_config(staged, config_file)
+        command = _torchrun(config_file.resolve(), dist, dirs[name].name, resume)
+        if dist.nnodes > 1:  # what `captioner pipeline join` starts on the other nodes
+            _write_json(dirs[name] / LAUNCH, {"command": command[1:]})
+        run_torchrun(command)
+
+    return Stage(name, run, params=_train_params(cfg), inputs=_train_inputs(cfg, "pretrain" in deps), deps=deps,
+                 outputs=["best.pt", "last.pt", "metrics.csv"])
+
+
+# ----------------------------------------------------------------------------- predict / evaluate / report
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _predict_stage(config: PipelineConfig) -> Stage:
+    cfg = config.predict
+
+    def run(dirs: Mapping[str, Path]) -> None:
+        from captioner.extract import resolve_device
+        from captioner.model import load_checkpoint
+        from captioner.store import open_features
+
+        checkpoint = load_checkpoint(dirs["train"] / "best.pt", resolve_device(cfg.device))
+        store = open_features(dirs["extract-test"] / STORE)
+        checkpoint.check_features(store.provenance, store.path)
+        ids = store.ids()
+        predictions = {}
+        for start in range(0, len(ids), 256):
+            batch, feats = store.pooled_matrix(ids[start:start + 256])
+            captions = checkpoint.caption(feats, beam_size=cfg.beam_size, max_len=cfg.max_len)
+            predictions.update(zip(batch, captions))
+        _write_json(dirs["predict"] / "predictions.json", predictions)
+        print(f"predict: captioned {len(predictions)} test videos with {checkpoint.path} (epoch "
+              f"{checkpoint.epoch})", file=sys.stderr)
+
+    return Stage("predict", run, params={"beam_size": cfg.beam_size, "max_len": cfg.max_len},
+                 deps=["train", "extract-test"], outputs=["predictions.json"])
+
+
+def _test_references(config: PipelineConfig) -> str:
+    return config.evaluate.references or config.train.data.captions
+
+
+def _evaluate_stage(config: PipelineConfig) -> Stage:
+    cfg, data = config.evaluate, config.train.data
+
+    def run(dirs: Mapping[str, Path]) -> None:
+        from captioner.evaluate import evaluate_files, format_table, write_results
+
+        evaluation = evaluate_files(
+            dirs["predict"] / "predictions.json", _test_references(config), split=cfg.split, metrics=cfg.metrics,
+            train_references=data.captions if cfg.baselines else None, train_split=data.split,
+            train_features=dirs["extract-train"] / STORE if cfg.baselines else None,
+            test_features=dirs["extract-test"] / STORE if cfg.baselines else None, k=cfg.k)
+        write_results(evaluation, dirs["evaluate"] / "evaluation.json")
+        _write_json(dirs["evaluate"] / "scores.json", {s.name: s.corpus for s in evaluation.systems})
+        print(format_table(evaluation), flush=True)
+
+    params = {"references_split": cfg.split, "metrics": cfg.metrics, "baselines": cfg.baselines}
+    inputs = [Path(_test_references(config))] + [Path(cfg.split)] * bool(cfg.split and os.path.isfile(cfg.split))
+    deps = ["predict"]
+    if cfg.baselines:
+        params.update(k=cfg.k, train_split=data.split)
+        inputs += [Path(data.captions)] + [Path(data.split)] * bool(data.split and os.path.isfile(data.split))
+        deps += ["extract-train", "extract-test"]
+    return Stage("evaluate", run, params=params, inputs=inputs, deps=deps,
+                 outputs=["evaluation.json", "scores.json"])
+
+
+def read_evaluation(path: Path):
+    """The `Evaluation` that `captioner.evaluate.write_results` wrote, for the report."""
+    from captioner.evaluate import Evaluation, SystemScores
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    per_video, metrics = data["per_video"], data["metrics"]
+    evaluation = Evaluation(list(per_video), {i: v["references"] for i, v in per_video.items()}, tuple(metrics),
+                            excluded=data["excluded"])
+    for name, corpus in data["systems"].items():
+        evaluation.systems.append(SystemScores(
+            name, {i: v[name]["caption"] for i, v in per_video.items()}, corpus,
+            {i: {m: v[name][m] for m in metrics} for i, v in per_video.items()}))
+    return evaluation
+
+
+def _report_stage(config: PipelineConfig, progress: bool) -> Stage:
+    cfg, data = config.report, config.train.data
+    videos = None
+    if cfg.thumbnails:
+        videos = cfg.videos
+        if videos is None:
+            from captioner.video import collect_inputs
+
+            videos = os.path.commonpath([str(p.resolve().parent) for p in collect_inputs(config.videos.test)])
+
+    def run(dirs: Mapping[str, Path]) -> None:
+        from captioner.datasets import load_references
+        from captioner.report import write_report
+
+        evaluation = read_evaluation(dirs["evaluate"] / "evaluation.json")
+        train_references = load_references(data.captions, data.split)
+        paths = write_report(evaluation, dirs["report"], videos=videos, run=dirs["train"],
+                             train_references=train_references, title=cfg.title, progress=progress)
+        print(f"report: {paths['html']}", file=sys.stderr)
+
+    return Stage("report", run, params={"title": cfg.title, "videos": videos, "train_split": data.split},
+                 inputs=[Path(data.captions)], deps=["evaluate", "train", "extract-test"],
+                 outputs=["report.html", "report.md", "report.json"])
+
+
+# ----------------------------------------------------------------------------- the pipeline
+def build_stages(config: PipelineConfig, progress: bool = True) -> list[Stage]:
+    """The stages in running order; only the video sets that are given are extracted."""
+    stages = [_extract_stage(config, name, progress) for name in VIDEO_SETS if getattr(config.videos, name)]
+    if config.videos.pretrain:
+        stages.append(_train_stage(config, "pretrain"))
+    stages += [_train_stage(config, "train"), _predict_stage(config), _evaluate_stage(config),
+               _report_stage(config, progress)]
+    return stages
+
+
+def run_pipeline(config: PipelineConfig, *, until: list[str] = (), force: list[str] = (), dry_run: bool = False,
+                 progress: bool = True, out=None) -> list[Step]:
+    """Print the plan, then run the stages that are not up to date (unless dry_run)."""
+    out = out or sys.stdout
+    run_dir = Path(config.run_dir).resolve()  # the stages may run in other processes, even on other nodes
+    steps = plan(build_stages(config, progress), run_dir, until, force)
+    print(f"pipeline {run_dir}: {sum(s.action != 'skip' for s in steps)} of {len(steps)} stages to run"
+          + (" (dry run)" if dry_run else ""), file=out)
+    print(format_plan(steps), file=out, flush=True)
+    if dry_run:
+        return steps
+    started = time.perf_counter()
+    execute(steps)
+    print(f"pipeline finished in {time.perf_counter() - started:.1f}s", file=out)
+    report = next((s.dir for s in steps if s.stage.name == "report" and (s.dir / MARKER).exists()), None)
+    if report is not None:
+        print(f"report: {report / 'report.html'}", file=out)
+    return steps
+
+
+def join_training(config: PipelineConfig, stage: str = "train", poll_seconds: float = 5.0, out=None) -> None:
+    """On another node of a multi-node run: wait for `stage` to launch torchrun, then join it.
+
+    The run directory must be on a file system every node sees at the same path.
+    """
+    out = out or sys.stdout
+    if config.distributed.nnodes < 2:
+        raise CaptionerError("distributed.nnodes is 1: there is no training run to join")
+    steps = {s.stage.name: s for s in plan(build_stages(config, progress=False), Path(config.run_dir).resolve())}
+    if stage not in steps or stage not in ("pretrain", "train"):
+        raise CaptionerError(f"no training stage {stage!r} in this pipeline (pretrain runs only with videos.pretrain)")
+    stage_dir = steps[stage].dir
+    print(f"waiting for the pipeline to launch {stage} in {stage_dir}", file=out, flush=True)
+    while not (stage_dir / LAUNCH).is_file():
+        if (stage_dir / MARKER).is_file():
+            print(f"{stage} is already complete", file=out)
+            return
+        time.sleep(poll_seconds)
+    command = json.loads((stage_dir / LAUNCH).read_text(encoding="utf-8"))["command"]
+    run_torchrun([sys.executable, *command])
