@@ -42,3 +42,25 @@ def msvd_store(msvd_clips, tmp_path_factory) -> Path:
     summary = extract(msvd_clips, path, config, progress=False)
     assert summary.failed == 0, summary.failures
     return path
+
+
+@pytest.fixture(scope="session")
+def caption_model(msvd_store, data_dir, tmp_path_factory) -> Path:
+    """A working checkpoint: the shipped default model, else a tiny one trained in seconds.
+
+    Tests that use it check behaviour (formats, errors, timing), never caption quality.
+    """
+    from captioner.caption import DEFAULT_MODEL
+
+    if DEFAULT_MODEL.is_file():
+        return DEFAULT_MODEL
+    from captioner.model import ModelConfig
+    from captioner.train import DataConfig, TrainConfig, train
+
+    run = tmp_path_factory.mktemp("tiny_model")
+    captions = str(data_dir / "msvd" / "captions" / "MSVD_train.tsv")
+    config = TrainConfig(run_dir=str(run), epochs=15, batch_size=64, lr=3e-3, warmup_steps=0, val_metrics=[],
+                         device="cpu", model=ModelConfig(embed_size=64, hidden_size=128),
+                         data=DataConfig(features=str(msvd_store), captions=captions, split="train",
+                                         val_split=None, min_count=1))
+    return train(config)

@@ -1,0 +1,131 @@
+"""`captioner caption` and the Captioner API on the real clips."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import srt
+import webvtt
+
+import media
+from captioner import Captioner
+from captioner.caption import DEFAULT_MODEL
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "captioner.cli", "caption", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def captioner(caption_model):
+    return Captioner.load(caption_model, device="cpu")
+
+
+@pytest.mark.slow
+def test_every_msvd_clip_gets_a_caption(caption_model, msvd_clips):
+    result = _cli(*msvd_clips, "--model", caption_model, "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["path"] for line in lines] == [str(c) for c in msvd_clips]
+    for line in lines:
+        assert line["caption"].strip() and "<unk>" not in line["caption"]
+        assert line["id"] == Path(line["path"]).stem
+        assert isinstance(line["score"], float)
+        assert 1 <= len(line["alternatives"]) <= 3
+        assert line["alternatives"][0]["caption"] == line["caption"]
+        scores = [alt["score"] for alt in line["alternatives"]]
+        assert scores == sorted(scores, reverse=True)
+        assert line["model"]
+        assert {"startup", "model_load", "decode", "backbone", "caption", "total"} <= set(line["timing"])
+
+
+@pytest.mark.slow
+def test_plain_output_folder_and_glob(caption_model, msvd_clips):
+    folder = msvd_clips[0].parent
+    result = _cli(folder / "0*.avi", folder / "1*.avi", "--model", caption_model)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    expected = sorted(str(p) for p in folder.glob("[01]*.avi"))
+    assert [row[0] for row in rows] == expected and all(len(row) == 2 and row[1] for row in rows)
+
+
+def test_api_caption_is_deterministic(captioner, msvd_clips):
+    first = captioner.caption(msvd_clips[0], beam=3)
+    assert first.caption == captioner.caption(msvd_clips[0], beam=3).caption
+    greedy = captioner.caption(msvd_clips[0], beam=1, n_best=1)
+    assert len(greedy.alternatives) == 1 and greedy.caption
+
+
+def test_images_are_one_frame_videos(captioner, data_dir):
+    image = next((data_dir / "flickr8k" / "images").glob("*.jpg"))
+    assert captioner.caption(image).caption
+
+
+@pytest.mark.slow
+def test_segments_write_srt_and_vtt_that_parse(caption_model, msvd_clips, tmp_path):
+    clip = max(msvd_clips, key=lambda p: p.stat().st_size)
+    for fmt in ("srt", "vtt"):
+        out = tmp_path / f"clip.{fmt}"
+        result = _cli(clip, "--model", caption_model, "--segments", "3", f"--{fmt}", out, "--json")
+        assert result.returncode == 0, result.stderr
+        segments = json.loads(result.stdout)["segments"]
+        assert len(segments) >= 2
+        if fmt == "srt":
+            parsed = list(srt.parse(out.read_text(encoding="utf-8")))
+            starts = [s.start.total_seconds() for s in parsed]
+            texts = [s.content for s in parsed]
+        else:
+            parsed = list(webvtt.read(str(out)))
+            starts = [c.start_in_seconds for c in parsed]
+            texts = [c.text for c in parsed]
+        assert len(parsed) == len(segments)
+        assert starts == pytest.approx([s["start"] for s in segments], abs=1e-3)
+        assert starts == sorted(starts) and starts[1] == pytest.approx(3.0, abs=1e-3)
+        assert texts == [s["caption"] for s in segments]
+
+
+@pytest.mark.slow
+def test_bad_inputs_fail_alone(caption_model, msvd_clips, tmp_path):
+    bad = [media.empty_file(tmp_path), media.random_bytes_mp4(tmp_path), media.audio_only(tmp_path),
+           tmp_path / "missing.mp4"]
+    result = _cli(bad[0], msvd_clips[0], *bad[1:], "--model", caption_model)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == len(bad)
+    for path in bad:
+        assert sum(path.name in line for line in errors) == 1
+    assert result.stdout.splitlines() == [f"{msvd_clips[0]}\t" + result.stdout.split("\t", 1)[1].strip()]
+
+    ok = _cli(msvd_clips[0], "--model", caption_model)
+    assert ok.returncode == 0
+
+
+def test_usage_errors(caption_model, msvd_clips, tmp_path):
+    assert _cli(msvd_clips[0], "--srt", tmp_path / "x.srt").returncode == 2  # --srt needs --segments
+    missing = _cli(msvd_clips[0], "--model", tmp_path / "nope.pt")
+    assert missing.returncode == 1 and "nope.pt" in missing.stderr and "Traceback" not in missing.stderr
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    broken = _cli(msvd_clips[0], "--model", garbage)
+    assert broken.returncode == 1 and "garbage.pt" in broken.stderr and len(broken.stderr.splitlines()) == 1
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from captioner.cli import main\ntry:\n    main(['caption', '--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().endswith("False"), result.stdout
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the default model is not built yet")
+def test_default_model_ships_inside_the_package():
+    assert DEFAULT_MODEL.stat().st_size < 30 * 1024 * 1024
+    captioner = Captioner.load()
+    assert captioner.model_id.startswith("default:")
