@@ -10,6 +10,8 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 
@@ -187,8 +189,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             obj = load_file(path)
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a torch/pickle/zip error: the file is not a readable checkpoint
-        raise CaptionerError(f"cannot read weights: {type(exc).__name__}: {exc}".split("\n")[0], path) from None
+    except pickle.UnpicklingError as exc:
+        # Unpickling arbitrary objects could run code from the file, so only tensors are read.
+        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if unsupported:
+            raise CaptionerError(f"the checkpoint holds Python objects ({unsupported.group(1)}), not just "
+                                 "tensors; save the weights alone with torch.save(model.state_dict(), path)",
+                                 path) from None
+        raise CaptionerError("cannot read weights: not a PyTorch checkpoint", path) from None
+    except Exception as exc:  # a torch/zip/safetensors error: the file is not a readable checkpoint
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise CaptionerError(f"cannot read weights: {reason}", path) from None
     while isinstance(obj, dict) and not _is_state_dict(obj):
         nested = next((obj[k] for k in _NESTING_KEYS if isinstance(obj.get(k), dict)), None)
         if nested is None:

