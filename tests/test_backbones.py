@@ -272,9 +272,13 @@ def test_local_timm_weights(tmp_path):
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(CaptionerError, match=r"garbage\.pth: cannot read weights"):
         create(f"timm:resnet18={garbage}")
-    pickled = tmp_path / "training-state.pth"
-    torch.save({"args": argparse.Namespace(lr=0.1), "state_dict": reference.state_dict()}, pickled)
-    with pytest.raises(CaptionerError, match=r"state\.pth: .* Python objects \(argparse.Namespace\)"):
+    timm_checkpoint = tmp_path / "timm-train.pth.tar"  # as timm's train.py saves them
+    torch.save({"arch": "resnet18", "args": argparse.Namespace(lr=0.1), "state_dict": reference.state_dict(),
+                "state_dict_ema": reference.state_dict(), "metric": 0.5}, timm_checkpoint)
+    assert create(f"timm:resnet18={timm_checkpoint}").feature_dim == 512
+    pickled = tmp_path / "whole-model.pth"
+    torch.save(torch.nn.Linear(2, 2), pickled)
+    with pytest.raises(CaptionerError, match=r"model\.pth: .* Python objects \(torch.nn.modules.linear.Linear\)"):
         create(f"timm:resnet18={pickled}")
     with pytest.raises(CaptionerError, match="needs a local weights file"):
         create("timm:resnet18")

@@ -6,6 +6,7 @@ see one frame per point; clip backbones (I3D) see `clip_len` consecutive frames 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -188,7 +189,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             obj = load_file(path)
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            # timm's train.py stores its argparse.Namespace next to the weights: harmless data.
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # Unpickling arbitrary objects could run code from the file, so only tensors are read.
         unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
