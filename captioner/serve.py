@@ -1,0 +1,433 @@
+"""Caption videos from a browser: a FastAPI app around one loaded Captioner.
+
+    captioner serve [--host 127.0.0.1] [--port 8000] [--model default|CKPT]   # open http://127.0.0.1:8000
+
+    GET  /               the page (captioner/web/index.html): upload, progress, caption, keyframes, timeline
+    POST /api/caption    multipart/form-data: file, optional beam, segments (seconds), keyframes (count)
+                         → the fields of `captioner caption --json` (+ keyframes, subtitles)
+    GET  /api/health     model id and how busy the server is
+    GET  /openapi.json   the API schema (FastAPI; /docs renders it)
+
+Uploads are untrusted, so the body is read by hand rather than by a form parser that spools it
+first: the size limit holds whatever Content-Length says (413 as soon as it is passed), the
+type comes from the file's first bytes (415), and the file lives under a generated name in a
+private folder that is removed when the request ends, however it ends. One worker thread runs
+the model; a bounded number of jobs may be admitted (uploading, waiting or running) and the rest
+get 503 at once, so a burst of requests costs neither memory nor disk beyond that bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import anyio
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
+
+from . import __version__
+from .caption import Captioner, write_subtitles
+from .errors import CaptionerError
+
+log = logging.getLogger("captioner.serve")
+
+FORM_SLACK = 64 * 1024  # multipart boundaries, part headers and the small form fields around the file
+SNIFF_BYTES = 512  # enough for every signature in `sniff_media`
+MAX_SEGMENTS = 200  # windows per request: each one is a full backbone pass
+MAX_KEYFRAMES = 12
+MAX_BEAM = 10
+
+
+@dataclass
+class ServeLimits:
+    max_upload_mb: float = 100.0
+    queue: int = 4  # jobs admitted at once (uploading, waiting or captioning); more get 503
+    upload_timeout: float = 600.0  # seconds a client may take to send its body (slow senders hold a job slot)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+# ----------------------------------------------------------------------------- file type
+# Containers recognised by their first bytes: (extension, [(offset, signature), ...]). Only these reach
+# FFmpeg, so formats that make it open further files or URLs (HLS or concat playlists, ...) never
+# do. The extension is what `captioner.video` expects for such a file.
+_SIGNATURES = [
+    (".mov", [(4, b"ftypqt  ")]),
+    (".mp4", [(4, b"ftyp")]),  # MP4, M4V, 3GP and friends
+    (".mov", [(4, b"moov")]), (".mov", [(4, b"mdat")]), (".mov", [(4, b"wide")]), (".mov", [(4, b"free")]),
+    (".mkv", [(0, b"\x1a\x45\xdf\xa3")]),  # Matroska and WebM
+    (".avi", [(0, b"RIFF"), (8, b"AVI ")]),
+    (".webp", [(0, b"RIFF"), (8, b"WEBP")]),
+    (".mpg", [(0, b"\x00\x00\x01\xba")]),
+    (".flv", [(0, b"FLV\x01")]),
+    (".wmv", [(0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11")]),  # ASF
+    (".ogv", [(0, b"OggS")]),
+    (".gif", [(0, b"GIF87a")]), (".gif", [(0, b"GIF89a")]),
+    (".jpg", [(0, b"\xff\xd8\xff")]),
+    (".png", [(0, b"\x89PNG\r\n\x1a\n")]),
+]
+_ACCEPTED = "MP4/MOV, Matroska/WebM, AVI, MPEG-PS/TS, FLV, WMV, Ogg, GIF, JPEG, PNG, BMP or WebP"
+
+
+def sniff_media(head: bytes) -> str | None:
+    """The file extension of the video or image container these first bytes start, else None."""
+    for extension, signatures in _SIGNATURES:
+        if all(head[offset: offset + len(signature)] == signature for offset, signature in signatures):
+            return extension
+    if len(head) > 376 and head[0] == head[188] == head[376] == 0x47:  # MPEG-TS: a sync byte every 188
+        return ".ts"
+    if head.startswith(b"BM") and len(head) >= 18 and int.from_bytes(head[14:18], "little") in (12, 40, 52, 56,
+                                                                                               108, 124):
+        return ".bmp"  # "BM" alone starts too much text; the DIB header size makes it a bitmap
+    return None
+
+
+def client_file_name(raw: str | None) -> str:
+    """The last component of the name the client sent, for display only (never a path here)."""
+    name = PureWindowsPath(PurePosixPath(raw or "").name).name
+    name = "".join(ch for ch in name if ch.isprintable()).strip()[:200]
+    return name if name.strip(".") else "upload"
+
+
+# ----------------------------------------------------------------------------- the request body
+@dataclass
+class Upload:
+    path: Path  # the file in the job folder, named by its sniffed type
+    name: str  # the client's file name, for display
+    size: int
+    fields: dict[str, str]
+
+
+class _MultipartUpload:
+    """Streams one multipart body: the `file` part to disk, small fields to memory, limits enforced."""
+
+    def __init__(self, boundary: bytes, folder: Path, max_file_bytes: int):
+        self.folder = folder
+        self.max_file_bytes = max_file_bytes
+        self.fields: dict[str, str] = {}
+        self.file_name: str | None = None
+        self.file_path: Path | None = None
+        self.file_size = 0
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[str, bytes] = {}
+        self._part: str | None = None  # "file", a field name, or None for a part we skip
+        self._value = bytearray()
+        self._head = bytearray()  # the file's first bytes, until its type is known
+        self._out = None
+        self.parser = MultipartParser(boundary, {
+            "on_part_begin": self._part_begin, "on_header_field": self._header_field_data,
+            "on_header_value": self._header_value_data, "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
+            "on_part_end": self._part_end})
+
+    def write(self, chunk: bytes) -> None:
+        self.parser.write(chunk)
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    # -- parser callbacks
+    def _part_begin(self) -> None:
+        self._headers, self._part, self._value = {}, None, bytearray()
+
+    def _header_field_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[bytes(self._header_field).decode("latin-1").lower()] = bytes(self._header_value)
+        self._header_field, self._header_value = bytearray(), bytearray()
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get("content-disposition", b""))
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        if name == "file" and b"filename" in options:
+            if self.file_name is not None:
+                raise HTTPException(400, "send one file per request")
+            self.file_name = client_file_name(options[b"filename"].decode("utf-8", "replace"))
+            self._part = "file"
+        elif name and b"filename" not in options:
+            self._part = name
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._part == "file":
+            self._file_data(data[start:end])
+        elif self._part is not None:
+            self._value += data[start:end]
+            if len(self._value) > 1024:
+                raise HTTPException(400, f"form field {self._part!r} is too long")
+
+    def _part_end(self) -> None:
+        if self._part == "file":
+            if self._out is None:  # a file shorter than SNIFF_BYTES
+                self._start_file(final=True)
+            self.close()
+        elif self._part is not None:
+            self.fields[self._part] = self._value.decode("utf-8", "replace").strip()
+
+    def _file_data(self, data: bytes) -> None:
+        self.file_size += len(data)
+        if self.file_size > self.max_file_bytes:
+            raise HTTPException(413, f"{self.file_name}: file is larger than the "
+                                  f"{self.max_file_bytes / 2**20:g} MB this server accepts")
+        if self._out is not None:
+            self._out.write(data)
+            return
+        self._head += data
+        if len(self._head) >= SNIFF_BYTES:
+            self._start_file(final=False)
+
+    def _start_file(self, final: bool) -> None:
+        """Decide the type from the first bytes; only a recognised file is ever written to disk."""
+        if not self._head:
+            raise HTTPException(422, f"{self.file_name}: empty file")
+        extension = sniff_media(bytes(self._head))
+        if extension is None:
+            raise HTTPException(415, f"{self.file_name}: not a video or image file this server can read "
+                                  f"(by its content; accepted: {_ACCEPTED})")
+        self.file_path = self.folder / f"upload{extension}"
+        self._out = open(self.file_path, "xb")
+        self._out.write(self._head)
+        self._head = bytearray()
+
+
+async def receive_upload(request: Request, folder: Path, limits: ServeLimits) -> Upload:
+    """Read the multipart body into `folder`, enforcing the size limit while reading."""
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or not options.get(b"boundary"):
+        raise HTTPException(415, "send the video as multipart/form-data with the field 'file'")
+    reader = _MultipartUpload(options[b"boundary"], folder, limits.max_upload_bytes)
+    body_limit = limits.max_upload_bytes + FORM_SLACK
+    received = 0
+    try:
+        with anyio.fail_after(limits.upload_timeout):
+            async for chunk in request.stream():
+                received += len(chunk)
+                # The file part's own count gives the exact message; this bounds a lying sender
+                # that wraps the bytes in a part we skip.
+                if received > body_limit:
+                    raise HTTPException(413, f"request body is larger than the {limits.max_upload_mb:g} MB "
+                                          "this server accepts")
+                reader.write(chunk)
+        reader.parser.finalize()
+    except TimeoutError:
+        raise HTTPException(408, f"upload took longer than {limits.upload_timeout:g} s") from None
+    except ClientDisconnect:
+        raise HTTPException(400, "the client went away during the upload") from None
+    except ValueError as error:  # python-multipart's malformed-body errors derive from ValueError
+        raise HTTPException(400, f"malformed multipart body ({error})") from None
+    finally:
+        reader.close()
+    if reader.file_path is None:
+        raise HTTPException(400, "no file: send the video in the multipart field 'file'")
+    return Upload(reader.file_path, reader.file_name or "upload", reader.file_size, reader.fields)
+
+
+# ----------------------------------------------------------------------------- parameters
+@dataclass
+class JobParams:
+    beam: int = 3
+    segments: float | None = None
+    keyframes: int = 0
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> "JobParams":
+        def number(name, kind, low, high, default):
+            text = fields.get(name, "")
+            if text == "":
+                return default
+            try:
+                value = kind(text)
+            except ValueError:
+                raise HTTPException(422, f"{name} must be a number, got {text!r}") from None
+            if not low <= value <= high:
+                raise HTTPException(422, f"{name} must be between {low:g} and {high:g}, got {text}")
+            return value
+
+        return cls(beam=number("beam", int, 1, MAX_BEAM, 3),
+                   segments=number("segments", float, 0.5, 3600.0, None),
+                   keyframes=number("keyframes", int, 0, MAX_KEYFRAMES, 0))
+
+
+# ----------------------------------------------------------------------------- the job
+def keyframe_images(path: Path, count: int, short_side: int = 128) -> list[dict]:
+    """`count` frames spread over the video as data-URI JPEGs, with their times in seconds."""
+    from PIL import Image
+
+    from .video import decode
+
+    decoded = decode(path, f"uniform:{count}", short_side=short_side)
+    images = []
+    for frame, seconds in zip(decoded.frames, decoded.timestamps):
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, "JPEG", quality=80)
+        images.append({"time": round(float(seconds), 3),
+                       "image": "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()})
+    return images
+
+
+def caption_upload(captioner: Captioner, upload: Upload, params: JobParams) -> dict:
+    """Caption one stored upload: what `captioner caption --json` prints, plus keyframes and subtitles."""
+    from .video import probe
+
+    if params.segments is not None:
+        duration = probe(upload.path).duration
+        if duration / params.segments > MAX_SEGMENTS:
+            raise CaptionerError(f"{params.segments:g}-second segments would cut this {duration:.0f}-second video "
+                                 f"into more than {MAX_SEGMENTS} windows; choose longer segments")
+    result = captioner.caption(upload.path, beam=params.beam, n_best=3, segments=params.segments)
+    response = result.to_dict()
+    response.update(path=upload.name, id=PurePosixPath(upload.name).stem)
+    if params.keyframes:
+        response["keyframes"] = keyframe_images(upload.path, params.keyframes)
+    if result.segments is not None:
+        response["subtitles"] = {fmt: write_subtitles(result.segments, upload.path.with_name(f"captions.{fmt}"),
+                                                      fmt).read_text(encoding="utf-8")
+                                 for fmt in ("srt", "vtt")}
+    return response
+
+
+class JobSlots:
+    """A counter of admitted jobs; threads (TestClient) and the event loop may both touch it."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.active = 0
+        self._lock = threading.Lock()
+
+    def try_acquire(self) -> bool:
+        with self._lock:
+            if self.active >= self.limit:
+                return False
+            self.active += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+
+# ----------------------------------------------------------------------------- the app
+_ERRORS = {
+    400: {"description": "malformed request"},
+    408: {"description": "the upload took too long"},
+    413: {"description": "the file is larger than --max-upload-mb"},
+    415: {"description": "not a video or image by its content, or not multipart/form-data"},
+    422: {"description": "bad parameters, or a file that cannot be decoded (the captioner's one-line message)"},
+    503: {"description": "the queue is full; retry later"},
+}
+_UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "a video (or image) file"},
+        "beam": {"type": "integer", "minimum": 1, "maximum": MAX_BEAM, "default": 3},
+        "segments": {"type": "number", "minimum": 0.5, "description": "also caption windows of this many seconds"},
+        "keyframes": {"type": "integer", "minimum": 0, "maximum": MAX_KEYFRAMES, "default": 0,
+                      "description": "return this many frames as data-URI JPEGs"}}}}}}}
+# The page is one file with inline CSS and JS; nothing else may load or run.
+_PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; "
+                "media-src blob:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_dir: str | Path | None = None,
+               executor: ThreadPoolExecutor | None = None) -> FastAPI:
+    """The web app around a loaded captioner; uploads go to private job folders under `upload_dir`."""
+    limits = limits or ServeLimits()
+    upload_dir = Path(upload_dir) if upload_dir is not None else Path(tempfile.mkdtemp(prefix="captioner-serve-"))
+    upload_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner")  # one model, one job
+    slots = JobSlots(limits.queue)
+    page = resources.files("captioner").joinpath("web/index.html").read_text(encoding="utf-8")
+
+    app = FastAPI(title="video-captioner", version=__version__,
+                  description="Caption a video: one English sentence, its n-best alternatives and timed captions.")
+    app.state.upload_dir, app.state.slots, app.state.executor = upload_dir, slots, executor
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": _PAGE_POLICY,
+                                           "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+
+    @app.get("/api/health")
+    def health() -> dict:
+        """Which model answers, and how many jobs are admitted out of how many."""
+        return {"status": "ok", "model": captioner.model_id, "device": captioner.device,
+                "jobs": slots.active, "queue": slots.limit, "max_upload_mb": limits.max_upload_mb}
+
+    @app.post("/api/caption", responses=_ERRORS, openapi_extra=_UPLOAD_SCHEMA)
+    async def caption(request: Request) -> dict:
+        """Caption one uploaded video; the response has the fields of `captioner caption --json`.
+
+        `timing` counts seconds: startup and model_load are 0 (paid once, when the server
+        started); total runs from the request's arrival through upload, queue and captioning.
+        """
+        arrived = time.perf_counter()
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limits.max_upload_bytes + FORM_SLACK:
+            raise HTTPException(413, f"request body is larger than the {limits.max_upload_mb:g} MB this server accepts")
+        if not slots.try_acquire():
+            raise HTTPException(503, "the server is busy (queue full); try again shortly",
+                                headers={"Retry-After": "5"})
+        job_dir = Path(tempfile.mkdtemp(prefix="job-", dir=upload_dir))
+
+        def finish(_future=None) -> None:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            slots.release()
+
+        submitted = False
+        try:
+            upload = await receive_upload(request, job_dir, limits)
+            params = JobParams.from_fields(upload.fields)
+            future = executor.submit(caption_upload, captioner, upload, params)
+            # The job owns its folder and slot until it ends, even if this request is cancelled
+            # meanwhile; this callback runs before the awaiting request is woken.
+            future.add_done_callback(finish)
+            submitted = True
+            try:
+                response = await asyncio.wrap_future(future)
+            except CaptionerError as error:
+                raise HTTPException(422, f"{upload.name}: {error.reason}") from None
+        finally:
+            if not submitted:
+                finish()
+        response["timing"] = {"startup": 0.0, "model_load": 0.0, **response["timing"],
+                              "total": round(time.perf_counter() - arrived, 4)}
+        return response
+
+    return app
+
+
+def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 100.0,
+          queue: int = 4, device: str = "auto") -> None:
+    """Load the model, then serve the page and the API until interrupted."""
+    import uvicorn
+
+    captioner = Captioner.load(model, device=device)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: anyone who can reach this machine can upload videos", host)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner")
+    app = create_app(captioner, ServeLimits(max_upload_mb=max_upload_mb, queue=queue), executor=executor)
+    print(f"captioner: serving {captioner.model_id} on http://{host}:{port}", flush=True)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(app.state.upload_dir, ignore_errors=True)

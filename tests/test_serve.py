@@ -1,0 +1,336 @@
+"""The web API: same answer as the CLI, limits on size, type and queue, uploads that never escape or stay."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+import srt
+from fastapi.testclient import TestClient
+from media import audio_only, header_only_clip, synthetic_video
+from PIL import Image
+from serve_helpers import files_under, running_server, shared_captioner
+
+import captioner.serve as serve_module
+from captioner.cli import build_parser, main
+from captioner.serve import ServeLimits, create_app, sniff_media
+
+SHORT_CLIP = "Kqb-mmkEWqU_1_5.avi"  # 4 s, the shortest of the real clips
+
+
+@pytest.fixture(scope="module")
+def model(request, data_dir, tmp_path_factory):
+    return shared_captioner(request, data_dir, tmp_path_factory)
+
+
+@pytest.fixture
+def make_app(model, tmp_path):
+    """Apps on a private upload folder; after the test every upload must be gone."""
+    made = []
+
+    def make(**limits):
+        upload_dir = tmp_path / "deep" / "er" / f"uploads{len(made)}"
+        executor = ThreadPoolExecutor(max_workers=1)
+        app = create_app(model[0], ServeLimits(**limits), upload_dir=upload_dir, executor=executor)
+        made.append((app, executor))
+        return app
+
+    yield make
+    for app, executor in made:
+        executor.shutdown(wait=True)
+        assert files_under(app.state.upload_dir) == [], "an upload outlived its request"
+        assert app.state.slots.active == 0
+
+
+@pytest.fixture
+def client(make_app):
+    with TestClient(make_app(max_upload_mb=2, queue=4)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def short_clip(msvd_clips) -> Path:
+    return next(clip for clip in msvd_clips if clip.name == SHORT_CLIP)
+
+
+@pytest.fixture(scope="module")
+def tiny_video(tmp_path_factory) -> bytes:
+    """A real two-frame H.264 MP4: the model sees two frames, so a request costs little."""
+    return synthetic_video(tmp_path_factory.mktemp("tiny") / "tiny.mp4", frames=2, width=64, height=48).read_bytes()
+
+
+def post_video(client, name: str, content: bytes, **fields):
+    return client.post("/api/caption", files={"file": (name, content, "application/octet-stream")},
+                       data={k: str(v) for k, v in fields.items()})
+
+
+# ----------------------------------------------------------------------------- the answer
+def test_caption_has_the_fields_of_the_cli_json(client, model, short_clip, capsys):
+    response = post_video(client, short_clip.name, short_clip.read_bytes(), beam=3, segments=2, keyframes=3)
+    assert response.status_code == 200, response.text
+    api = response.json()
+
+    assert main(["caption", str(short_clip), "--json", "--model", model[1], "--device", "cpu"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert set(cli) <= set(api) and set(api) - set(cli) == {"keyframes", "subtitles"}
+    assert list(api["timing"]) == list(cli["timing"]) == ["startup", "model_load", "decode", "backbone", "caption",
+                                                          "total"]
+    for key in ("id", "caption", "model"):
+        assert api[key] == cli[key], key
+    assert api["score"] == pytest.approx(cli["score"], abs=1e-4)
+    assert [a["caption"] for a in api["alternatives"]] == [a["caption"] for a in cli["alternatives"]]
+    assert [a["score"] for a in api["alternatives"]] == pytest.approx([a["score"] for a in cli["alternatives"]],
+                                                                      abs=1e-4)
+    assert api["path"] == short_clip.name  # the client's name, not where the server kept the file
+    assert api["timing"]["total"] >= api["timing"]["backbone"] > 0
+
+    # Segments: consecutive 2-second windows over the whole clip, also as SRT and WebVTT.
+    segments = api["segments"]
+    assert segments[0]["start"] == 0 and all(a["end"] == b["start"] for a, b in zip(segments, segments[1:]))
+    assert len(segments) == 3 and all(s["caption"] for s in segments)
+    subtitles = list(srt.parse(api["subtitles"]["srt"]))
+    assert [s.content for s in subtitles] == [s["caption"] for s in segments]
+    assert subtitles[-1].end.total_seconds() == pytest.approx(segments[-1]["end"])
+    assert api["subtitles"]["vtt"].startswith("WEBVTT")
+
+    keyframes = api["keyframes"]
+    assert len(keyframes) == 3 and [k["time"] for k in keyframes] == sorted(k["time"] for k in keyframes)
+    header, data = keyframes[0]["image"].split(",", 1)
+    assert header == "data:image/jpeg;base64"
+    image = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert image.format == "JPEG" and min(image.size) == 128
+
+
+def test_health_openapi_and_page(client, model):
+    health = client.get("/api/health").json()
+    assert health == {"status": "ok", "model": model[0].model_id, "device": "cpu", "jobs": 0, "queue": 4,
+                      "max_upload_mb": 2}
+    schema = client.get("/openapi.json").json()
+    upload = schema["paths"]["/api/caption"]["post"]
+    assert set(upload["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]) == {
+        "file", "beam", "segments", "keyframes"}
+    assert {"413", "415", "422", "503"} <= set(upload["responses"])
+    assert "/api/health" in schema["paths"]
+
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    html = page.text
+    assert '<input type="file" id="file"' in html and '<label for="file">' in html and 'aria-live="polite"' in html
+    assert "http://" not in html and "https://" not in html  # self-contained: no CDN, no web font
+
+
+# ----------------------------------------------------------------------------- size
+def _multipart_stream(file_bytes: int, head: bytes, chunk: int = 64 * 1024):
+    """A multipart body whose file part is `file_bytes` long, as an async generator, and its consumption."""
+    boundary = "test-boundary-7d1"
+    prefix = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.avi\"\r\n"
+              f"Content-Type: video/x-msvideo\r\n\r\n").encode()
+    consumed = {"bytes": 0, "done": False}
+
+    async def body():
+        yield prefix
+        consumed["bytes"] += len(prefix)
+        sent = 0
+        while sent < file_bytes:
+            piece = (head if sent == 0 else b"\0" * chunk)[: file_bytes - sent]
+            sent += len(piece)
+            consumed["bytes"] += len(piece)
+            yield piece
+        yield f"\r\n--{boundary}--\r\n".encode()
+        consumed["done"] = True
+
+    return body(), f"multipart/form-data; boundary={boundary}", consumed
+
+
+def _post_stream(app, body, content_type: str, headers: dict | None = None) -> httpx.Response:
+    async def go():
+        transport = httpx.ASGITransport(app=app)  # hands the body over chunk by chunk, as a server does
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as async_client:
+            return await async_client.post("/api/caption", content=body,
+                                           headers={"Content-Type": content_type, **(headers or {})})
+
+    return anyio.run(go)
+
+
+def test_oversize_upload_is_refused_while_streaming(make_app, short_clip):
+    app = make_app(max_upload_mb=1)
+    total = 50 * 2**20  # no Content-Length: only counting the bytes can stop this one
+    body, content_type, consumed = _multipart_stream(total, short_clip.read_bytes()[: 64 * 1024])
+    response = _post_stream(app, body, content_type)
+    assert response.status_code == 413
+    assert "larger than the 1 MB" in response.json()["detail"]
+    assert not consumed["done"] and consumed["bytes"] < 2**20 + 2 * 64 * 1024  # stopped at the limit
+
+
+def test_declared_oversize_is_refused_before_reading(make_app, short_clip):
+    app = make_app(max_upload_mb=1)
+    body, content_type, consumed = _multipart_stream(3 * 2**20, short_clip.read_bytes()[: 64 * 1024])
+    response = _post_stream(app, body, content_type, headers={"Content-Length": str(3 * 2**20 + 200)})
+    assert response.status_code == 413
+    assert consumed["bytes"] == 0
+
+
+def test_real_server_answers_declared_oversize_without_the_body(make_app):
+    app = make_app(max_upload_mb=1)
+    with running_server(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(b"POST /api/caption HTTP/1.1\r\nHost: localhost\r\n"
+                               b"Content-Type: multipart/form-data; boundary=x\r\n"
+                               b"Content-Length: 10000000000\r\n\r\n")  # 10 GB promised, none sent
+            reply = connection.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 413 ")
+
+
+def test_file_just_under_the_limit_is_read(make_app, tiny_video):
+    app = make_app(max_upload_mb=0.01)
+    limit = int(0.01 * 2**20)
+    with TestClient(app) as test_client:
+        padded = tiny_video + b"\0" * (limit - len(tiny_video))  # FFmpeg ignores bytes after the last atom
+        assert post_video(test_client, "tiny.mp4", padded).status_code == 200
+        assert post_video(test_client, "tiny.mp4", padded + b"\0").status_code == 413
+
+
+# ----------------------------------------------------------------------------- type, names, bad input
+def test_type_comes_from_content_not_name(client, tiny_video, tmp_path):
+    response = post_video(client, "clip.mp4", b"<html><body>404 Not Found</body></html>\n" * 30)
+    assert response.status_code == 415
+    assert response.json()["detail"].startswith("clip.mp4: not a video")
+    assert post_video(client, "notes.txt", tiny_video).status_code == 200
+    assert post_video(client, "empty.mp4", b"").status_code == 422
+    not_form = client.post("/api/caption", content=tiny_video, headers={"Content-Type": "video/mp4"})
+    assert not_form.status_code == 415 and "multipart/form-data" in not_form.json()["detail"]
+
+
+def test_sniffing_recognises_real_containers(tmp_path, short_clip, data_dir):
+    assert sniff_media(short_clip.read_bytes()[:512]) == ".avi"
+    for extension in (".mp4", ".mkv", ".mov", ".avi"):
+        video = synthetic_video(tmp_path / f"v{extension}", frames=2)
+        assert sniff_media(video.read_bytes()[:512]) == extension
+    photo = next((data_dir / "flickr8k" / "images").glob("*.jpg"))
+    assert sniff_media(photo.read_bytes()[:512]) == ".jpg"
+    for not_media in (b"", b"RIFF\0\0\0\0WAVEfmt ", b"#EXTM3U\n#EXT-X-VERSION:3\n", b"BM is also how text starts",
+                      b"PK\x03\x04 a zip file"):
+        assert sniff_media(not_media) is None, not_media
+
+
+def test_client_file_name_never_becomes_a_path(make_app, tiny_video, tmp_path, monkeypatch):
+    app = make_app()
+    stored = []
+    real_job = serve_module.caption_upload
+
+    def recording_job(captioner, upload, params):
+        stored.append(upload.path)
+        return real_job(captioner, upload, params)
+
+    monkeypatch.setattr(serve_module, "caption_upload", recording_job)
+    with TestClient(app) as test_client:
+        for name, shown in [("../../etc/passwd.mp4", "passwd.mp4"), ("..\\..\\evil.mp4", "evil.mp4"),
+                            ("/abs/olute.mp4", "olute.mp4"), ("..", "upload")]:
+            response = post_video(test_client, name, tiny_video)
+            assert response.status_code == 200, response.text
+            assert response.json()["path"] == shown
+    upload_dir = app.state.upload_dir.resolve()
+    assert all(path.parent.parent.resolve() == upload_dir and path.name == "upload.mp4" for path in stored)
+    written = [p for p in files_under(tmp_path) if p.is_file()]
+    assert written == [], written  # nothing under ../../etc of the upload folder, nothing left in it
+
+
+def test_corrupt_video_is_422_with_the_one_line_message(client, short_clip, tmp_path):
+    broken = header_only_clip(tmp_path, short_clip)
+    response = post_video(client, "holiday.avi", broken.read_bytes())
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail.startswith("holiday.avi: cannot decode") and "\n" not in detail
+    assert str(tmp_path) not in detail and "upload" not in detail  # no server paths in messages
+
+
+def test_audio_without_video_is_422(client, tmp_path):
+    response = post_video(client, "song.mp4", audio_only(tmp_path).read_bytes())
+    assert response.status_code == 422
+    assert response.json()["detail"] == "song.mp4: not a video (no video stream)"
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"beam": 0}, "beam must be between 1 and 10"),
+    ({"beam": "three"}, "beam must be a number"),
+    ({"segments": 0.1}, "segments must be between 0.5"),
+    ({"keyframes": 99}, "keyframes must be between 0 and 12"),
+])
+def test_bad_parameters_are_422(client, tiny_video, fields, message):
+    response = post_video(client, "tiny.mp4", tiny_video, **fields)
+    assert response.status_code == 422 and message in response.json()["detail"]
+
+
+def test_request_without_a_file_is_400(client):
+    response = client.post("/api/caption", data={"beam": "2"}, files={"other": ("x.bin", b"1")})
+    assert response.status_code == 400 and "field 'file'" in response.json()["detail"]
+
+
+# ----------------------------------------------------------------------------- concurrency
+def _fire(app, count: int, body: bytes) -> tuple[list[int], float]:
+    with TestClient(app) as test_client, ThreadPoolExecutor(max_workers=count) as pool:
+        started = time.perf_counter()
+        responses = list(pool.map(lambda i: post_video(test_client, f"clip{i}.mp4", body), range(count)))
+        wall = time.perf_counter() - started
+        assert test_client.get("/api/health").json()["jobs"] == 0
+    return responses, wall
+
+
+@pytest.mark.timeout(300)
+def test_twenty_concurrent_requests_all_answered(make_app, tiny_video):
+    app = make_app(queue=20)
+    responses, wall = _fire(app, 20, tiny_video)
+    print(f"20 concurrent requests answered in {wall:.1f} s")
+    assert [r.status_code for r in responses] == [200] * 20
+    assert len({r.json()["caption"] for r in responses}) == 1  # one model, same input, same answer
+    assert sorted(r.json()["path"] for r in responses) == sorted(f"clip{i}.mp4" for i in range(20))
+
+
+@pytest.mark.timeout(300)
+def test_full_queue_answers_503_at_once(make_app, tiny_video, monkeypatch):
+    app = make_app(queue=2)
+    release, admitted = threading.Event(), []
+    real_job = serve_module.caption_upload
+
+    def held_job(captioner, upload, params):  # keep the admitted jobs busy until every other request is answered
+        admitted.append(app.state.slots.active)
+        assert release.wait(timeout=120)
+        return real_job(captioner, upload, params)
+
+    monkeypatch.setattr(serve_module, "caption_upload", held_job)
+    with TestClient(app) as test_client, ThreadPoolExecutor(max_workers=20) as pool:
+        futures = [pool.submit(post_video, test_client, f"clip{i}.mp4", tiny_video) for i in range(20)]
+        deadline = time.monotonic() + 120
+        while sum(f.done() for f in futures) < 18 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rejected = [f.result() for f in futures if f.done()]
+        release.set()
+        responses = [f.result(timeout=120) for f in futures]
+    assert len(rejected) == 18 and all(r.status_code == 503 for r in rejected)
+    assert rejected[0].headers["retry-after"] == "5" and "queue full" in rejected[0].json()["detail"]
+    assert sorted(r.status_code for r in responses) == [200] * 2 + [503] * 18
+    assert max(admitted) <= 2
+
+
+# ----------------------------------------------------------------------------- command line
+def test_serve_command_defaults_to_loopback():
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.model, args.max_upload_mb, args.queue) == ("127.0.0.1", 8000, "default",
+                                                                                  100.0, 4)
+
+
+@pytest.mark.parametrize("flags", [["--port", "70000"], ["--queue", "0"], ["--max-upload-mb", "0"]])
+def test_serve_command_rejects_bad_flags(flags, capsys):
+    assert main(["serve", *flags]) == 2
+    assert capsys.readouterr().err.startswith("captioner: error: --")
