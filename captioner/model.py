@@ -37,7 +37,7 @@ PROVENANCE_KEYS = ("backbone", "feature_dim", "weights_sha256")
 class ModelConfig:
     feature_dim: int = 0  # set from the feature store when training starts
     embed_size: int = 256
-    hidden_size: int = 512
+    hidden_size: int = 256  # small enough to train on a CPU; the configs in configs/ use 512
     num_layers: int = 1
     dropout: float = 0.3
     video_input: str = "every_step"  # or "first_step"
