@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Mapping
 from captioner.errors import CaptionerError
 
 MARKER = ".done.json"
-LATEST = "latest"  # RUN/<stage>/latest -> the directory of the stage's last completed run
+LATEST = "latest"  # RUN/<stage>/latest -> the stage's directory in the last run that needed it
 # Files at most this large are fingerprinted by content; larger ones and media by size + mtime.
 HASH_LIMIT = 64 << 20
 MEDIA_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
@@ -104,6 +104,7 @@ class Step:
     reason: str
     description: dict  # what the key was made of, kept in .done.json to explain later changes
     fresh: bool = False  # discard the directory's contents first (--force)
+    wanted: bool = True  # False: left out by --until
 
 
 def _read_marker(stage_dir: Path) -> dict | None:
@@ -182,7 +183,7 @@ def plan(stages: list[Stage], run_dir: Path, until: Iterable[str] = (), force: I
             action, reason = "resume", "an earlier run of this stage was interrupted"
         else:
             action, reason = "run", _why_changed(marker or _read_marker(run_dir / stage.name / LATEST), description)
-        steps.append(Step(stage, key, stage_dir, action, reason, description, fresh))
+        steps.append(Step(stage, key, stage_dir, action, reason, description, fresh, stage.name in wanted))
     return steps
 
 
@@ -217,6 +218,9 @@ def execute(steps: list[Step], log=None) -> None:
     """Run the steps that are not skipped, in order; raise StageFailed naming the stage."""
     log = log or sys.stderr
     dirs = {s.stage.name: s.dir for s in steps}
+    for step in steps:
+        if step.wanted and step.action == "skip":
+            _point_latest(step.dir)
     todo = [s for s in steps if s.action != "skip"]
     for number, step in enumerate(todo, 1):
         stage = step.stage

@@ -1,9 +1,11 @@
 """The captioning pipeline: one config from videos to a report, as cached stages.
 
-    extract-pretrain ─> pretrain ─┐              (only with videos.pretrain: image pre-training)
-    extract-train ───────────────> train ─> predict ─> evaluate ─> report
-    extract-val ─────────────────┘            ^           ^
-    extract-test ─────────────────────────────┴───────────┘
+    extract-pretrain ──> pretrain ──┐            (only with videos.pretrain: image pre-training)
+    extract-train ──────────────────┼──> train ──> predict ──> evaluate ──> report
+    extract-val ────────────────────┘                 ^           ^
+    extract-test ─────────────────────────────────────┴───────────┘
+
+evaluate's baselines also read extract-train; video sets listing the same videos share one store.
 
 Every stage calls the library (`captioner.extract`, `captioner.train`, `captioner.model`,
 `captioner.evaluate`, `captioner.report`); this module only decides what each stage reads,
@@ -195,7 +197,7 @@ def run_torchrun(command: list[str]) -> None:
         for line in process.stderr:
             sys.stderr.write(line)
             if "captioner: error:" in line:
-                reason = line.split("captioner: error:", 1)[1].strip()
+                reason = line.rsplit("captioner: error:", 1)[1].strip()  # ranks may share a line
         code = process.wait()
     finally:
         if process.poll() is None:
@@ -205,20 +207,19 @@ def run_torchrun(command: list[str]) -> None:
         raise CaptionerError(f"torchrun exited with status {code}: " + (reason or "see the output above"))
 
 
-def _train_stage(config: PipelineConfig, name: str) -> Stage:
+def _train_stage(config: PipelineConfig, name: str, stores: Mapping[str, str]) -> Stage:
     cfg: TrainConfig = getattr(config, name)
-    store_set = "pretrain" if name == "pretrain" else "train"
-    deps = [f"extract-{store_set}"]
-    if name == "train" and config.videos.val:
-        deps.append("extract-val")
+    features = stores[name]
+    val_features = stores.get("val") if name == "train" else None
+    deps = list(dict.fromkeys(filter(None, [features, val_features])))
     if name == "train" and config.videos.pretrain:
         deps.append("pretrain")
 
     def stage_config(dirs: Mapping[str, Path]) -> TrainConfig:
         staged = copy.deepcopy(cfg)
         staged.run_dir = str(dirs[name])
-        staged.data.features = str(dirs[f"extract-{store_set}"] / STORE)
-        staged.data.val_features = str(dirs["extract-val"] / STORE) if "extract-val" in deps else None
+        staged.data.features = str(dirs[features] / STORE)
+        staged.data.val_features = str(dirs[val_features] / STORE) if val_features else None
         if "pretrain" in deps:
             staged.init_from = str(dirs["pretrain"] / "best.pt")
         return staged
@@ -253,7 +254,7 @@ def _write_json(path: Path, value) -> None:
     os.replace(tmp, path)
 
 
-def _predict_stage(config: PipelineConfig) -> Stage:
+def _predict_stage(config: PipelineConfig, stores: Mapping[str, str]) -> Stage:
     cfg = config.predict
 
     def run(dirs: Mapping[str, Path]) -> None:
@@ -262,7 +263,7 @@ def _predict_stage(config: PipelineConfig) -> Stage:
         from captioner.store import open_features
 
         checkpoint = load_checkpoint(dirs["train"] / "best.pt", resolve_device(cfg.device))
-        store = open_features(dirs["extract-test"] / STORE)
+        store = open_features(dirs[stores["test"]] / STORE)
         checkpoint.check_features(store.provenance, store.path)
         ids = store.ids()
         predictions = {}
@@ -271,18 +272,18 @@ def _predict_stage(config: PipelineConfig) -> Stage:
             captions = checkpoint.caption(feats, beam_size=cfg.beam_size, max_len=cfg.max_len)
             predictions.update(zip(batch, captions))
         _write_json(dirs["predict"] / "predictions.json", predictions)
-        print(f"predict: captioned {len(predictions)} test videos with {checkpoint.path} (epoch "
+        print(f"predict: captioned {len(predictions)} videos with {checkpoint.path} (epoch "
               f"{checkpoint.epoch})", file=sys.stderr)
 
     return Stage("predict", run, params={"beam_size": cfg.beam_size, "max_len": cfg.max_len},
-                 deps=["train", "extract-test"], outputs=["predictions.json"])
+                 deps=["train", stores["test"]], outputs=["predictions.json"])
 
 
 def _test_references(config: PipelineConfig) -> str:
     return config.evaluate.references or config.train.data.captions
 
 
-def _evaluate_stage(config: PipelineConfig) -> Stage:
+def _evaluate_stage(config: PipelineConfig, stores: Mapping[str, str]) -> Stage:
     cfg, data = config.evaluate, config.train.data
 
     def run(dirs: Mapping[str, Path]) -> None:
@@ -291,8 +292,8 @@ def _evaluate_stage(config: PipelineConfig) -> Stage:
         evaluation = evaluate_files(
             dirs["predict"] / "predictions.json", _test_references(config), split=cfg.split, metrics=cfg.metrics,
             train_references=data.captions if cfg.baselines else None, train_split=data.split,
-            train_features=dirs["extract-train"] / STORE if cfg.baselines else None,
-            test_features=dirs["extract-test"] / STORE if cfg.baselines else None, k=cfg.k)
+            train_features=dirs[stores["train"]] / STORE if cfg.baselines else None,
+            test_features=dirs[stores["test"]] / STORE if cfg.baselines else None, k=cfg.k)
         write_results(evaluation, dirs["evaluate"] / "evaluation.json")
         _write_json(dirs["evaluate"] / "scores.json", {s.name: s.corpus for s in evaluation.systems})
         print(format_table(evaluation), flush=True)
@@ -303,7 +304,7 @@ def _evaluate_stage(config: PipelineConfig) -> Stage:
     if cfg.baselines:
         params.update(k=cfg.k, train_split=data.split)
         inputs += [Path(data.captions)] + [Path(data.split)] * bool(data.split and os.path.isfile(data.split))
-        deps += ["extract-train", "extract-test"]
+        deps += list(dict.fromkeys([stores["train"], stores["test"]]))
     return Stage("evaluate", run, params=params, inputs=inputs, deps=deps,
                  outputs=["evaluation.json", "scores.json"])
 
@@ -323,7 +324,7 @@ def read_evaluation(path: Path):
     return evaluation
 
 
-def _report_stage(config: PipelineConfig, progress: bool) -> Stage:
+def _report_stage(config: PipelineConfig, stores: Mapping[str, str], progress: bool) -> Stage:
     cfg, data = config.report, config.train.data
     videos = None
     if cfg.thumbnails:
@@ -344,18 +345,34 @@ def _report_stage(config: PipelineConfig, progress: bool) -> Stage:
         print(f"report: {paths['html']}", file=sys.stderr)
 
     return Stage("report", run, params={"title": cfg.title, "videos": videos, "train_split": data.split},
-                 inputs=[Path(data.captions)], deps=["evaluate", "train", "extract-test"],
+                 inputs=[Path(data.captions)], deps=["evaluate", "train", stores["test"]],
                  outputs=["report.html", "report.md", "report.json"])
 
 
 # ----------------------------------------------------------------------------- the pipeline
+def _stores(config: PipelineConfig) -> dict[str, str]:
+    """The extraction stage of each given video set; sets listing the same videos share one.
+
+    (MSR-VTT, say, is one folder for every split: its caption file says which video is which.)
+    """
+    stores: dict[str, str] = {}
+    for name in VIDEO_SETS:
+        inputs = getattr(config.videos, name)
+        if inputs:
+            twin = next((other for other in stores if "pretrain" not in (name, other)
+                         and getattr(config.videos, other) == inputs), None)
+            stores[name] = stores[twin] if twin else f"extract-{name}"
+    return stores
+
+
 def build_stages(config: PipelineConfig, progress: bool = True) -> list[Stage]:
     """The stages in running order; only the video sets that are given are extracted."""
-    stages = [_extract_stage(config, name, progress) for name in VIDEO_SETS if getattr(config.videos, name)]
+    stores = _stores(config)
+    stages = [_extract_stage(config, name, progress) for name in stores if stores[name] == f"extract-{name}"]
     if config.videos.pretrain:
-        stages.append(_train_stage(config, "pretrain"))
-    stages += [_train_stage(config, "train"), _predict_stage(config), _evaluate_stage(config),
-               _report_stage(config, progress)]
+        stages.append(_train_stage(config, "pretrain", stores))
+    stages += [_train_stage(config, "train", stores), _predict_stage(config, stores),
+               _evaluate_stage(config, stores), _report_stage(config, stores, progress)]
     return stages
 
 
