@@ -21,6 +21,8 @@ from .errors import CaptionerError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS / "default" / "model.pt"
+# Beam search ranks by log-probability / (words + 1) ** this: 0 favours short, generic captions.
+DEFAULT_LENGTH_PENALTY = 0.5
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Caption:
     path: str
     id: str
     caption: str
-    score: float  # length-normalised log-probability of the caption under the model
+    score: float  # log-probability of the caption / (words + 1) ** length_penalty
     alternatives: list[dict]  # the n-best list, best first: {"caption", "score"}
     model: str
     timing: dict = field(default_factory=dict)  # seconds: decode, backbone, caption
@@ -57,8 +59,10 @@ def _file_digest(path: Path) -> str:
 class Captioner:
     """A caption model together with the backbone and frame sampling it was trained with."""
 
-    def __init__(self, checkpoint, backbone, device: str, model_id: str, load_seconds: float = 0.0):
+    def __init__(self, checkpoint, backbone, device: str, model_id: str, load_seconds: float = 0.0,
+                 length_penalty: float = DEFAULT_LENGTH_PENALTY):
         self.checkpoint = checkpoint
+        self.length_penalty = length_penalty
         self.backbone = backbone
         self.device = device
         self.model_id = model_id
@@ -114,7 +118,7 @@ class Captioner:
         t0 = time.perf_counter()
         model = self.checkpoint.model
         hyps = model.generate(pooled[None].to(next(model.parameters()).device), beam_size=beam,
-                              max_len=max_len, n_best=n_best)[0]
+                              max_len=max_len, n_best=n_best, length_penalty=self.length_penalty)[0]
         timing["caption"] = timing.get("caption", 0.0) + time.perf_counter() - t0
         return [(self.checkpoint.decode(tokens), float(score)) for tokens, score in hyps]
 

@@ -116,9 +116,11 @@ class CaptionModel(nn.Module):
         return self.head(self.drop(out[:, 0])), state
 
     @staticmethod
-    def _allowed(logp, prev_tokens, no_repeat: bool, must_end: bool):
+    def _allowed(logp, prev_tokens, no_repeat: bool, must_end: bool, first: bool = False):
         """Mask what a caption may never contain next; at the length limit only <eos> is left."""
         logp[:, [PAD_ID, BOS_ID, UNK_ID]] = -math.inf
+        if first:  # an empty caption is never an answer, however unsure the model is
+            logp[:, EOS_ID] = -math.inf
         if no_repeat:  # "a man is is playing": never the same word twice in a row
             logp.scatter_(1, prev_tokens[:, None], -math.inf)
         if must_end:
@@ -140,7 +142,8 @@ class CaptionModel(nn.Module):
         chosen = []
         for step in range(max_len + 1):
             logits, state = self._step(video, prev, state)
-            logp = self._allowed(F.log_softmax(logits.float(), -1), prev, no_repeat, step == max_len)
+            logp = self._allowed(F.log_softmax(logits.float(), -1), prev, no_repeat, step == max_len,
+                                  first=step == 0)
             best, prev = logp.max(dim=-1)
             total += torch.where(alive, best, torch.zeros_like(best))
             chosen.append(prev)
@@ -179,7 +182,8 @@ class CaptionModel(nn.Module):
         offsets = torch.arange(batch, device=device)[:, None] * k
         for step in range(max_len + 1):
             logits, state = self._step(video, prev, state)
-            logp = self._allowed(F.log_softmax(logits.float(), -1), prev, no_repeat, step == max_len)
+            logp = self._allowed(F.log_softmax(logits.float(), -1), prev, no_repeat, step == max_len,
+                                  first=step == 0)
             candidates = (scores.view(-1, 1) + logp).view(batch, k * vocab)
             # 2k candidates: at most k of them end in <eos>, so k live ones always remain.
             top_scores, top = candidates.topk(min(2 * k, k * vocab), dim=1)
