@@ -218,6 +218,8 @@ def _add_caption(sub) -> None:
     p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy; default %(default)s)")
     p.add_argument("--n-best", type=int, default=3, help="alternatives kept in --json (default %(default)s)")
     p.add_argument("--max-len", type=int, default=20, help="longest caption in words (default %(default)s)")
+    p.add_argument("--length-penalty", type=float, default=None,
+                   help="beam score = log-probability / (words + 1) ** this (default 0.5; 0 favours short captions)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per line: path, id, caption, score, alternatives, model, timing")
     p.add_argument("--segments", type=float, default=None, metavar="SECONDS",
@@ -293,6 +295,8 @@ def _run_caption(args) -> int:
     if not paths:
         return 1 if failed else 2
     captioner = Captioner.load(args.model, device=args.device)
+    if args.length_penalty is not None:
+        captioner.length_penalty = args.length_penalty
     subtitle_target = args.srt or args.vtt
     many = len(paths) > 1
     for path in paths:
