@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .atomic import atomic_write
 from .errors import CaptionerError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -169,7 +170,6 @@ def write_subtitles(segments: list[Segment], path: str | os.PathLike, fmt: str |
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     if fmt not in ("srt", "vtt"):
         raise CaptionerError("subtitle format must be srt or vtt", path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "srt":
         import srt
 
@@ -183,9 +183,7 @@ def write_subtitles(segments: list[Segment], path: str | os.PathLike, fmt: str |
         for s in segments:
             vtt.captions.append(webvtt.Caption(_vtt_time(s.start), _vtt_time(s.end), s.caption))
         text = vtt.content
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, text)
     return path
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_write
 from .errors import CaptionerError, UsageError
 
 # Videos a decoding process handles before it is replaced (bounds decord's leak).
@@ -329,10 +330,4 @@ def _write_line(log, bar, line: str) -> None:
 
 
 def _write_failures(path: str | os.PathLike, failures: list[dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for failure in failures:
-            fh.write(json.dumps(failure, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failures))

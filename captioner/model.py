@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .atomic import atomic_open
 from .errors import CaptionerError
 from .text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
 
@@ -226,16 +226,8 @@ def save_checkpoint(path: str | os.PathLike, model: CaptionModel, vocab: Vocabul
                "model_config": asdict(model.config), "vocab": vocab.words,
                "model": model.state_dict(), "config": config, "provenance": provenance,
                "epoch": epoch, "metrics": metrics, "train_state": train_state}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as fh:
+        torch.save(payload, fh)
 
 
 @dataclass

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -26,12 +25,12 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
+from .atomic import TMP_PREFIX, atomic_write
 from .errors import CaptionerError
 
 FORMAT = "captioner-features"
 FORMAT_VERSION = 1
 _SUFFIX = ".npz"
-_TMP_PREFIX = ".tmp-"
 _GROUP_LEAVES = ("features", "frames", "feats")
 
 
@@ -52,22 +51,6 @@ def _file_name(video_id: str) -> str:
 
 def _video_id(file_name: str) -> str:
     return unquote(file_name[: -len(_SUFFIX)])
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _jsonable(value):
@@ -121,7 +104,7 @@ class FeatureStore:
         return info
 
     def _write_info(self, info: dict) -> None:
-        _atomic_write_bytes(self._index_file, json.dumps(info, indent=2, default=_jsonable).encode())
+        atomic_write(self._index_file, json.dumps(info, indent=2, default=_jsonable).encode())
 
     @property
     def provenance(self) -> dict | None:
@@ -145,7 +128,7 @@ class FeatureStore:
     def _remove_stale_temporaries(self) -> None:
         # Left behind by a writer that was killed between write and rename; never visible as videos.
         for entry in os.scandir(self._videos):
-            if entry.name.startswith(_TMP_PREFIX):
+            if entry.name.startswith(TMP_PREFIX):
                 try:
                     os.unlink(entry.path)
                 except FileNotFoundError:
@@ -160,7 +143,7 @@ class FeatureStore:
         """Sorted ids of every completely written video."""
         if self._ids is None:
             self._ids = sorted(_video_id(e.name) for e in os.scandir(self._videos)
-                               if e.name.endswith(_SUFFIX) and not e.name.startswith(_TMP_PREFIX))
+                               if e.name.endswith(_SUFFIX) and not e.name.startswith(TMP_PREFIX))
         return list(self._ids)
 
     def refresh(self) -> None:
@@ -227,7 +210,7 @@ class FeatureStore:
         meta_bytes = json.dumps(meta or {}, default=_jsonable, ensure_ascii=False).encode("utf-8")
         buf = io.BytesIO()
         np.savez(buf, frames=frames, pooled=pooled, meta=np.frombuffer(meta_bytes, dtype=np.uint8))
-        _atomic_write_bytes(self._videos / _file_name(video_id), buf.getvalue())
+        atomic_write(self._videos / _file_name(video_id), buf.getvalue())
         if self._ids is not None and video_id not in self._ids:
             self._ids = None
 

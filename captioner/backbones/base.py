@@ -13,12 +13,12 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from ..atomic import atomic_write
 from ..errors import CaptionerError
 
 
@@ -164,11 +164,7 @@ def _cache_dir() -> Path:
 
 def _write_json_atomic(path: Path, data: dict) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(data))
     except OSError:
         pass
 
