@@ -396,7 +396,7 @@ def run_pipeline(config: PipelineConfig, *, until: list[str] = (), force: list[s
     return steps
 
 
-def join_training(config: PipelineConfig, stage: str = "train", poll_seconds: float = 5.0, out=None) -> None:
+def join_training(config: PipelineConfig, stage: str = "train", poll_seconds: float = 2.0, out=None) -> None:
     """On another node of a multi-node run: wait for `stage` to launch torchrun, then join it.
 
     The run directory must be on a file system every node sees at the same path.
