@@ -200,6 +200,7 @@ def _write_json_atomic(path: Path, value: dict) -> None:
             json.dump(value, fh, indent=1, default=str)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from the other users of a shared run directory
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -140,7 +140,7 @@ def _extract_stage(config: PipelineConfig, name: str, progress: bool) -> Stage:
 
     def run(dirs: Mapping[str, Path]) -> None:
         store_path = dirs[stage_name] / STORE
-        if store_path.exists():  # the list changed since the store was filled: drop videos no longer in it
+        if store_path.exists():  # filled from an earlier list, maybe: drop the videos no longer listed
             wanted = set(video_ids(collect_inputs(inputs)).values())
             store = open_features(store_path, "a")
             for video_id in store.ids():
@@ -168,12 +168,17 @@ def _train_params(cfg: TrainConfig) -> dict:
     return params
 
 
+def _split_files(*splits: str | None) -> list[Path]:
+    """The splits given as files listing ids (the others are split names)."""
+    return [Path(s) for s in splits if s and os.path.isfile(s)]
+
+
 def _train_inputs(cfg: TrainConfig, init_from_stage: bool) -> list[Path]:
-    files = [cfg.data.captions, cfg.data.val_captions]
-    files += [s for s in (cfg.data.split, cfg.data.val_split) if s and os.path.isfile(s)]
+    files = [Path(f) for f in (cfg.data.captions, cfg.data.val_captions) if f]
+    files += _split_files(cfg.data.split, cfg.data.val_split)
     if cfg.init_from and not init_from_stage:
-        files.append(cfg.init_from)
-    return [Path(f) for f in files if f]
+        files.append(Path(cfg.init_from))
+    return files
 
 
 def _torchrun(config_file: Path, dist: DistributedConfig, rendezvous_id: str, resume: bool) -> list[str]:
@@ -215,17 +220,13 @@ def _train_stage(config: PipelineConfig, name: str, stores: Mapping[str, str]) -
     if name == "train" and config.videos.pretrain:
         deps.append("pretrain")
 
-    def stage_config(dirs: Mapping[str, Path]) -> TrainConfig:
+    def run(dirs: Mapping[str, Path]) -> None:
         staged = copy.deepcopy(cfg)
         staged.run_dir = str(dirs[name])
         staged.data.features = str(dirs[features] / STORE)
         staged.data.val_features = str(dirs[val_features] / STORE) if val_features else None
         if "pretrain" in deps:
             staged.init_from = str(dirs["pretrain"] / "best.pt")
-        return staged
-
-    def run(dirs: Mapping[str, Path]) -> None:
-        staged = stage_config(dirs)
         (dirs[name] / LAUNCH).unlink(missing_ok=True)  # only ever the command of the current attempt
         resume = (dirs[name] / "last.pt").is_file()  # an interrupted run of this very key
         if resume:
@@ -299,11 +300,11 @@ def _evaluate_stage(config: PipelineConfig, stores: Mapping[str, str]) -> Stage:
         print(format_table(evaluation), flush=True)
 
     params = {"references_split": cfg.split, "metrics": cfg.metrics, "baselines": cfg.baselines}
-    inputs = [Path(_test_references(config))] + [Path(cfg.split)] * bool(cfg.split and os.path.isfile(cfg.split))
+    inputs = [Path(_test_references(config)), *_split_files(cfg.split)]
     deps = ["predict"]
     if cfg.baselines:
         params.update(k=cfg.k, train_split=data.split)
-        inputs += [Path(data.captions)] + [Path(data.split)] * bool(data.split and os.path.isfile(data.split))
+        inputs += [Path(data.captions), *_split_files(data.split)]
         deps += list(dict.fromkeys([stores["train"], stores["test"]]))
     return Stage("evaluate", run, params=params, inputs=inputs, deps=deps,
                  outputs=["evaluation.json", "scores.json"])

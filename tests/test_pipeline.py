@@ -168,7 +168,8 @@ def test_a_failing_stage_says_which_and_why_and_keeps_earlier_stages(smoke, tmp_
     missing = tmp_path / "MSVD_train.tsv"
     failed = pipeline(run_dir, "--set", f"train.data.captions={missing}")
     assert failed.code == 1
-    assert failed.err.splitlines()[-1] == f"captioner: error: pipeline stage train failed: {missing}: caption file not found"
+    assert failed.err.splitlines()[-1] == (f"captioner: error: pipeline stage train failed: {missing}: "
+                                           "caption file not found")
     assert "Traceback" not in failed.err
     assert failed.actions()["extract-train"] == "skip"
     assert (stage_dir(run_dir, "extract-train") / ".done.json").is_file()
@@ -238,8 +239,8 @@ def test_a_torchrun_failure_is_the_trainers_own_error_line():
 @pytest.mark.slow
 def test_two_nodes_train_together_through_pipeline_join(smoke):
     run_dir, _ = smoke
-    overrides = ["--set", "train.lr=0.0025", "--set", "distributed.nnodes=2", "--set", "distributed.master_addr=127.0.0.1",
-                 "--set", f"distributed.master_port={_free_port()}"]
+    overrides = ["--set", "train.lr=0.0025", "--set", "distributed.nnodes=2",
+                 "--set", "distributed.master_addr=127.0.0.1", "--set", f"distributed.master_port={_free_port()}"]
     # The second "node" is started first: it waits until the pipeline launches the stage.
     joiner = subprocess.Popen([sys.executable, "-m", "captioner.cli", "pipeline", "join", str(SMOKE),
                                "--set", f"run_dir={run_dir}", *overrides], cwd=ROOT, env=_subprocess_env(),
@@ -301,7 +302,8 @@ def test_extraction_stage_runs_on_a_ray_cluster(tmp_path, msvd_clips, ray_head):
         cwd=ROOT, env=_subprocess_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "extracted 3, skipped 0" in result.stderr
-    assert set(open_features(stage_dir(tmp_path / "run", "extract-train") / "features").ids()) == {c.stem for c in clips}
+    store = open_features(stage_dir(tmp_path / "run", "extract-train") / "features")
+    assert set(store.ids()) == {c.stem for c in clips}
     # The videos were embedded by Ray workers of this cluster, not locally.
     worker_logs = "".join(p.read_text(errors="replace") for p in ray_temp.glob("session_*/logs/worker-*"))
     assert "_embed_chunk" in worker_logs
@@ -327,7 +329,8 @@ def test_prepare_msvd_writes_split_lists_and_counts_missing_clips(tmp_path, msvd
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "train: 3 of 1200 clips (1197 missing)", "val: 0 of 100 clips (100 missing)",
-        "test: 1 of 670 clips (669 missing)", f"1966 clip(s) missing from {clips}: listed in {tmp_path / 'lists' / 'missing.txt'}"]
+        "test: 1 of 670 clips (669 missing)",
+        f"1966 clip(s) missing from {clips}: listed in {tmp_path / 'lists' / 'missing.txt'}"]
     assert "1 file(s)" in result.stderr and "not_in_msvd" in result.stderr
     listed = (tmp_path / "lists" / "train.txt").read_text().splitlines()
     assert listed[0] == str(clips / "-4wsuPCjDBc_5_15.avi")  # in vidN order, the links' own paths
