@@ -108,7 +108,6 @@ def client_file_name(raw: str | None) -> str:
 class Upload:
     path: Path  # the file in the job folder, named by its sniffed type
     name: str  # the client's file name, for display
-    size: int
     fields: dict[str, str]
 
 
@@ -179,7 +178,7 @@ class _MultipartUpload:
     def _part_end(self) -> None:
         if self._part == "file":
             if self._out is None:  # a file shorter than SNIFF_BYTES
-                self._start_file(final=True)
+                self._start_file()
             self.close()
         elif self._part is not None:
             self.fields[self._part] = self._value.decode("utf-8", "replace").strip()
@@ -188,26 +187,30 @@ class _MultipartUpload:
         self.file_size += len(data)
         if self.file_size > self.max_file_bytes:
             raise HTTPException(413, f"{self.file_name}: file is larger than the "
-                                  f"{self.max_file_bytes / 2**20:g} MB this server accepts")
+                                     f"{self.max_file_bytes / 2**20:g} MB this server accepts")
         if self._out is not None:
             self._out.write(data)
             return
         self._head += data
         if len(self._head) >= SNIFF_BYTES:
-            self._start_file(final=False)
+            self._start_file()
 
-    def _start_file(self, final: bool) -> None:
+    def _start_file(self) -> None:
         """Decide the type from the first bytes; only a recognised file is ever written to disk."""
         if not self._head:
             raise HTTPException(422, f"{self.file_name}: empty file")
         extension = sniff_media(bytes(self._head))
         if extension is None:
             raise HTTPException(415, f"{self.file_name}: not a video or image file this server can read "
-                                  f"(by its content; accepted: {_ACCEPTED})")
+                                     f"(by its content; accepted: {_ACCEPTED})")
         self.file_path = self.folder / f"upload{extension}"
         self._out = open(self.file_path, "xb")
         self._out.write(self._head)
         self._head = bytearray()
+
+
+def _body_too_large(limits: ServeLimits) -> HTTPException:
+    return HTTPException(413, f"request body is larger than the {limits.max_upload_mb:g} MB this server accepts")
 
 
 async def receive_upload(request: Request, folder: Path, limits: ServeLimits) -> Upload:
@@ -225,8 +228,7 @@ async def receive_upload(request: Request, folder: Path, limits: ServeLimits) ->
                 # The file part's own count gives the exact message; this bounds a lying sender
                 # that wraps the bytes in a part we skip.
                 if received > body_limit:
-                    raise HTTPException(413, f"request body is larger than the {limits.max_upload_mb:g} MB "
-                                          "this server accepts")
+                    raise _body_too_large(limits)
                 reader.write(chunk)
         reader.parser.finalize()
     except TimeoutError:
@@ -239,7 +241,7 @@ async def receive_upload(request: Request, folder: Path, limits: ServeLimits) ->
         reader.close()
     if reader.file_path is None:
         raise HTTPException(400, "no file: send the video in the multipart field 'file'")
-    return Upload(reader.file_path, reader.file_name or "upload", reader.file_size, reader.fields)
+    return Upload(reader.file_path, reader.file_name or "upload", reader.fields)
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -299,10 +301,11 @@ def caption_upload(captioner: Captioner, upload: Upload, params: JobParams) -> d
     response.update(path=upload.name, id=PurePosixPath(upload.name).stem)
     if params.keyframes:
         response["keyframes"] = keyframe_images(upload.path, params.keyframes)
-    if result.segments is not None:
-        response["subtitles"] = {fmt: write_subtitles(result.segments, upload.path.with_name(f"captions.{fmt}"),
-                                                      fmt).read_text(encoding="utf-8")
-                                 for fmt in ("srt", "vtt")}
+    if result.segments is not None:  # written by the same code as `captioner caption --srt/--vtt`
+        response["subtitles"] = {}
+        for fmt in ("srt", "vtt"):
+            written = write_subtitles(result.segments, upload.path.with_name(f"captions.{fmt}"), fmt)
+            response["subtitles"][fmt] = written.read_text(encoding="utf-8")
     return response
 
 
@@ -382,7 +385,7 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
         arrived = time.perf_counter()
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limits.max_upload_bytes + FORM_SLACK:
-            raise HTTPException(413, f"request body is larger than the {limits.max_upload_mb:g} MB this server accepts")
+            raise _body_too_large(limits)
         if not slots.try_acquire():
             raise HTTPException(503, "the server is busy (queue full); try again shortly",
                                 headers={"Retry-After": "5"})

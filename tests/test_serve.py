@@ -278,23 +278,43 @@ def test_request_without_a_file_is_400(client):
 
 
 # ----------------------------------------------------------------------------- concurrency
-def _fire(app, count: int, body: bytes) -> tuple[list[int], float]:
-    with TestClient(app) as test_client, ThreadPoolExecutor(max_workers=count) as pool:
-        started = time.perf_counter()
-        responses = list(pool.map(lambda i: post_video(test_client, f"clip{i}.mp4", body), range(count)))
-        wall = time.perf_counter() - started
-        assert test_client.get("/api/health").json()["jobs"] == 0
-    return responses, wall
-
-
 @pytest.mark.timeout(300)
 def test_twenty_concurrent_requests_all_answered(make_app, tiny_video):
     app = make_app(queue=20)
-    responses, wall = _fire(app, 20, tiny_video)
+
+    def post(i: int) -> httpx.Response:
+        return httpx.post(f"{url}/api/caption", files={"file": (f"clip{i}.mp4", tiny_video)}, timeout=240)
+
+    with running_server(app) as url, ThreadPoolExecutor(max_workers=20) as pool:
+        started = time.perf_counter()
+        responses = list(pool.map(post, range(20)))
+        wall = time.perf_counter() - started
+        assert httpx.get(f"{url}/api/health").json()["jobs"] == 0
     print(f"20 concurrent requests answered in {wall:.1f} s")
     assert [r.status_code for r in responses] == [200] * 20
     assert len({r.json()["caption"] for r in responses}) == 1  # one model, same input, same answer
-    assert sorted(r.json()["path"] for r in responses) == sorted(f"clip{i}.mp4" for i in range(20))
+    assert [r.json()["path"] for r in responses] == [f"clip{i}.mp4" for i in range(20)]
+
+
+def test_client_leaving_mid_upload_frees_its_slot_and_file(make_app, short_clip):
+    app = make_app(queue=1)
+    with running_server(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(b"POST /api/caption HTTP/1.1\r\nHost: localhost\r\n"
+                               b"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 1000000\r\n\r\n"
+                               b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.avi\"\r\n\r\n"
+                               + short_clip.read_bytes()[:100_000])
+            deadline = time.monotonic() + 10
+            while not (stored := [p for p in files_under(app.state.upload_dir) if p.is_file()]) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert [p.name for p in stored] == ["upload.avi"]  # the partial upload, under its generated name
+        deadline = time.monotonic() + 10
+        while app.state.slots.active and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert httpx.get(f"{url}/api/health").json()["jobs"] == 0  # the one slot is free again
+    # (make_app checks that the half-written upload is gone)
 
 
 @pytest.mark.timeout(300)
