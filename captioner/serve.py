@@ -360,7 +360,8 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
     slots = JobSlots(limits.queue)
     page = resources.files("captioner").joinpath("web/index.html").read_text(encoding="utf-8")
 
-    app = FastAPI(title="video-captioner", version=__version__,
+    # No /docs or /redoc: FastAPI loads Swagger UI from a CDN, which an offline page cannot reach.
+    app = FastAPI(title="video-captioner", version=__version__, docs_url=None, redoc_url=None,
                   description="Caption a video: one English sentence, its n-best alternatives and timed captions.")
     app.state.upload_dir, app.state.slots, app.state.executor = upload_dir, slots, executor
 
