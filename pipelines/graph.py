@@ -20,12 +20,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from captioner.atomic import atomic_write
 from captioner.errors import CaptionerError
 
 MARKER = ".done.json"
@@ -193,20 +193,6 @@ def format_plan(steps: list[Step]) -> str:
 
 
 # ----------------------------------------------------------------------------- execution
-def _write_json_atomic(path: Path, value: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(value, fh, indent=1, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from the other users of a shared run directory
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _point_latest(stage_dir: Path) -> None:
     link = stage_dir.parent / LATEST
     tmp = stage_dir.parent / f".tmp-{LATEST}-{os.getpid()}"
@@ -236,15 +222,14 @@ def execute(steps: list[Step], log=None) -> None:
             missing = [o for o in stage.outputs if not (step.dir / o).exists()]
             if missing:
                 raise CaptionerError(f"finished without writing {', '.join(missing)}", step.dir)
-        except StageFailed:
-            raise
         except CaptionerError as exc:
             raise StageFailed(stage.name, exc) from None
         except Exception as exc:  # a bug: keep the traceback, but say where it happened
             exc.add_note(f"in pipeline stage {stage.name} ({step.dir})")
             raise
         seconds = time.perf_counter() - started
-        _write_json_atomic(step.dir / MARKER, {"key": step.key, **step.description, "seconds": round(seconds, 3),
-                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        done = {"key": step.key, **step.description, "seconds": round(seconds, 3),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write(step.dir / MARKER, json.dumps(done, indent=1, default=str))
         _point_latest(step.dir)
         print(f"[{number}/{len(todo)}] {stage.name}: done in {seconds:.1f}s", file=log, flush=True)

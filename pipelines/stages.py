@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from captioner.atomic import atomic_write
 from captioner.config import load_config, save_config
 from captioner.errors import CaptionerError
 from captioner.extract import ExtractConfig
@@ -250,9 +251,7 @@ def _train_stage(config: PipelineConfig, name: str, stores: Mapping[str, str]) -
 
 # ----------------------------------------------------------------------------- predict / evaluate / report
 def _write_json(path: Path, value) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(value, indent=1, ensure_ascii=False) + "\n")
 
 
 def _predict_stage(config: PipelineConfig, stores: Mapping[str, str]) -> Stage:
