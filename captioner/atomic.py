@@ -20,6 +20,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    # mkstemp creates 0600; give the file the permissions an ordinary open() would have, so
+    # colleagues on a shared cluster can read stores and checkpoints.
+    os.fchmod(fd, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, mode, encoding=encoding) as fh:
             yield fh
@@ -29,6 +32,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:

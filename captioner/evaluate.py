@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from .atomic import atomic_write
 from .errors import CaptionerError
 from .metrics import DEFAULT_METRICS, Scorer, parse_metrics
 
@@ -265,6 +266,22 @@ def format_table(evaluation: Evaluation) -> str:
 
 def write_results(evaluation: Evaluation, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(evaluation.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write(path, json.dumps(evaluation.to_dict(), indent=1, ensure_ascii=False) + "\n")
     return path
+
+
+def read_results(path: str | os.PathLike) -> Evaluation:
+    """The `Evaluation` that `write_results` wrote (for a report made later from saved scores)."""
+    path = Path(path)
+    try:
+        data = json.loads(_read_text(path, "results"))
+        per_video, metrics = data["per_video"], data["metrics"]
+        evaluation = Evaluation(list(per_video), {i: v["references"] for i, v in per_video.items()},
+                                tuple(metrics), excluded=data["excluded"])
+        for name, corpus in data["systems"].items():
+            evaluation.systems.append(SystemScores(
+                name, {i: v[name]["caption"] for i, v in per_video.items()}, corpus,
+                {i: {m: v[name][m] for m in metrics} for i, v in per_video.items()}))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CaptionerError(f"not a results file written by `captioner evaluate --out` ({exc!r})", path) from None
+    return evaluation

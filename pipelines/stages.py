@@ -309,21 +309,6 @@ def _evaluate_stage(config: PipelineConfig, stores: Mapping[str, str]) -> Stage:
                  outputs=["evaluation.json", "scores.json"])
 
 
-def read_evaluation(path: Path):
-    """The `Evaluation` that `captioner.evaluate.write_results` wrote, for the report."""
-    from captioner.evaluate import Evaluation, SystemScores
-
-    data = json.loads(path.read_text(encoding="utf-8"))
-    per_video, metrics = data["per_video"], data["metrics"]
-    evaluation = Evaluation(list(per_video), {i: v["references"] for i, v in per_video.items()}, tuple(metrics),
-                            excluded=data["excluded"])
-    for name, corpus in data["systems"].items():
-        evaluation.systems.append(SystemScores(
-            name, {i: v[name]["caption"] for i, v in per_video.items()}, corpus,
-            {i: {m: v[name][m] for m in metrics} for i, v in per_video.items()}))
-    return evaluation
-
-
 def _report_stage(config: PipelineConfig, stores: Mapping[str, str], progress: bool) -> Stage:
     cfg, data = config.report, config.train.data
     videos = None
@@ -336,9 +321,10 @@ def _report_stage(config: PipelineConfig, stores: Mapping[str, str], progress: b
 
     def run(dirs: Mapping[str, Path]) -> None:
         from captioner.datasets import load_references
+        from captioner.evaluate import read_results
         from captioner.report import write_report
 
-        evaluation = read_evaluation(dirs["evaluate"] / "evaluation.json")
+        evaluation = read_results(dirs["evaluate"] / "evaluation.json")
         train_references = load_references(data.captions, data.split)
         paths = write_report(evaluation, dirs["report"], videos=videos, run=dirs["train"],
                              train_references=train_references, title=cfg.title, progress=progress)

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -64,3 +70,40 @@ def caption_model(msvd_store, data_dir, tmp_path_factory) -> Path:
                          data=DataConfig(features=str(msvd_store), captions=captions, split="train",
                                          val_split=None, min_count=1))
     return train(config)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """A one-node Ray cluster on loopback, stopped by ending the `ray start --block` we started.
+
+    Yields (address, temp dir). Stopping our own head, rather than `ray stop --force`, leaves
+    any other Ray cluster on the machine alone.
+    """
+    pytest.importorskip("ray")
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Unix socket paths must stay short
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    head = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={temp_dir}"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(Path(temp_dir).glob("session_*/logs/gcs_server.out")):
+            assert head.poll() is None and time.monotonic() < deadline, "ray head did not start"
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}", Path(temp_dir)
+    finally:
+        head.send_signal(signal.SIGTERM)  # --block shuts its own node down on exit
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -147,36 +144,13 @@ def test_sigkill_mid_run_keeps_the_store_intact_and_rerun_completes(tmp_path, ms
     assert sorted(open_features(store_path).ids()) == sorted(c.stem for c in msvd_clips)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def ray_cluster():
-    pytest.importorskip("ray")
-    port = _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    # Ray's Unix sockets live under the temp dir, whose path must stay short (about 100 bytes).
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    started = subprocess.run(["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                              "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-                              f"--temp-dir={temp_dir}"], capture_output=True, text=True, env=env, timeout=180)
-    assert started.returncode == 0, started.stderr[-2000:]
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env, timeout=120)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
 @pytest.mark.slow
-def test_extract_on_a_local_ray_cluster(tmp_path, msvd_clips, ray_cluster):
+def test_extract_on_a_local_ray_cluster(tmp_path, msvd_clips, ray_head):
+    address, _ = ray_head
     clips = msvd_clips[:4]
     bad = media.random_bytes_mp4(tmp_path)
     result = _cli("extract", *map(str, clips), str(bad), "--out", str(tmp_path / "store"),
-                  "--backbone", "efficientnet_lite0", "--frames", "uniform:4", "--ray-address", ray_cluster,
+                  "--backbone", "efficientnet_lite0", "--frames", "uniform:4", "--ray-address", address,
                   "--quiet")
     assert result.returncode == 1, result.stderr
     assert str(bad) in result.stderr

@@ -10,12 +10,9 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +23,7 @@ from captioner import open_features
 from captioner.cli import main as cli_main
 from captioner.errors import CaptionerError
 from captioner.model import load_checkpoint
-from conftest import DATA, MSVD_TEST_CLIPS, MSVD_TRAIN_CLIPS
+from conftest import DATA, MSVD_TEST_CLIPS, MSVD_TRAIN_CLIPS, free_port
 from pipelines.stages import run_torchrun
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,7 +237,7 @@ def test_a_torchrun_failure_is_the_trainers_own_error_line():
 def test_two_nodes_train_together_through_pipeline_join(smoke):
     run_dir, _ = smoke
     overrides = ["--set", "train.lr=0.0025", "--set", "distributed.nnodes=2",
-                 "--set", "distributed.master_addr=127.0.0.1", "--set", f"distributed.master_port={_free_port()}"]
+                 "--set", "distributed.master_addr=127.0.0.1", "--set", f"distributed.master_port={free_port()}"]
     # The second "node" is started first: it waits until the pipeline launches the stage.
     joiner = subprocess.Popen([sys.executable, "-m", "captioner.cli", "pipeline", "join", str(SMOKE),
                                "--set", f"run_dir={run_dir}", *overrides], cwd=ROOT, env=_subprocess_env(),
@@ -257,38 +254,6 @@ def test_two_nodes_train_together_through_pipeline_join(smoke):
     assert first.actions()["train"] == "run"
     checkpoint = load_checkpoint(stage_dir(run_dir, "train") / "best.pt")
     assert checkpoint.train_state["world"] == 2 and checkpoint.config["lr"] == 0.0025
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def ray_head():
-    """A one-node Ray cluster on loopback, stopped by ending the `ray start --block` we started."""
-    pytest.importorskip("ray")
-    port = _free_port()
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Unix socket paths must stay short
-    head = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-                             f"--temp-dir={temp_dir}"], env=_subprocess_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(Path(temp_dir).glob("session_*/logs/gcs_server.out")):
-            assert head.poll() is None and time.monotonic() < deadline, "ray head did not start"
-            time.sleep(0.5)
-        yield f"127.0.0.1:{port}", Path(temp_dir)
-    finally:
-        head.send_signal(signal.SIGTERM)  # --block shuts its own node down on exit
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.slow
