@@ -25,14 +25,7 @@ from captioner.train import TrainConfig, load_config, train
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These models are tiny: on a shared 2-core machine OpenMP threads cost 10-30x more than
-    they save (measured 0.33 s vs 0.009 s per step), so run them on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(tmp_path, **overrides) -> TrainConfig:
