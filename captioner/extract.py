@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -36,8 +37,8 @@ VIDEOS_PER_WORKER = 64
 class ExtractConfig:
     backbone: str = "efficientnet_lite2"
     frames: str = "uniform:16"
-    batch_size: int = 32
-    workers: int | None = None  # decoding processes; None: one per core left over by inference
+    batch_size: int | None = None  # frames per backbone batch; None: by device (see default_batch_size)
+    workers: int | None = None  # decoding processes (0: decode inline); None: by device and cores
     device: str = "auto"  # auto | cpu | cuda
     ray_address: str | None = None
     ray_videos_per_task: int = 8
@@ -88,11 +89,19 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def default_batch_size(device: str) -> int:
+    # Measured with EfficientNet-Lite2 on 2 CPU cores: 25 frames/s at batch 1-4 against 15 at
+    # batch 32 (small batches stay in cache). GPUs want large batches.
+    return 64 if device == "cuda" else 4
+
+
 def default_workers(device: str) -> int:
     cores = os.cpu_count() or 1
     if device == "cuda":
         return max(1, min(cores - 1, 16))  # the GPU is fast: every spare core decodes
-    return max(1, cores // 2)  # on CPU, inference needs cores too
+    # On CPU, inference needs the cores: a decoding process beside torch's threads slows both
+    # (measured on 2 cores: 11 frames/s with one worker against 13 decoding inline).
+    return cores // 4
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -233,7 +242,7 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
     log = log or sys.stderr
     started = time.perf_counter()
     sampling = str(Sampling.parse(config.frames))
-    if config.batch_size < 1:
+    if config.batch_size is not None and config.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {config.batch_size}")
     if config.workers is not None and config.workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {config.workers}")
@@ -243,6 +252,8 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
     ids = video_ids(paths)
 
     device = resolve_device(config.device)
+    if config.batch_size is None:
+        config = dataclasses.replace(config, batch_size=default_batch_size(device))
     backbone = backbones.create(config.backbone, device=device)
     provenance = {**backbone.provenance(), "frames": sampling}
     store = open_features(store_path, "a")

@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,7 +37,7 @@ def main() -> None:
     parser.add_argument("--clips", type=Path, default=DEFAULT_CLIPS)
     parser.add_argument("--backbone", default="efficientnet_lite2")
     parser.add_argument("--frames", default="uniform:16")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: extraction's default for the device")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
@@ -46,10 +45,11 @@ def main() -> None:
     import torch
 
     from captioner import backbones
-    from captioner.extract import ExtractConfig, extract, resolve_device
+    from captioner.extract import ExtractConfig, default_batch_size, extract, resolve_device
     from captioner.video import Sampling, decode, probe, sample_indices
 
     device = resolve_device(args.device)
+    args.batch_size = args.batch_size or default_batch_size(device)
     clips = sorted(args.clips.glob("*.avi"))
     backbone = backbones.create(args.backbone, device=device)
     sampling = Sampling.parse(args.frames)
@@ -75,13 +75,17 @@ def main() -> None:
         return sum(len(f) for f in decoded)
 
     decode_fps = measure(decode_all)
-    all_frames = torch.from_numpy(np.concatenate(decoded))
 
     def backbone_all():
-        for i in range(0, len(all_frames), args.batch_size):
-            backbone.features(all_frames[i:i + args.batch_size].to(device))
+        # Frames of different videos differ in size: preprocess per video (resize, crop,
+        # normalise: part of the backbone's work), then run the network in fixed-size batches.
+        with torch.inference_mode():
+            inputs = torch.cat([backbone.preprocess(torch.from_numpy(f).to(device)) for f in decoded])
+            for i in range(0, len(inputs), args.batch_size):
+                with backbone.autocast():
+                    backbone(inputs[i:i + args.batch_size])
         sync()
-        return len(all_frames)
+        return len(inputs)
 
     backbone_fps = measure(backbone_all)
 
