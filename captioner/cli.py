@@ -271,15 +271,17 @@ def _run_caption(args) -> int:
     import time
     from pathlib import Path
 
-    startup = _process_age()
     if (args.srt or args.vtt) and args.segments is None:
         raise UsageError("--srt/--vtt need --segments SECONDS")
     if args.beam < 1 or args.n_best < 1 or args.max_len < 1:
         raise UsageError("--beam, --n-best and --max-len must be at least 1")
     if args.segments is not None and not args.segments > 0:
         raise UsageError("--segments must be a positive number of seconds")
+    from . import backbones, model  # noqa: F401  torch and timm: library start-up, timed as such
     from .caption import Captioner, write_subtitles
     from .video import collect_inputs
+
+    startup = _process_age()  # interpreter and library start-up; model_load is then weights only
 
     candidates, unmatched = _expand_caption_inputs(args.paths)
     failed = 0
