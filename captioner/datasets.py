@@ -257,16 +257,21 @@ def _read_plain_json(path: Path, data: dict) -> tuple[Captions, SplitOf]:
     return captions, None
 
 
-def _read_jsonl(path: Path, text: str) -> tuple[Captions, SplitOf]:
-    captions: Captions = {}
-    split_by_id: dict[str, str | None] = {}
+def jsonl_records(path: Path, text: str):
+    """(line number, parsed value) for every non-blank line of a JSON Lines file."""
     for line, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw)
+            yield line, json.loads(raw)
         except ValueError as exc:
             raise CaptionerError(f"invalid JSON: {exc}", path, line) from None
+
+
+def _read_jsonl(path: Path, text: str) -> tuple[Captions, SplitOf]:
+    captions: Captions = {}
+    split_by_id: dict[str, str | None] = {}
+    for line, record in jsonl_records(path, text):
         if not isinstance(record, dict) or "video" not in record or "captions" not in record:
             raise CaptionerError('expected {"video": ID, "captions": [...]}', path, line)
         caps = record["captions"]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .atomic import atomic_write
+from .datasets import jsonl_records
 from .errors import CaptionerError
 from .metrics import DEFAULT_METRICS, Scorer, parse_metrics
 
@@ -70,13 +71,7 @@ def _looks_like_jsonl(path: Path, text: str) -> bool:
 def _read_caption_jsonl(path: Path, text: str) -> dict[str, str]:
     predictions: dict[str, str] = {}
     failed = 0
-    for line, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except ValueError as exc:
-            raise CaptionerError(f"invalid JSON: {exc.msg}", path, line) from None
+    for line, record in jsonl_records(path, text):
         if not isinstance(record, dict):
             raise CaptionerError('expected an object like {"path": ..., "caption": ...}', path, line)
         if "caption" not in record and "error" in record:  # a video `captioner caption` could not read
