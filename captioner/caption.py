@@ -137,18 +137,18 @@ class Captioner:
             nbest = self._describe(pooled, beam, max(1, min(n_best, beam)), max_len, timing)
             windows = None
             if segments is not None:
-                windows = self._segments(path, info, segments, beam, max_len, timing)
+                windows = self._segments(path, info, segments, beam, max_len, timing, whole=nbest[0])
         caption, score = nbest[0]
         return Caption(path=str(path), id=Path(path).stem, caption=caption, score=score,
                        alternatives=[{"caption": c, "score": s} for c, s in nbest], model=self.model_id,
                        timing={k: round(v, 4) for k, v in timing.items()}, segments=windows)
 
-    def _segments(self, path, info, seconds: float, beam: int, max_len: int, timing: dict) -> list[Segment]:
+    def _segments(self, path, info, seconds: float, beam: int, max_len: int, timing: dict,
+                  whole: tuple[str, float]) -> list[Segment]:
         if not seconds > 0:
             raise CaptionerError(f"segment length must be positive, got {seconds}")
-        if info.is_image or info.duration <= 0:
-            return [Segment(0.0, max(info.duration, 0.0), *self._describe(
-                self._pooled(path, timing=timing)[0], beam, 1, max_len, timing)[0])]
+        if info.is_image or info.duration <= 0:  # one segment: the caption of the whole input
+            return [Segment(0.0, max(info.duration, 0.0), *whole)]
         count = max(1, math.ceil(info.duration / seconds - 1e-6))
         result = []
         for k in range(count):

@@ -15,6 +15,7 @@ min(decode, backbone). The last line is `ratio_vs_naive=X.XX ratio_vs_bound=Y.YY
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -90,11 +91,11 @@ def main() -> None:
     backbone_fps = measure(backbone_all)
 
     def end_to_end():
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as quiet:
             config = ExtractConfig(backbone=args.backbone, frames=args.frames, batch_size=args.batch_size,
                                    device=device)
             summary = extract(clips, Path(tmp) / "store", config,
-                              progress=False, log=open("/dev/null", "w"))
+                              progress=False, log=quiet)
             assert summary.failed == 0, summary.failures
             return summary.frames
 
