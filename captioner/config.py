@@ -2,13 +2,16 @@
 
 Nested dataclasses map to nested YAML mappings; an override addresses them with dots
 (`--set model.hidden_size=512`). Values in overrides are parsed as YAML scalars, so
-`true`, `3`, `1e-3` and `[a, b]` get their natural types.
+`true`, `3` and `[a, b]` get their natural types; values are then checked against the field's
+type, so `lr: 1e-3` (a string to YAML 1.1, which wants `1.0e-3`) is still a float and
+`epochs: ten` is a one-line error instead of a crash deep inside training.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +32,33 @@ def _is_dataclass_type(tp) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+def _coerce(name: str, tp, value, source: str):
+    """`value` as the field's scalar type (float, int, bool, str), or a one-line error."""
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+    if optional:
+        if value is None:
+            return None
+        tp = next(t for t in typing.get_args(tp) if t is not type(None))
+    if tp not in (float, int, bool, str):
+        return value
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if tp is float and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    if tp is int and not isinstance(value, bool):
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+    if isinstance(value, tp) and not (tp is not bool and isinstance(value, bool)):
+        return value
+    expected = {float: "a number", int: "a whole number", bool: "true or false", str: "a string"}[tp]
+    raise CaptionerError(f"{name} must be {expected}{' or null' if optional else ''}, got {value!r}", source)
+
+
 def from_dict(cls: type[T], data: dict, source: str = "config") -> T:
     """Build `cls` from a mapping, refusing unknown keys (typos must not pass silently)."""
     if not isinstance(data, dict):
@@ -43,6 +73,8 @@ def from_dict(cls: type[T], data: dict, source: str = "config") -> T:
         tp = types[name]
         if _is_dataclass_type(tp):
             value = from_dict(tp, value or {}, source)
+        else:
+            value = _coerce(name, tp, value, source)
         kwargs[name] = value
     return cls(**kwargs)
 
