@@ -115,11 +115,15 @@ class Captioner:
         timing["backbone"] = timing.get("backbone", 0.0) + t2 - t1
         return features, decoded.info
 
-    def _describe(self, pooled, beam: int, n_best: int, max_len: int, timing: dict) -> list[tuple[str, float]]:
+    def _describe(self, pooled, source: str, beam: int, n_best: int, max_len: int,
+                  timing: dict) -> list[tuple[str, float]]:
+        from .model import source_ids
+
         t0 = time.perf_counter()
         model = self.checkpoint.model
-        hyps = model.generate(pooled[None].to(next(model.parameters()).device), beam_size=beam,
-                              max_len=max_len, n_best=n_best, length_penalty=self.length_penalty)[0]
+        device = next(model.parameters()).device
+        hyps = model.generate(pooled[None].to(device), beam_size=beam, max_len=max_len, n_best=n_best,
+                              length_penalty=self.length_penalty, sources=source_ids([source], device))[0]
         timing["caption"] = timing.get("caption", 0.0) + time.perf_counter() - t0
         return [(self.checkpoint.decode(tokens), float(score)) for tokens, score in hyps]
 
@@ -134,7 +138,8 @@ class Captioner:
         timing: dict = {}
         with torch.inference_mode():
             pooled, info = self._pooled(path, timing=timing)
-            nbest = self._describe(pooled, beam, max(1, min(n_best, beam)), max_len, timing)
+            source = "image" if info.is_image else "video"
+            nbest = self._describe(pooled, source, beam, max(1, min(n_best, beam)), max_len, timing)
             windows = None
             if segments is not None:
                 windows = self._segments(path, info, segments, beam, max_len, timing, whole=nbest[0])
@@ -156,7 +161,7 @@ class Captioner:
             if end - start < 1e-3:
                 break
             pooled, _ = self._pooled(path, start=start, end=end, timing=timing)
-            caption, score = self._describe(pooled, beam, 1, max_len, timing)[0]
+            caption, score = self._describe(pooled, "video", beam, 1, max_len, timing)[0]
             result.append(Segment(round(start, 3), round(end, 3), caption, score))
         return result
 

@@ -6,6 +6,11 @@ projected to the word-embedding size and fed to the LSTM at every step beside th
 word, so the decoder cannot forget the video; `video_input="first_step"` feeds it once, as the
 first input, like Show and Tell. Decoding is greedy or beam search and stops at <eos>.
 
+One model can serve photos and videos: with `condition_on_source` a learned vector for the
+kind of input (a still image or a video) is added to the video vector, so the decoder learns
+each corpus's style (Flickr8k's long descriptive sentences, MSVD's short "a man is slicing a
+tomato") instead of averaging them.
+
 A checkpoint holds the weights with everything needed to use them: the vocabulary, the
 configs, and the provenance of the features it was trained on, so that features from another
 backbone are refused instead of silently producing nonsense.
@@ -29,6 +34,8 @@ from .text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
 
 CHECKPOINT_FORMAT = "captioner-checkpoint"
 CHECKPOINT_VERSION = 1
+# The kinds of input a source-conditioned model tells apart, by index.
+SOURCES = ("image", "video")
 # What must agree between a checkpoint's training features and the features it is given.
 PROVENANCE_KEYS = ("backbone", "feature_dim", "weights_sha256")
 
@@ -42,6 +49,7 @@ class ModelConfig:
     dropout: float = 0.3
     video_input: str = "every_step"  # or "first_step"
     tie_weights: bool = False  # share the word embedding with the output layer
+    condition_on_source: bool = False  # add a learned image/video vector to the video input
 
     def validate(self) -> None:
         if self.video_input not in ("every_step", "first_step"):
@@ -61,6 +69,7 @@ class CaptionModel(nn.Module):
         self.vocab_size = vocab_size
         self.every_step = config.video_input == "every_step"
         self.video_proj = nn.Linear(config.feature_dim, config.embed_size)
+        self.source_embed = nn.Embedding(len(SOURCES), config.embed_size) if config.condition_on_source else None
         self.embed = nn.Embedding(vocab_size, config.embed_size, padding_idx=PAD_ID)
         lstm_in = 2 * config.embed_size if self.every_step else config.embed_size
         self.lstm = nn.LSTM(lstm_in, config.hidden_size, config.num_layers, batch_first=True,
@@ -70,15 +79,25 @@ class CaptionModel(nn.Module):
         if config.tie_weights:
             self.head.weight = self.embed.weight
 
+    def _video(self, feats: torch.Tensor, sources: torch.Tensor | None) -> torch.Tensor:
+        """The projected video vector; `sources` (B,) indexes SOURCES (None: all videos)."""
+        video = self.video_proj(feats)
+        if self.source_embed is not None:
+            if sources is None:
+                sources = torch.full(feats.shape[:1], SOURCES.index("video"), dtype=torch.long, device=feats.device)
+            video = video + self.source_embed(sources)
+        return video
+
     # ------------------------------------------------------------------ training
-    def forward(self, feats: torch.Tensor, tokens: torch.Tensor, sample_prob: float = 0.0) -> torch.Tensor:
+    def forward(self, feats: torch.Tensor, tokens: torch.Tensor, sample_prob: float = 0.0,
+                sources: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, L, V): position t predicts the word after tokens[:, t] (teacher forcing).
 
         With `sample_prob` > 0 (scheduled sampling, Bengio et al. 2015) each input word after
         <bos> is, with that probability, replaced by a word sampled from the model's own
         previous prediction, so training sees the kind of inputs decoding will.
         """
-        video = self.drop(self.video_proj(feats))
+        video = self.drop(self._video(feats, sources))
         if sample_prob > 0:
             return self._forward_sampled(video, tokens, sample_prob)
         words = self.drop(self.embed(tokens))
@@ -115,6 +134,37 @@ class CaptionModel(nn.Module):
         out, state = self.lstm(x, state)
         return self.head(self.drop(out[:, 0])), state
 
+    def sample(self, feats: torch.Tensor, max_len: int = 20, sources: torch.Tensor | None = None,
+               no_repeat: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions drawn from the model (with gradients), for self-critical training.
+
+        Returns (tokens (B, L), log-probabilities (B, L)); positions after <eos> are PAD_ID
+        with log-probability 0. The same words are forbidden as in decoding, so the model is
+        trained on the distribution it decodes from.
+        """
+        video = self.drop(self._video(feats, sources))
+        state = self._initial_state(video)
+        prev = torch.full((feats.size(0),), BOS_ID, dtype=torch.long, device=feats.device)
+        alive = torch.ones(feats.size(0), dtype=torch.bool, device=feats.device)
+        tokens, logps = [], []
+        for step in range(max_len + 1):
+            logits, state = self._step(video, prev, state)
+            # Forbidden words get zero probability and the rest is renormalised.
+            forbidden = self._allowed(torch.zeros_like(logits, dtype=torch.float32), prev, no_repeat,
+                                      step == max_len, first=step == 0)
+            logp = F.log_softmax(logits.float() + forbidden, -1)
+            word = torch.multinomial(logp.detach().exp(), 1)[:, 0]
+            word_logp = logp.gather(1, word[:, None])[:, 0]
+            tokens.append(torch.where(alive, word, torch.full_like(word, PAD_ID)))
+            logps.append(torch.where(alive, word_logp, torch.zeros_like(word_logp)))
+            alive = alive & (word != EOS_ID)
+            # Ended rows are fed <bos>: any word keeps them valid (their outputs are masked),
+            # while <eos> again would leave nothing allowed at the length limit.
+            prev = torch.where(alive, word, torch.full_like(word, BOS_ID))
+            if not alive.any():
+                break
+        return torch.stack(tokens, 1), torch.stack(logps, 1)
+
     @staticmethod
     def _allowed(logp, prev_tokens, no_repeat: bool, must_end: bool, first: bool = False):
         """Mask what a caption may never contain next; at the length limit only <eos> is left."""
@@ -132,9 +182,9 @@ class CaptionModel(nn.Module):
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
     def greedy(self, feats: torch.Tensor, max_len: int = 20, length_penalty: float = 0.0,
-               no_repeat: bool = True) -> list[tuple[list[int], float]]:
+               no_repeat: bool = True, sources: torch.Tensor | None = None) -> list[tuple[list[int], float]]:
         """The most likely word at every step: (word ids, score) per video."""
-        video = self.video_proj(feats)
+        video = self._video(feats, sources)
         state = self._initial_state(video)
         prev = torch.full((feats.size(0),), BOS_ID, dtype=torch.long, device=feats.device)
         total = torch.zeros(feats.size(0), device=feats.device)
@@ -158,8 +208,8 @@ class CaptionModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, feats: torch.Tensor, beam_size: int = 1, max_len: int = 20,
-                 length_penalty: float = 0.0, n_best: int = 1,
-                 no_repeat: bool = True) -> list[list[tuple[list[int], float]]]:
+                 length_penalty: float = 0.0, n_best: int = 1, no_repeat: bool = True,
+                 sources: torch.Tensor | None = None) -> list[list[tuple[list[int], float]]]:
         """Batched beam search: per video, the n best (word ids, score), best first.
 
         score = sum of word log-probabilities (with <eos>) / length ** length_penalty; a
@@ -170,7 +220,7 @@ class CaptionModel(nn.Module):
             raise ValueError(f"n_best must be between 1 and beam_size ({beam_size}), got {n_best}")
         batch, k, vocab = feats.size(0), beam_size, self.vocab_size
         device = feats.device
-        video = self.video_proj(feats).repeat_interleave(k, dim=0)
+        video = self._video(feats, sources).repeat_interleave(k, dim=0)
         state = self._initial_state(video)
         prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
         history = torch.zeros((batch * k, 0), dtype=torch.long, device=device)
@@ -203,6 +253,19 @@ class CaptionModel(nn.Module):
             if all(done):
                 break
         return [sorted(f, key=lambda hyp: -hyp[1])[:n_best] for f in finished]
+
+
+def source_of(meta: dict) -> str:
+    """The source of a feature store entry (or decoded input) from its metadata."""
+    return "image" if meta.get("is_image") else "video"
+
+
+def source_ids(sources, device=None) -> torch.Tensor:
+    """Indices into SOURCES for a sequence of "image"/"video" names."""
+    unknown = set(sources) - set(SOURCES)
+    if unknown:
+        raise ValueError(f"source must be one of {SOURCES}, got {sorted(unknown)}")
+    return torch.tensor([SOURCES.index(s) for s in sources], dtype=torch.long, device=device)
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -249,14 +312,20 @@ class Checkpoint:
 
     @torch.no_grad()
     def caption(self, feats, beam_size: int = 3, max_len: int = 20, length_penalty: float = 0.0,
-                no_repeat: bool = True) -> list[str]:
-        """One caption per pooled feature vector (rows of a (B, D) array or tensor)."""
+                no_repeat: bool = True, sources: str | list[str] = "video") -> list[str]:
+        """One caption per pooled feature vector (rows of a (B, D) array or tensor).
+
+        `sources` ("image" or "video", one for all rows or one per row) says what the vectors
+        were extracted from; it matters only to a model trained with condition_on_source.
+        """
         param = next(self.model.parameters())
         feats = torch.as_tensor(np.asarray(feats, dtype=np.float32), device=param.device)
         if feats.ndim == 1:
             feats = feats[None]
         hyps = self.model.generate(feats, beam_size=beam_size, max_len=max_len,
-                                   length_penalty=length_penalty, no_repeat=no_repeat)
+                                   length_penalty=length_penalty, no_repeat=no_repeat,
+                                   sources=source_ids([sources] * feats.size(0) if isinstance(sources, str)
+                                                      else sources, param.device))
         return [self.decode(best[0][0]) for best in hyps]
 
 

@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -32,9 +33,10 @@ import torch.nn.functional as F
 from .config import load_config, save_config
 from .datasets import Captions, join_features, load_captions
 from .errors import CaptionerError
-from .model import CaptionModel, Checkpoint, ModelConfig, check_provenance, load_checkpoint, save_checkpoint
+from .model import (SOURCES, CaptionModel, Checkpoint, ModelConfig, check_provenance, load_checkpoint,
+                    save_checkpoint, source_of)
 from .store import open_features
-from .text import PAD_ID, Vocabulary, tokenize
+from .text import EOS_ID, PAD_ID, Vocabulary, tokenize
 
 log = logging.getLogger("captioner")
 
@@ -50,6 +52,12 @@ class DataConfig:
     val_split: str | None = "val"
     max_words: int = 20  # longer captions are cut; also the decoding limit in validation
     min_count: int = 2  # words seen fewer times in the training captions become <unk>
+    # Captions of videos you have no features for (the rest of a corpus): trained with an
+    # all-zero feature vector as videos, they teach a source-conditioned decoder that corpus's
+    # language. Videos that do have features are skipped here (they are trained on as usual).
+    text_captions: str | None = None
+    text_split: str | None = None
+    text_captions_per_video: int = 0  # at most this many per video (0: all)
 
 
 @dataclass
@@ -66,6 +74,13 @@ class TrainConfig:
     lr_step_epochs: int = 10
     lr_gamma: float = 0.5
     label_smoothing: float = 0.0
+    # "xe": cross-entropy on the reference captions (teacher forcing). "scst": self-critical
+    # sequence training (Rennie et al. 2017), fine-tuning a cross-entropy model (init_from)
+    # to maximise the CIDEr-D of its own sampled captions; batch_size then counts videos,
+    # each sampled scst_samples times, and the baseline is the mean reward of the other
+    # samples of the same video (Luo 2020), so no extra greedy decoding is needed.
+    objective: str = "xe"
+    scst_samples: int = 5
     scheduled_sampling: float = 0.0  # probability of feeding the model's own word, reached linearly at the last epoch
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     device: str = "auto"  # auto | cpu | cuda
@@ -89,18 +104,29 @@ class CaptionTensors:
 
     video_ids: list[str]
     feats: torch.Tensor  # (videos, D)
+    sources: torch.Tensor  # (videos,) index into model.SOURCES: image or video
     tokens: torch.Tensor  # (captions, max_words + 2): <bos> words <eos> <pad>...
     video_of: torch.Tensor  # (captions,) row of `feats` for each caption
     lengths: torch.Tensor  # (captions,) on the CPU, so cutting a batch needs no device sync
+    paired: int  # rows of `feats` below this have features; the rest are caption-only (zeros)
+
+    def references(self) -> dict[int, list[list[int]]]:
+        """Per video row with features, its captions as word ids (without <bos>, <eos>, padding)."""
+        refs: dict[int, list[list[int]]] = {row: [] for row in range(self.paired)}
+        for row, caption in zip(self.video_of.tolist(), self.tokens.tolist()):
+            if row < self.paired:
+                refs[row].append([t for t in caption[1:] if t not in (EOS_ID, PAD_ID)])
+        return refs
 
     def __len__(self) -> int:
         return self.tokens.size(0)
 
-    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(feats (B, D), tokens (B, L)) with L the longest caption of these rows."""
+    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(feats (B, D), tokens (B, L), sources (B,)) with L the longest caption of these rows."""
         longest = int(self.lengths[rows].max())
         rows = rows.to(self.tokens.device, non_blocking=True)
-        return self.feats[self.video_of[rows]], self.tokens[rows, :longest]
+        videos = self.video_of[rows]
+        return self.feats[videos], self.tokens[rows, :longest], self.sources[videos]
 
 
 def load_split(features: str, captions_file: str, split: str | None) -> tuple[Captions, object]:
@@ -109,23 +135,40 @@ def load_split(features: str, captions_file: str, split: str | None) -> tuple[Ca
     return captions, store
 
 
+def load_text_only(cfg: DataConfig, with_features: set[str]) -> Captions:
+    """The captions of data.text_captions whose videos have no features."""
+    if not cfg.text_captions:
+        return {}
+    captions = load_captions(cfg.text_captions, cfg.text_split)
+    keep = cfg.text_captions_per_video or None
+    return {vid: caps[:keep] for vid, caps in captions.items() if vid not in with_features and caps}
+
+
 def make_tensors(store, captions: Captions, vocab: Vocabulary, max_words: int,
-                 device: torch.device) -> CaptionTensors:
+                 device: torch.device, text_only: Captions | None = None) -> CaptionTensors:
     video_ids = list(captions)
     _, feats = store.pooled_matrix(video_ids)
+    sources = [SOURCES.index(source_of(store.meta(vid))) for vid in video_ids]
+    paired = len(video_ids)
+    if text_only:
+        video_ids += list(text_only)
+        feats = np.concatenate([feats, np.zeros((len(text_only), feats.shape[1]), feats.dtype)])
+        sources += [SOURCES.index("video")] * len(text_only)
+        captions = {**captions, **text_only}
     token_lists, video_of = [], []
     for row, vid in enumerate(video_ids):
         for caption in captions[vid]:
             token_lists.append(tokenize(caption))
             video_of.append(row)
     tokens, lengths = vocab.encode_batch(token_lists, max_words)
-    return CaptionTensors(video_ids, torch.from_numpy(feats).to(device), torch.from_numpy(tokens).to(device),
-                          torch.tensor(video_of, device=device), torch.from_numpy(lengths))
+    return CaptionTensors(video_ids, torch.from_numpy(feats).to(device), torch.tensor(sources, device=device),
+                          torch.from_numpy(tokens).to(device), torch.tensor(video_of, device=device),
+                          torch.from_numpy(lengths), paired)
 
 
 # ----------------------------------------------------------------------------- one epoch
-def caption_loss(model, feats, tokens, label_smoothing: float = 0.0, sample_prob: float = 0.0):
-    logits = model(feats, tokens[:, :-1], sample_prob)
+def caption_loss(model, feats, tokens, sources=None, label_smoothing: float = 0.0, sample_prob: float = 0.0):
+    logits = model(feats, tokens[:, :-1], sample_prob, sources)
     return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), ignore_index=PAD_ID,
                            label_smoothing=label_smoothing)
 
@@ -152,9 +195,9 @@ def train_epoch(model, data: CaptionTensors, optimizer, scheduler, scaler, cfg: 
     total = torch.zeros((), device=device)
     for step in range(steps):
         start = (step * world + rank) * per_rank
-        feats, tokens = data.batch(order[start: start + per_rank])
+        feats, tokens, sources = data.batch(order[start: start + per_rank])
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-            loss = caption_loss(model, feats, tokens, cfg.label_smoothing, sample_prob)
+            loss = caption_loss(model, feats, tokens, sources, cfg.label_smoothing, sample_prob)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
@@ -169,6 +212,45 @@ def train_epoch(model, data: CaptionTensors, optimizer, scheduler, scaler, cfg: 
     return total.item() / (steps * world)
 
 
+def scst_epoch(model, data: CaptionTensors, reward, optimizer, scheduler, scaler, cfg: TrainConfig,
+               generator: torch.Generator, max_steps: int | None = None) -> tuple[float, float]:
+    """One self-critical pass over the videos with features: (mean loss, mean CIDEr-D reward)."""
+    model.train()
+    device = data.tokens.device
+    k = cfg.scst_samples
+    videos_per_step = max(1, min(cfg.batch_size, data.paired))
+    order = torch.randperm(data.paired, generator=generator)
+    steps = max(1, data.paired // videos_per_step)
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    total_loss = total_reward = 0.0
+    for step in range(steps):
+        rows = order[step * videos_per_step: (step + 1) * videos_per_step].to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            tokens, logp = model.sample(data.feats[rows].repeat_interleave(k, 0), cfg.data.max_words,
+                                        data.sources[rows].repeat_interleave(k, 0))
+        captions = [[t for t in row if t not in (EOS_ID, PAD_ID)] for row in tokens.tolist()]
+        rewards = torch.tensor([reward(video, caption) for video, caption in
+                                zip(rows.repeat_interleave(k).tolist(), captions)], device=device).view(-1, k)
+        baseline = (rewards.sum(1, keepdim=True) - rewards) / max(1, k - 1)
+        advantage = (rewards - baseline).view(-1, 1)
+        mask = (tokens != PAD_ID).float()
+        loss = -(advantage * logp.float() * mask).sum() / mask.sum()
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total_loss += loss.item()
+        total_reward += rewards.mean().item()
+    return total_loss / steps, total_reward / steps
+
+
 @torch.no_grad()
 def validate(model: CaptionModel, data: CaptionTensors, references: Captions, vocab: Vocabulary,
              cfg: TrainConfig, batch_size: int = 256) -> dict[str, float]:
@@ -176,8 +258,8 @@ def validate(model: CaptionModel, data: CaptionTensors, references: Captions, vo
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(data), batch_size):
-        feats, tokens = data.batch(torch.arange(start, min(start + batch_size, len(data))))
-        logits = model(feats, tokens[:, :-1])
+        feats, tokens, sources = data.batch(torch.arange(start, min(start + batch_size, len(data))))
+        logits = model(feats, tokens[:, :-1], sources=sources)
         targets = tokens[:, 1:]
         total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD_ID,
                                  reduction="sum").item()
@@ -189,7 +271,8 @@ def validate(model: CaptionModel, data: CaptionTensors, references: Captions, vo
         predictions = {}
         for start in range(0, len(data.video_ids), batch_size):
             feats = data.feats[start: start + batch_size]
-            hyps = model.generate(feats, beam_size=cfg.val_beam_size, max_len=cfg.data.max_words)
+            hyps = model.generate(feats, beam_size=cfg.val_beam_size, max_len=cfg.data.max_words,
+                                  sources=data.sources[start: start + batch_size])
             for vid, best in zip(data.video_ids[start: start + batch_size], hyps):
                 predictions[vid] = vocab.decode(best[0][0]) or "<empty>"  # the scorers need a word
         scores = score(predictions, {vid: references[vid] for vid in predictions}, cfg.val_metrics)
@@ -296,6 +379,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     rank, world, device = _setup_distributed(cfg)
     if rank != 0:
         log.setLevel(logging.ERROR)  # one copy of every warning, from rank 0
+    if cfg.objective not in ("xe", "scst"):
+        raise CaptionerError(f"objective must be xe or scst, not {cfg.objective!r}")
+    if cfg.objective == "scst" and world > 1:
+        raise CaptionerError("objective scst runs in one process; start it without torchrun")
+    if cfg.objective == "scst" and cfg.scst_samples < 2:
+        raise CaptionerError("scst_samples must be at least 2 (the baseline is the other samples' mean reward)")
     if cfg.init_vocab not in ("extend", "keep"):
         raise CaptionerError(f"init_vocab must be extend or keep, not {cfg.init_vocab!r}")
     if cfg.batch_size < world:
@@ -313,6 +402,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     # ---- data: captions joined to features, tokenised once
     train_caps, train_store = load_split(cfg.data.features, cfg.data.captions, cfg.data.split)
     provenance = train_store.provenance
+    text_only = load_text_only(cfg.data, set(train_caps))
+    all_captions = [*train_caps.values(), *text_only.values()]
     previous: Checkpoint | None = load_checkpoint(last_path, device) if resume else None
     pretrained: Checkpoint | None = None
     if previous is not None:
@@ -324,15 +415,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         model_config = pretrained.model.config
         vocab = pretrained.vocab
         if cfg.init_vocab == "extend":
-            vocab = vocab.extend((tokenize(c) for caps in train_caps.values() for c in caps), cfg.data.min_count)
+            vocab = vocab.extend((tokenize(c) for caps in all_captions for c in caps), cfg.data.min_count)
     else:
-        vocab = Vocabulary.build((tokenize(c) for caps in train_caps.values() for c in caps), cfg.data.min_count)
+        vocab = Vocabulary.build((tokenize(c) for caps in all_captions for c in caps), cfg.data.min_count)
         model_config = ModelConfig(**{**asdict(cfg.model), "feature_dim": train_store.feature_dim})
     if model_config.feature_dim != train_store.feature_dim:
         raise CaptionerError(f"features are {train_store.feature_dim}-d but the model expects "
                              f"{model_config.feature_dim}-d", cfg.data.features)
     cfg.model = model_config
-    train_data = make_tensors(train_store, train_caps, vocab, cfg.data.max_words, device)
+    train_data = make_tensors(train_store, train_caps, vocab, cfg.data.max_words, device, text_only)
 
     val_data = val_refs = None
     if rank == 0 and (cfg.data.val_captions or cfg.data.val_split):
@@ -349,7 +440,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if pretrained is not None:
         _load_pretrained_weights(model, pretrained.model.state_dict())
         del pretrained
-    optimizer, scheduler, scaler = make_optimizer(model, cfg, batch_layout(len(train_data), cfg.batch_size, world)[1])
+    scst = cfg.objective == "scst"
+    steps_per_epoch = (max(1, train_data.paired // max(1, min(cfg.batch_size, train_data.paired))) if scst
+                       else batch_layout(len(train_data), cfg.batch_size, world)[1])
+    optimizer, scheduler, scaler = make_optimizer(model, cfg, steps_per_epoch)
+    reward = None
+    if scst:
+        from .metrics import CiderReward
+
+        reward = CiderReward(train_data.references())
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed + rank)  # dropout and sampling differ between ranks
     start_epoch, best_score = 0, None
@@ -371,7 +470,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None)
 
-    columns = ["epoch", "train_loss", "val_loss"] + (
+    columns = ["epoch", "train_loss"] + (["train_CIDEr"] if scst else []) + ["val_loss"] + (
         [f"val_{m}" for m in _metric_names(cfg)] if val_data is not None else [])
     writer = None
     if rank == 0:
@@ -380,21 +479,30 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         writer = _tensorboard(run_dir)
         print(f"training on {len(train_data)} captions of {len(train_data.video_ids)} videos, vocabulary "
               f"{len(vocab)} words, {world} process(es) on {device}"
+              + (f" ({len(text_only)} of them captions only)" if text_only else "")
               + (f"; validating on {len(val_data.video_ids)} videos" if val_data is not None else ""),
               file=sys.stderr)
 
     for epoch in range(start_epoch, cfg.epochs):
         tic = time.perf_counter()
         sample_prob = cfg.scheduled_sampling * epoch / max(1, cfg.epochs - 1)
-        train_loss = train_epoch(ddp_model, train_data, optimizer, scheduler, scaler, cfg, generator,
-                                 sample_prob, rank, world)
+        train_reward = None
+        if scst:
+            train_loss, train_reward = scst_epoch(model, train_data, reward, optimizer, scheduler, scaler, cfg,
+                                                  generator)
+        else:
+            train_loss = train_epoch(ddp_model, train_data, optimizer, scheduler, scaler, cfg, generator,
+                                     sample_prob, rank, world)
         seconds = time.perf_counter() - tic
+        throughput = train_data.paired * cfg.scst_samples if scst else len(train_data)
         rng = [_rng_state(device)]
         if world > 1:
             rng = [None] * world
             dist.all_gather_object(rng, _rng_state(device))
         if rank == 0:
             row = {"epoch": epoch + 1, "train_loss": train_loss}
+            if scst:
+                row["train_CIDEr"] = train_reward
             if val_data is not None:
                 row.update(validate(model, val_data, val_refs, vocab, cfg))
             current = row[selection]
@@ -416,7 +524,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                 writer.flush()
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             print(f"epoch {epoch + 1}/{cfg.epochs}  {shown}  ({seconds:.1f}s, "
-                  f"{len(train_data) / seconds:.0f} captions/s){'  *best' if improved else ''}", file=sys.stderr)
+                  f"{throughput / seconds:.0f} {'sampled ' if scst else ''}captions/s){'  *best' if improved else ''}", file=sys.stderr)
         if world > 1:
             dist.barrier()
     if writer is not None:

@@ -89,9 +89,9 @@ def main() -> None:
 
     def bare(steps: int) -> None:
         model.train()
-        for feats, tokens in batches[:steps]:
+        for feats, tokens, sources in batches[:steps]:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                logits = model(feats, tokens[:, :-1])
+                logits = model(feats, tokens[:, :-1], sources=sources)
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), ignore_index=PAD_ID)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -134,3 +134,25 @@ def test_scorer_closes_meteor_and_errors_are_one_line(monkeypatch, capsys):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(CaptionerError, match="apt-get install -y default-jre-headless"):
         Scorer("BLEU")
+
+
+def test_training_reward_is_coco_cider_with_fixed_document_frequencies(real_case):
+    from pycocoevalcap.cider.cider import Cider
+
+    from captioner.metrics import CiderReward
+    from captioner.text import tokenize
+
+    predictions, references = real_case
+    gts = {i: [" ".join(tokenize(c)) for c in refs] for i, refs in references.items()}
+    res = {i: [" ".join(tokenize(predictions[i]))] for i in references}
+    _, coco = Cider().compute_score(gts, res)
+    reward = CiderReward({i: [c.split() for c in caps] for i, caps in gts.items()})
+    ours = [reward(i, res[i][0].split()) for i in references]
+    assert ours == pytest.approx([float(v) for v in coco], abs=1e-12)
+    # Word ids work as tokens; the document frequencies stay those of the whole set, so a
+    # video scored on its own keeps its score (coco's scorer would recompute them from one video).
+    vocab = {w: n for n, w in enumerate(sorted({w for caps in gts.values() for c in caps for w in c.split()}))}
+    first = next(iter(references))
+    by_id = CiderReward({i: [[vocab[w] for w in c.split()] for c in caps] for i, caps in gts.items()})
+    assert by_id(first, [vocab.get(w, -1) for w in res[first][0].split()]) == pytest.approx(ours[0], abs=1e-12)
+    assert Cider().compute_score({first: gts[first]}, {first: res[first]})[0] != pytest.approx(ours[0])

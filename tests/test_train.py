@@ -87,6 +87,77 @@ def test_memorises_captions_of_real_clips(msvd_store, msvd_train_captions, tmp_p
     assert bleu4 > 0.9
 
 
+# ------------------------------------------------------------------------- images and videos
+def test_source_conditioning_learns_a_style_per_source(tmp_path):
+    """The same vectors as photos and as videos, captioned in two styles: only the source differs."""
+    store = open_features(tmp_path / "features", "a")
+    rng = np.random.default_rng(0)
+    subjects = ["dog", "cat", "horse", "bird"]
+    rows = []
+    for subject in subjects:
+        vector = rng.standard_normal((1, 16)).astype(np.float32)
+        store.put(f"photo_{subject}", vector, {"is_image": True})
+        store.put(f"clip_{subject}", np.repeat(vector, 3, 0), {"is_image": False})
+        rows.append({"video": f"photo_{subject}", "captions": [f"a brown {subject} stands on the green grass"]})
+        rows.append({"video": f"clip_{subject}", "captions": [f"a {subject} is running"]})
+    store.set_provenance({"backbone": "random", "feature_dim": 16})
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = _config(tmp_path, epochs=150, batch_size=8, lr=1e-2, lr_schedule="constant", warmup_steps=0,
+                     data={"features": str(tmp_path / "features"), "captions": str(captions), "split": None,
+                           "val_split": None, "min_count": 1},
+                     model={"embed_size": 32, "hidden_size": 64, "dropout": 0.0, "condition_on_source": True})
+    checkpoint = load_checkpoint(train(config))
+    _, vectors = open_features(tmp_path / "features").pooled_matrix([f"photo_{s}" for s in subjects])
+    assert checkpoint.caption(vectors, beam_size=1, sources="image") == [
+        f"a brown {s} stands on the green grass" for s in subjects]
+    assert checkpoint.caption(vectors, beam_size=1, sources="video") == [f"a {s} is running" for s in subjects]
+
+
+def test_captions_without_features_extend_the_language(random_store, data_dir, tmp_path, capsys):
+    """data.text_captions: videos without features are trained on with a zero vector."""
+    with_features = open_features(random_store).ids()
+    text = tmp_path / "text.jsonl"
+    text.write_text(json.dumps({"video": "no_features_1", "captions": ["a zorblat is quuxing", "x", "y"]}) + "\n"
+                    + json.dumps({"video": "no_features_2", "captions": ["a zorblat is quuxing frobnicately"]}) + "\n"
+                    + json.dumps({"video": with_features[0], "captions": ["a zorblat has glimmerwhisks"]}) + "\n")
+    config = _config(tmp_path, epochs=1, model={"embed_size": 32, "hidden_size": 48, "condition_on_source": True},
+                     data=_data(random_store, data_dir, text_captions=str(text), text_captions_per_video=1,
+                                min_count=2))
+    checkpoint = load_checkpoint(train(config))
+    assert "(2 of them captions only)" in capsys.readouterr().err
+    vocab = checkpoint.vocab.words
+    assert "zorblat" in vocab and "quuxing" in vocab  # twice in the text captions
+    assert "frobnicately" not in vocab  # once
+    assert "glimmerwhisks" not in vocab  # its video has features: not a caption-only video
+
+
+def test_self_critical_fine_tuning_raises_the_cider_reward(msvd_train_captions, tmp_path):
+    """12 videos (random vectors) with one caption each: SCST must climb towards them."""
+    store = open_features(tmp_path / "features", "a")
+    rng = np.random.default_rng(0)
+    videos = list(msvd_train_captions)[:12]
+    for vid in videos:
+        store.put(vid, rng.standard_normal((2, 32)).astype(np.float32))
+    store.set_provenance({"backbone": "random", "feature_dim": 32})
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text("".join(json.dumps({"video": v, "captions": msvd_train_captions[v][:1]}) + "\n"
+                                for v in videos))
+    data = {"features": str(tmp_path / "features"), "captions": str(captions), "split": None,
+            "val_split": None, "min_count": 1}
+    xe = _config(tmp_path / "xe", epochs=5, warmup_steps=0, data=data)
+    scst = _config(tmp_path / "scst", epochs=20, objective="scst", scst_samples=4, batch_size=4, lr=5e-3,
+                   warmup_steps=0, lr_schedule="constant", init_from=str(train(xe)), init_vocab="keep",
+                   data=data, model={"embed_size": 32, "hidden_size": 48, "dropout": 0.0})
+    best = train(scst)
+    rows = _metrics(scst.run_dir)
+    assert list(rows[0])[:3] == ["epoch", "train_loss", "train_CIDEr"]
+    rewards = [float(r["train_CIDEr"]) for r in rows]
+    print("SCST train CIDEr-D per epoch:", [round(r, 3) for r in rewards])
+    assert np.mean(rewards[-3:]) > 1.5 * np.mean(rewards[:3])
+    assert load_checkpoint(best).config["objective"] == "scst"
+
+
 # ------------------------------------------------------------------------- run directory, resume
 def test_run_directory_and_validation_metric(random_store, data_dir, tmp_path):
     val = str(data_dir / "msvd" / "captions" / "MSVD_train.tsv")
