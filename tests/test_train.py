@@ -259,6 +259,20 @@ def test_cli_train_errors_are_one_line(tmp_path, random_store, data_dir):
     assert bad_key.stderr.strip().count("\n") == 0
     nothing = _cli("train", str(config), "--resume")
     assert nothing.returncode == 1 and "nothing to resume" in nothing.stderr
+    bad_value = _cli("train", str(config), "--set", "epochs=ten")
+    assert bad_value.returncode == 1 and "epochs must be a whole number, got 'ten'" in bad_value.stderr
+
+
+def test_config_values_take_their_field_types(tmp_path):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("lr: 1e-3\nepochs: 3\nmodel:\n  dropout: 0\ndata:\n  split: 2007\n  val_split: null\n")
+    cfg = load_config(TrainConfig, config_file, ["weight_decay=5e-5", "amp=false"])
+    assert (cfg.lr, cfg.weight_decay, cfg.model.dropout) == (1e-3, 5e-5, 0.0)  # YAML 1.1 reads 1e-3 as text
+    assert (cfg.epochs, cfg.amp, cfg.data.split, cfg.data.val_split) == (3, False, "2007", None)
+    for bad, message in [("epochs=2.5", "epochs must be a whole number"), ("lr=fast", "lr must be a number"),
+                         ("amp=maybe", "amp must be true or false"), ("data.split=[a]", "split must be a string or null")]:
+        with pytest.raises(CaptionerError, match=message):
+            load_config(TrainConfig, config_file, [bad])
 
 
 @pytest.mark.slow
