@@ -179,6 +179,22 @@ def batch_layout(captions: int, batch_size: int, world: int) -> tuple[int, int]:
     return per_rank, max(1, captions // (per_rank * world))
 
 
+def _autocast_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    amp = cfg.amp and device.type == "cuda"
+    return amp, torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _optimizer_step(model, loss, optimizer, scheduler, scaler, cfg: TrainConfig) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+
+
 def train_epoch(model, data: CaptionTensors, optimizer, scheduler, scaler, cfg: TrainConfig,
                 generator: torch.Generator, sample_prob: float = 0.0, rank: int = 0, world: int = 1,
                 max_steps: int | None = None) -> float:
@@ -190,22 +206,14 @@ def train_epoch(model, data: CaptionTensors, optimizer, scheduler, scaler, cfg: 
     order = torch.randperm(len(data), generator=generator)
     if max_steps is not None:
         steps = min(steps, max_steps)
-    amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    amp, amp_dtype = _autocast_settings(cfg, device)
     total = torch.zeros((), device=device)
     for step in range(steps):
         start = (step * world + rank) * per_rank
         feats, tokens, sources = data.batch(order[start: start + per_rank])
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             loss = caption_loss(model, feats, tokens, sources, cfg.label_smoothing, sample_prob)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        _optimizer_step(model, loss, optimizer, scheduler, scaler, cfg)
         total += loss.detach()
     if world > 1:
         dist.all_reduce(total)
@@ -223,8 +231,7 @@ def scst_epoch(model, data: CaptionTensors, reward, optimizer, scheduler, scaler
     steps = max(1, data.paired // videos_per_step)
     if max_steps is not None:
         steps = min(steps, max_steps)
-    amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    amp, amp_dtype = _autocast_settings(cfg, device)
     total_loss = total_reward = 0.0
     for step in range(steps):
         rows = order[step * videos_per_step: (step + 1) * videos_per_step].to(device)
@@ -238,14 +245,7 @@ def scst_epoch(model, data: CaptionTensors, reward, optimizer, scheduler, scaler
         advantage = (rewards - baseline).view(-1, 1)
         mask = (tokens != PAD_ID).float()
         loss = -(advantage * logp.float() * mask).sum() / mask.sum()
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        _optimizer_step(model, loss, optimizer, scheduler, scaler, cfg)
         total_loss += loss.item()
         total_reward += rewards.mean().item()
     return total_loss / steps, total_reward / steps
