@@ -133,13 +133,15 @@ class Captioner:
         """Caption one video or image; with `segments`, also each window of that many seconds."""
         import torch
 
+        from .model import source_name
+
         if beam < 1:
             raise CaptionerError(f"beam size must be at least 1, got {beam}")
         timing: dict = {}
         with torch.inference_mode():
             pooled, info = self._pooled(path, timing=timing)
-            source = "image" if info.is_image else "video"
-            nbest = self._describe(pooled, source, beam, max(1, min(n_best, beam)), max_len, timing)
+            nbest = self._describe(pooled, source_name(info.is_image), beam, max(1, min(n_best, beam)), max_len,
+                                   timing)
             windows = None
             if segments is not None:
                 windows = self._segments(path, info, segments, beam, max_len, timing, whole=nbest[0])

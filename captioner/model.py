@@ -255,9 +255,9 @@ class CaptionModel(nn.Module):
         return [sorted(f, key=lambda hyp: -hyp[1])[:n_best] for f in finished]
 
 
-def source_of(meta: dict) -> str:
-    """The source of a feature store entry (or decoded input) from its metadata."""
-    return "image" if meta.get("is_image") else "video"
+def source_name(is_image: bool) -> str:
+    """The source of an input: a still image or a video (a store entry's meta["is_image"])."""
+    return "image" if is_image else "video"
 
 
 def source_ids(sources, device=None) -> torch.Tensor:

@@ -34,7 +34,7 @@ from .config import load_config, save_config
 from .datasets import Captions, join_features, load_captions
 from .errors import CaptionerError
 from .model import (SOURCES, CaptionModel, Checkpoint, ModelConfig, check_provenance, load_checkpoint,
-                    save_checkpoint, source_of)
+                    save_checkpoint, source_name)
 from .store import open_features
 from .text import EOS_ID, PAD_ID, Vocabulary, tokenize
 
@@ -148,7 +148,7 @@ def make_tensors(store, captions: Captions, vocab: Vocabulary, max_words: int,
                  device: torch.device, text_only: Captions | None = None) -> CaptionTensors:
     video_ids = list(captions)
     _, feats = store.pooled_matrix(video_ids)
-    sources = [SOURCES.index(source_of(store.meta(vid))) for vid in video_ids]
+    sources = [SOURCES.index(source_name(store.meta(vid).get("is_image", False))) for vid in video_ids]
     paired = len(video_ids)
     if text_only:
         video_ids += list(text_only)

@@ -259,7 +259,7 @@ def _predict_stage(config: PipelineConfig, stores: Mapping[str, str]) -> Stage:
 
     def run(dirs: Mapping[str, Path]) -> None:
         from captioner.extract import resolve_device
-        from captioner.model import load_checkpoint, source_of
+        from captioner.model import load_checkpoint, source_name
         from captioner.store import open_features
 
         checkpoint = load_checkpoint(dirs["train"] / "best.pt", resolve_device(cfg.device))
@@ -269,7 +269,7 @@ def _predict_stage(config: PipelineConfig, stores: Mapping[str, str]) -> Stage:
         predictions = {}
         for start in range(0, len(ids), 256):
             batch, feats = store.pooled_matrix(ids[start:start + 256])
-            sources = [source_of(store.meta(vid)) for vid in batch]
+            sources = [source_name(store.meta(vid).get("is_image", False)) for vid in batch]
             captions = checkpoint.caption(feats, beam_size=cfg.beam_size, max_len=cfg.max_len, sources=sources)
             predictions.update(zip(batch, captions))
         _write_json(dirs["predict"] / "predictions.json", predictions)
