@@ -63,14 +63,14 @@ def from_dict(cls: type[T], data: dict, source: str = "config") -> T:
     """Build `cls` from a mapping, refusing unknown keys (typos must not pass silently)."""
     if not isinstance(data, dict):
         raise CaptionerError(f"expected a mapping for {cls.__name__}, got {type(data).__name__}", source)
-    types = _field_types(cls)
-    unknown = sorted(set(data) - set(types))
+    field_types = _field_types(cls)
+    unknown = sorted(set(data) - set(field_types))
     if unknown:
         raise CaptionerError(f"unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
-                             f"known: {', '.join(types)}", source)
+                             f"known: {', '.join(field_types)}", source)
     kwargs = {}
     for name, value in data.items():
-        tp = types[name]
+        tp = field_types[name]
         if _is_dataclass_type(tp):
             value = from_dict(tp, value or {}, source)
         else:
@@ -97,10 +97,10 @@ def apply_overrides(obj: T, overrides: list[str] | None, source: str = "--set") 
         node, cls = data, type(obj)
         parts = key.strip().split(".")
         for part in parts[:-1]:
-            types = _field_types(cls)
-            if part not in types or not _is_dataclass_type(types[part]):
+            field_types = _field_types(cls)
+            if part not in field_types or not _is_dataclass_type(field_types[part]):
                 raise CaptionerError(f"unknown config section {part!r} in override {item!r}", source)
-            node, cls = node[part], types[part]
+            node, cls = node[part], field_types[part]
         if parts[-1] not in _field_types(cls):
             raise CaptionerError(f"unknown config key {key!r} in override {item!r}; "
                                  f"known: {', '.join(_field_types(cls))}", source)

@@ -115,7 +115,7 @@ class CaptionTensors:
         refs: dict[int, list[list[int]]] = {row: [] for row in range(self.paired)}
         for row, caption in zip(self.video_of.tolist(), self.tokens.tolist()):
             if row < self.paired:
-                refs[row].append([t for t in caption[1:] if t not in (EOS_ID, PAD_ID)])
+                refs[row].append(caption_words(caption[1:]))
         return refs
 
     def __len__(self) -> int:
@@ -127,6 +127,11 @@ class CaptionTensors:
         rows = rows.to(self.tokens.device, non_blocking=True)
         videos = self.video_of[rows]
         return self.feats[videos], self.tokens[rows, :longest], self.sources[videos]
+
+
+def caption_words(ids: list[int]) -> list[int]:
+    """The word ids of an encoded or sampled caption, without <eos> and padding."""
+    return [t for t in ids if t not in (EOS_ID, PAD_ID)]
 
 
 def load_split(features: str, captions_file: str, split: str | None) -> tuple[Captions, object]:
@@ -179,6 +184,12 @@ def batch_layout(captions: int, batch_size: int, world: int) -> tuple[int, int]:
     return per_rank, max(1, captions // (per_rank * world))
 
 
+def scst_layout(videos: int, batch_size: int) -> tuple[int, int]:
+    """(videos per step, steps per epoch) of self-critical training; the incomplete last batch is skipped."""
+    per_step = max(1, min(batch_size, videos))
+    return per_step, max(1, videos // per_step)
+
+
 def _autocast_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
     amp = cfg.amp and device.type == "cuda"
     return amp, torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -226,9 +237,8 @@ def scst_epoch(model, data: CaptionTensors, reward, optimizer, scheduler, scaler
     model.train()
     device = data.tokens.device
     k = cfg.scst_samples
-    videos_per_step = max(1, min(cfg.batch_size, data.paired))
+    videos_per_step, steps = scst_layout(data.paired, cfg.batch_size)
     order = torch.randperm(data.paired, generator=generator)
-    steps = max(1, data.paired // videos_per_step)
     if max_steps is not None:
         steps = min(steps, max_steps)
     amp, amp_dtype = _autocast_settings(cfg, device)
@@ -238,7 +248,7 @@ def scst_epoch(model, data: CaptionTensors, reward, optimizer, scheduler, scaler
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             tokens, logp = model.sample(data.feats[rows].repeat_interleave(k, 0), cfg.data.max_words,
                                         data.sources[rows].repeat_interleave(k, 0))
-        captions = [[t for t in row if t not in (EOS_ID, PAD_ID)] for row in tokens.tolist()]
+        captions = [caption_words(row) for row in tokens.tolist()]
         rewards = torch.tensor([reward(video, caption) for video, caption in
                                 zip(rows.repeat_interleave(k).tolist(), captions)], device=device).view(-1, k)
         baseline = (rewards.sum(1, keepdim=True) - rewards) / max(1, k - 1)
@@ -441,8 +451,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         _load_pretrained_weights(model, pretrained.model.state_dict())
         del pretrained
     scst = cfg.objective == "scst"
-    steps_per_epoch = (max(1, train_data.paired // max(1, min(cfg.batch_size, train_data.paired))) if scst
-                       else batch_layout(len(train_data), cfg.batch_size, world)[1])
+    steps_per_epoch = (scst_layout(train_data.paired, cfg.batch_size) if scst
+                       else batch_layout(len(train_data), cfg.batch_size, world))[1]
     optimizer, scheduler, scaler = make_optimizer(model, cfg, steps_per_epoch)
     reward = None
     if scst:
@@ -523,8 +533,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                     writer.add_scalar(key, value, epoch + 1)
                 writer.flush()
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            print(f"epoch {epoch + 1}/{cfg.epochs}  {shown}  ({seconds:.1f}s, "
-                  f"{throughput / seconds:.0f} {'sampled ' if scst else ''}captions/s){'  *best' if improved else ''}", file=sys.stderr)
+            unit = "sampled captions/s" if scst else "captions/s"
+            print(f"epoch {epoch + 1}/{cfg.epochs}  {shown}  ({seconds:.1f}s, {throughput / seconds:.0f} {unit})"
+                  f"{'  *best' if improved else ''}", file=sys.stderr)
         if world > 1:
             dist.barrier()
     if writer is not None:

@@ -270,7 +270,8 @@ def test_config_values_take_their_field_types(tmp_path):
     assert (cfg.lr, cfg.weight_decay, cfg.model.dropout) == (1e-3, 5e-5, 0.0)  # YAML 1.1 reads 1e-3 as text
     assert (cfg.epochs, cfg.amp, cfg.data.split, cfg.data.val_split) == (3, False, "2007", None)
     for bad, message in [("epochs=2.5", "epochs must be a whole number"), ("lr=fast", "lr must be a number"),
-                         ("amp=maybe", "amp must be true or false"), ("data.split=[a]", "split must be a string or null")]:
+                         ("amp=maybe", "amp must be true or false"),
+                         ("data.split=[a]", "split must be a string or null")]:
         with pytest.raises(CaptionerError, match=message):
             load_config(TrainConfig, config_file, [bad])
 
