@@ -213,10 +213,20 @@ def test_corrupted_key_fails_strict_load(tmp_path):
         create(f"efficientnet_lite0={bad}")
 
 
+def test_folded_batchnorm_gives_the_published_networks_features(data_dir):
+    folded = backbone("efficientnet_lite2")
+    published = create("efficientnet_lite2", fold_batchnorm=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in published.modules())
+    photos = torch.from_numpy(flickr_images(data_dir, "dog", 4))
+    torch.testing.assert_close(folded.classify(photos), published.classify(photos), atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(folded.features(photos), published.features(photos), atol=1e-4, rtol=1e-4)
+
+
 def test_efficientnet_accepts_timm_key_names(tmp_path):
     original = backbone("efficientnet_lite0")
     path = tmp_path / "lite0-timm-keys.pth"
-    torch.save(original.model.state_dict(), path)
+    torch.save(create("efficientnet_lite0", fold_batchnorm=False).model.state_dict(), path)
     frames = torch.randint(0, 256, (1, 224, 224, 3), dtype=torch.uint8)
     reloaded = create(f"efficientnet_lite0={path}")
     torch.testing.assert_close(reloaded.features(frames), original.features(frames))

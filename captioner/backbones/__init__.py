@@ -43,11 +43,13 @@ def available() -> list[str]:
     return sorted(name for name in _FACTORIES if not name.endswith(":"))
 
 
-def create(name: str, *, device: str | torch.device = "cpu", weights: str | None = None) -> Backbone:
+def create(name: str, *, device: str | torch.device = "cpu", weights: str | None = None,
+           fold_batchnorm: bool = True) -> Backbone:
     """A backbone in eval mode on `device`.
 
     `name` is a registered name, `timm:ARCH` or `torchvision:ARCH`, optionally `NAME=PATH`
     for a local weights file (the CLI passes one string), or several joined by "+".
+    `fold_batchnorm=False` keeps the network exactly as published (slower; for comparisons).
     """
     parts = [part.strip() for part in name.split("+")]
     if len(parts) > 1:
@@ -59,7 +61,10 @@ def create(name: str, *, device: str | torch.device = "cpu", weights: str | None
         backbone = CombinedBackbone([_create_one(part, None) for part in parts])
     else:
         backbone = _create_one(parts[0], weights)
-    return backbone.to(device).eval()
+    backbone = backbone.eval()
+    if fold_batchnorm:
+        backbone.fold_batchnorm()
+    return backbone.to(device)
 
 
 def _create_one(spec: str, weights: str | None) -> Backbone:

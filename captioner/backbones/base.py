@@ -76,6 +76,12 @@ class Backbone(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def fold_batchnorm(self) -> "Backbone":
+        """Make inference faster by folding batch norms into convolutions, where the network's
+        layout is known to allow it; the features stay equal to float precision. `create` calls
+        it; others keep the network as published."""
+        return self
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         raise self._no_head()
 

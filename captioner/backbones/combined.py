@@ -50,5 +50,10 @@ class CombinedBackbone(Backbone):
             return frames.transpose(1, 2).contiguous()
         return frames.contiguous(memory_format=torch.channels_last)
 
+    def fold_batchnorm(self) -> "CombinedBackbone":
+        for member in self.members:
+            member.fold_batchnorm()
+        return self
+
     def provenance(self) -> dict:
         return {**super().provenance(), "members": [m.provenance() for m in self.members]}
