@@ -42,6 +42,9 @@ def _add_extract(sub) -> None:
                    help="distribute videos over a Ray cluster ('auto' or host:port)")
     p.add_argument("--failures", default=None, metavar="FILE",
                    help="where to write the failure list (default STORE/failures.jsonl)")
+    p.add_argument("--mirror", action="store_true",
+                   help="flip frames left-right: a second view of a training set for "
+                        "data.augment_features (never for captioning)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_extract)
 
@@ -50,7 +53,8 @@ def _run_extract(args) -> int:
     from .extract import ExtractConfig, extract
 
     config = ExtractConfig(backbone=args.backbone, frames=args.frames, batch_size=args.batch_size,
-                           workers=args.workers, device=args.device, ray_address=args.ray_address)
+                           workers=args.workers, device=args.device, ray_address=args.ray_address,
+                           mirror=args.mirror)
     summary = extract(args.inputs, args.out, config, failures_path=args.failures,
                       progress=not args.quiet)
     return 0 if summary.failed == 0 else 1

@@ -15,18 +15,19 @@ from .errors import CaptionerError
 _BACKBONES: dict[tuple[str, str], object] = {}  # per Ray worker process: load weights once
 
 
-def _embed_chunk(paths: list[str], backbone_name: str, sampling: str, device: str, batch_size: int):
+def _embed_chunk(paths: list[str], backbone_name: str, sampling: str, device: str, batch_size: int,
+                 mirror: bool = False):
     import torch
 
     from . import backbones
-    from .extract import _video_meta
+    from .extract import _video_meta, mirrored, store_provenance
     from .video import decode
 
     key = (backbone_name, device)
     if key not in _BACKBONES:
         _BACKBONES[key] = backbones.create(backbone_name, device=device)
     backbone = _BACKBONES[key]
-    provenance = {**backbone.provenance(), "frames": sampling}
+    provenance = store_provenance(backbone, sampling, mirror)
     results = []
     for path in paths:
         try:
@@ -38,7 +39,7 @@ def _embed_chunk(paths: list[str], backbone_name: str, sampling: str, device: st
         except Exception as exc:
             results.append((path, f"cannot decode ({type(exc).__name__}: {exc})"))
             continue
-        frames = torch.from_numpy(decoded.frames)
+        frames = torch.from_numpy(mirrored(decoded.frames).copy() if mirror else decoded.frames)
         features = torch.cat([backbone.features(frames[i:i + batch_size].to(device))
                               for i in range(0, len(frames), batch_size)]).float().cpu().numpy()
         results.append((path, (features, _video_meta(decoded, Path(path), provenance, sampling))))
@@ -74,7 +75,7 @@ def extract_on_ray(paths: list[Path], config, sampling: str, device: str, addres
             return [(path, reason) for path in chunk]
 
     for chunk in chunks:
-        pending[remote.remote(chunk, config.backbone, sampling, device, config.batch_size)] = chunk
+        pending[remote.remote(chunk, config.backbone, sampling, device, config.batch_size, config.mirror)] = chunk
         if len(pending) >= window:
             done, _ = ray.wait(list(pending), num_returns=1)
             yield from collect(done[0])

@@ -42,6 +42,8 @@ class ExtractConfig:
     device: str = "auto"  # auto | cpu | cuda
     ray_address: str | None = None
     ray_videos_per_task: int = 8
+    # Mirror every frame left-right: a second view of a training set, for data.augment_features.
+    mirror: bool = False
 
 
 @dataclass
@@ -217,6 +219,16 @@ class _Batcher:
         return finished
 
 
+def store_provenance(backbone, sampling: str, mirror: bool) -> dict:
+    """What every vector in a store shares: the backbone, the sampling and whether frames were mirrored."""
+    return {**backbone.provenance(), "frames": sampling, **({"mirror": True} if mirror else {})}
+
+
+def mirrored(frames: np.ndarray) -> np.ndarray:
+    """Frames (..., H, W, 3) flipped left-right."""
+    return frames[..., ::-1, :]
+
+
 def _video_meta(decoded, path: Path, provenance: dict, sampling: str) -> dict:
     info = decoded.info
     return {**provenance, "frames": sampling, "path": str(path), "frame_indices": decoded.indices,
@@ -255,7 +267,7 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
     if config.batch_size is None:
         config = dataclasses.replace(config, batch_size=default_batch_size(device))
     backbone = backbones.create(config.backbone, device=device)
-    provenance = {**backbone.provenance(), "frames": sampling}
+    provenance = store_provenance(backbone, sampling, config.mirror)
     store = open_features(store_path, "a")
     store.set_provenance(provenance)
 
@@ -311,7 +323,7 @@ def _extract_local(todo, ids, backbone, config, sampling, device, provenance, st
             continue
         video_id = ids[Path(path)]
         in_flight[video_id] = (Path(path), _video_meta(outcome, Path(path), provenance, sampling))
-        store_finished(batcher.add(video_id, outcome.frames))
+        store_finished(batcher.add(video_id, mirrored(outcome.frames) if config.mirror else outcome.frames))
     store_finished(batcher.flush())
 
 

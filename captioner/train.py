@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from .config import load_config, save_config
 from .datasets import Captions, join_features, load_captions
 from .errors import CaptionerError
-from .model import (SOURCES, CaptionModel, Checkpoint, ModelConfig, check_provenance, load_checkpoint,
-                    save_checkpoint, source_name)
+from .model import (PROVENANCE_KEYS, SOURCES, CaptionModel, Checkpoint, ModelConfig, check_provenance,
+                    load_checkpoint, save_checkpoint, source_name)
 from .store import open_features
 from .text import EOS_ID, PAD_ID, Vocabulary, tokenize
 
@@ -58,6 +58,11 @@ class DataConfig:
     text_captions: str | None = None
     text_split: str | None = None
     text_captions_per_video: int = 0  # at most this many per video (0: all)
+    # Stores holding other views of the training videos (same ids and backbone), e.g. made with
+    # `captioner extract --mirror`. Each time a caption is trained on, its video's vector comes
+    # from `features` or one of these, at random: more looks at each of few photos. Videos a
+    # view lacks keep their `features` vector. Validation and captioning never use them.
+    augment_features: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +114,7 @@ class CaptionTensors:
     video_of: torch.Tensor  # (captions,) row of `feats` for each caption
     lengths: torch.Tensor  # (captions,) on the CPU, so cutting a batch needs no device sync
     paired: int  # rows of `feats` below this have features; the rest are caption-only (zeros)
+    views: torch.Tensor | None = None  # (augmentation views, paired, D): other vectors of those rows
 
     def references(self) -> dict[int, list[list[int]]]:
         """Per video row with features, its captions as word ids (without <bos>, <eos>, padding)."""
@@ -121,12 +127,25 @@ class CaptionTensors:
     def __len__(self) -> int:
         return self.tokens.size(0)
 
-    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(feats (B, D), tokens (B, L), sources (B,)) with L the longest caption of these rows."""
+    def batch(self, rows: torch.Tensor, views: torch.Generator | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(feats (B, D), tokens (B, L), sources (B,)) with L the longest caption of these rows.
+
+        Given a generator, each row's vector is drawn from the main one and the augmentation views.
+        """
         longest = int(self.lengths[rows].max())
+        pick = None
+        if views is not None and self.views is not None:
+            pick = torch.randint(0, len(self.views) + 1, rows.shape, generator=views)
         rows = rows.to(self.tokens.device, non_blocking=True)
         videos = self.video_of[rows]
-        return self.feats[videos], self.tokens[rows, :longest], self.sources[videos]
+        feats = self.feats[videos]
+        if pick is not None:
+            pick = pick.to(feats.device)
+            use = (pick > 0) & (videos < self.paired)
+            alternative = self.views[(pick - 1).clamp(min=0), videos.clamp(max=self.paired - 1)]
+            feats = torch.where(use[:, None], alternative, feats)
+        return feats, self.tokens[rows, :longest], self.sources[videos]
 
 
 def caption_words(ids: list[int]) -> list[int]:
@@ -149,10 +168,29 @@ def load_text_only(cfg: DataConfig, with_features: set[str]) -> Captions:
     return {vid: caps[:keep] for vid, caps in captions.items() if vid not in with_features and caps}
 
 
+def view_matrix(view_path: str, video_ids: list[str], feats: np.ndarray, provenance: dict | None) -> np.ndarray:
+    """The view store's vectors of `video_ids` (N, D); the main vector where the view has none."""
+    view = open_features(view_path)
+    main, other = provenance or {}, view.provenance or {}
+    differing = [k for k in (*PROVENANCE_KEYS, "frames") if k in main and k in other and main[k] != other[k]]
+    if differing:
+        raise CaptionerError("extracted differently from data.features: " + ", ".join(
+            f"{k} {other[k]!r} against {main[k]!r}" for k in differing), view_path)
+    present = [i for i, vid in enumerate(video_ids) if vid in view]
+    if not present:
+        raise CaptionerError("holds none of the training videos (data.augment_features needs the "
+                             "same ids as data.features)", view_path)
+    matrix = feats.copy()
+    matrix[present] = view.pooled_matrix([video_ids[i] for i in present])[1]
+    return matrix
+
+
 def make_tensors(store, captions: Captions, vocab: Vocabulary, max_words: int,
-                 device: torch.device, text_only: Captions | None = None) -> CaptionTensors:
+                 device: torch.device, text_only: Captions | None = None,
+                 augment_features: list[str] = ()) -> CaptionTensors:
     video_ids = list(captions)
     _, feats = store.pooled_matrix(video_ids)
+    views = [view_matrix(path, video_ids, feats, store.provenance) for path in augment_features]
     sources = [SOURCES.index(source_name(store.meta(vid).get("is_image", False))) for vid in video_ids]
     paired = len(video_ids)
     if text_only:
@@ -168,7 +206,8 @@ def make_tensors(store, captions: Captions, vocab: Vocabulary, max_words: int,
     tokens, lengths = vocab.encode_batch(token_lists, max_words)
     return CaptionTensors(video_ids, torch.from_numpy(feats).to(device), torch.tensor(sources, device=device),
                           torch.from_numpy(tokens).to(device), torch.tensor(video_of, device=device),
-                          torch.from_numpy(lengths), paired)
+                          torch.from_numpy(lengths), paired,
+                          torch.from_numpy(np.stack(views)).to(device) if views else None)
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -221,7 +260,7 @@ def train_epoch(model, data: CaptionTensors, optimizer, scheduler, scaler, cfg: 
     total = torch.zeros((), device=device)
     for step in range(steps):
         start = (step * world + rank) * per_rank
-        feats, tokens, sources = data.batch(order[start: start + per_rank])
+        feats, tokens, sources = data.batch(order[start: start + per_rank], views=generator)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             loss = caption_loss(model, feats, tokens, sources, cfg.label_smoothing, sample_prob)
         _optimizer_step(model, loss, optimizer, scheduler, scaler, cfg)
@@ -433,7 +472,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         raise CaptionerError(f"features are {train_store.feature_dim}-d but the model expects "
                              f"{model_config.feature_dim}-d", cfg.data.features)
     cfg.model = model_config
-    train_data = make_tensors(train_store, train_caps, vocab, cfg.data.max_words, device, text_only)
+    train_data = make_tensors(train_store, train_caps, vocab, cfg.data.max_words, device, text_only,
+                              cfg.data.augment_features)
 
     val_data = val_refs = None
     if rank == 0 and (cfg.data.val_captions or cfg.data.val_split):

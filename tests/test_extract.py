@@ -56,6 +56,27 @@ def test_extract_real_clips_then_resume(tmp_path, msvd_clips):
     assert (again.done, again.skipped, again.failed) == (0, 5, 0)
 
 
+def test_mirror_extracts_the_left_right_flipped_frames(tmp_path, data_dir):
+    """--mirror of a photo gives the features of its flipped copy, and says so in the provenance."""
+    import cv2
+
+    photo = cv2.imread(str(sorted((data_dir / "flickr8k" / "images").glob("*.jpg"))[0]))
+    cv2.imwrite(str(tmp_path / "photo.png"), photo)
+    (tmp_path / "flipped").mkdir()
+    cv2.imwrite(str(tmp_path / "flipped" / "photo.png"), photo[:, ::-1])
+    assert cli_main(["extract", str(tmp_path / "photo.png"), "--out", str(tmp_path / "mirror"), "--mirror",
+                     "--backbone", "efficientnet_lite0", "--quiet"]) == 0
+    assert cli_main(["extract", str(tmp_path / "flipped" / "photo.png"), "--out", str(tmp_path / "plain"),
+                     "--backbone", "efficientnet_lite0", "--quiet"]) == 0
+    mirror, plain = open_features(tmp_path / "mirror"), open_features(tmp_path / "plain")
+    assert mirror.provenance["mirror"] is True and "mirror" not in plain.provenance
+    np.testing.assert_allclose(mirror.pooled("photo"), plain.pooled("photo"), rtol=1e-4, atol=1e-5)
+    assert cli_main(["extract", str(tmp_path / "photo.png"), "--out", str(tmp_path / "unflipped"),
+                     "--backbone", "efficientnet_lite0", "--quiet"]) == 0
+    unflipped = open_features(tmp_path / "unflipped")
+    assert np.abs(unflipped.pooled("photo") - plain.pooled("photo")).max() > 1e-2
+
+
 @pytest.mark.slow
 def test_batching_does_not_change_features(tmp_path, msvd_clips):
     """Frames of several videos share a batch; each video's features must be its own."""
@@ -159,4 +180,13 @@ def test_extract_on_a_local_ray_cluster(tmp_path, msvd_clips, ray_head):
     local = tmp_path / "local"
     extract(clips[:1], local, FAST, progress=False)
     np.testing.assert_allclose(store.frames(clips[0].stem), open_features(local).frames(clips[0].stem),
+                               rtol=1e-3, atol=1e-4)
+    # Ray workers mirror as the local path does.
+    result = _cli("extract", str(clips[0]), "--out", str(tmp_path / "mirror_ray"), "--mirror", "--backbone",
+                  "efficientnet_lite0", "--frames", "uniform:4", "--ray-address", address, "--quiet")
+    assert result.returncode == 0, result.stderr
+    extract(clips[:1], tmp_path / "mirror_local", ExtractConfig(**{**FAST.__dict__, "mirror": True}), progress=False)
+    ray_store, local_store = open_features(tmp_path / "mirror_ray"), open_features(tmp_path / "mirror_local")
+    assert ray_store.provenance == local_store.provenance and ray_store.provenance["mirror"] is True
+    np.testing.assert_allclose(ray_store.frames(clips[0].stem), local_store.frames(clips[0].stem),
                                rtol=1e-3, atol=1e-4)

@@ -114,6 +114,67 @@ def test_source_conditioning_learns_a_style_per_source(tmp_path):
     assert checkpoint.caption(vectors, beam_size=1, sources="video") == [f"a {s} is running" for s in subjects]
 
 
+def _views_toy(tmp_path, subjects):
+    """Photos whose main and second-view vectors differ, one caption each."""
+    rng = np.random.default_rng(1)
+    main, view = open_features(tmp_path / "main", "a"), open_features(tmp_path / "view", "a")
+    for subject in subjects:
+        main.put(f"photo_{subject}", rng.standard_normal((1, 16)).astype(np.float32), {"is_image": True})
+        view.put(f"photo_{subject}", rng.standard_normal((1, 16)).astype(np.float32), {"is_image": True})
+    for store in (main, view):
+        store.set_provenance({"backbone": "random", "feature_dim": 16, "frames": "uniform:1"})
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text("".join(json.dumps({"video": f"photo_{s}", "captions": [f"a {s} on the grass"]}) + "\n"
+                                for s in subjects))
+    return captions
+
+
+def test_augmentation_views_teach_every_view(tmp_path):
+    """data.augment_features: a model trained with a second view captions that view too."""
+    subjects = ["dog", "cat", "horse", "bird", "cow", "frog"]
+    captions = _views_toy(tmp_path, subjects)
+    _, second_view = open_features(tmp_path / "view").pooled_matrix([f"photo_{s}" for s in subjects])
+    expected = [f"a {s} on the grass" for s in subjects]
+    results = {}
+    for name, views in (("plain", []), ("augmented", [str(tmp_path / "view")])):
+        config = _config(tmp_path / name, epochs=150, batch_size=12, lr=1e-2, lr_schedule="constant",
+                         warmup_steps=0, model={"embed_size": 32, "hidden_size": 64, "dropout": 0.0},
+                         data={"features": str(tmp_path / "main"), "captions": str(captions), "split": None,
+                               "val_split": None, "min_count": 1, "augment_features": views})
+        results[name] = load_checkpoint(train(config)).caption(second_view, beam_size=1)
+    assert results["augmented"] == expected
+    assert sum(a == b for a, b in zip(results["plain"], expected)) < len(subjects) // 2, results["plain"]
+
+
+def test_augmentation_views_are_drawn_per_caption_and_checked(tmp_path):
+    from captioner.text import Vocabulary
+
+    subjects = ["dog", "cat"]
+    captions = load_captions(_views_toy(tmp_path, subjects))
+    main = open_features(tmp_path / "main")
+    vocab = Vocabulary.build([["a", "dog"]], 1)
+    data = train_module.make_tensors(main, captions, vocab, 10, torch.device("cpu"),
+                                     text_only={"no_features": ["a dog"]},
+                                     augment_features=[str(tmp_path / "view")])
+    rows = torch.arange(len(data)).repeat(50)
+    feats, _, _ = data.batch(rows, views=torch.Generator().manual_seed(0))
+    vectors = {"main": data.feats, "view": data.views[0]}
+    for row in range(data.paired):  # each photo's rows take both vectors, never anything else
+        taken = feats[rows == row]
+        from_main = (taken == vectors["main"][row]).all(1)
+        from_view = (taken == vectors["view"][row]).all(1)
+        assert (from_main | from_view).all() and from_main.any() and from_view.any()
+    assert (feats[rows == data.paired] == 0).all()  # caption-only rows keep their zero vector
+    assert torch.equal(data.batch(rows)[0], data.feats[data.video_of[rows]])  # no generator: main only
+
+    other = open_features(tmp_path / "other", "a")
+    other.put("photo_dog", np.zeros((1, 16), np.float32))
+    other.set_provenance({"backbone": "random", "feature_dim": 16, "frames": "uniform:8"})
+    with pytest.raises(CaptionerError, match="extracted differently from data.features: frames 'uniform:8'"):
+        train_module.make_tensors(main, captions, vocab, 10, torch.device("cpu"),
+                                  augment_features=[str(tmp_path / "other")])
+
+
 def test_captions_without_features_extend_the_language(random_store, data_dir, tmp_path, capsys):
     """data.text_captions: videos without features are trained on with a zero vector."""
     with_features = open_features(random_store).ids()
