@@ -41,6 +41,9 @@ class MissingFeatures(CaptionerError, KeyError):
         return self.format()
 
 
+def _decode_meta(raw: np.ndarray) -> dict:
+    return json.loads(bytes(raw).decode("utf-8"))
+
 def _file_name(video_id: str) -> str:
     # Percent-encoding keeps any id (slashes, spaces, non-ASCII) a single, reversible file name.
     name = quote(video_id, safe="-_.,=+@")
@@ -159,10 +162,13 @@ class FeatureStore:
         return iter(self.ids())
 
     def _load(self, video_id: str, key: str):
+        return self._load_many(video_id, (key,))[0]
+
+    def _load_many(self, video_id: str, keys: tuple[str, ...]) -> list:
         path = self._videos / _file_name(video_id)
         try:
             with np.load(path, allow_pickle=False) as npz:
-                return npz[key]
+                return [npz[key] for key in keys]
         except FileNotFoundError:
             raise MissingFeatures(f"no features for video id {video_id!r}", self.path) from None
         except (zipfile.BadZipFile, ValueError, OSError, KeyError) as exc:
@@ -179,7 +185,17 @@ class FeatureStore:
 
     def meta(self, video_id: str) -> dict:
         """Provenance of one video: backbone, weights checksum, frame indices, timestamps, ..."""
-        return json.loads(bytes(self._load(video_id, "meta")).decode("utf-8"))
+        return _decode_meta(self._load(video_id, "meta"))
+
+    def pooled_with_meta(self, ids: Iterable[str]) -> tuple[np.ndarray, list[dict]]:
+        """Pooled vectors (N, D) and each video's meta, every file opened once (training and
+        prediction need both: the meta says whether an input was a still image)."""
+        ids = list(ids)
+        if not ids:
+            return np.zeros((0, self.feature_dim or 0), np.float32), []
+        pairs = [self._load_many(i, ("pooled", "meta")) for i in ids]
+        return (np.stack([p.astype(np.float32, copy=False) for p, _ in pairs]),
+                [_decode_meta(m) for _, m in pairs])
 
     def pooled_matrix(self, ids: Iterable[str] | None = None) -> tuple[list[str], np.ndarray]:
         """All pooled vectors at once, (N, D): what training and retrieval baselines want."""

@@ -189,9 +189,9 @@ def make_tensors(store, captions: Captions, vocab: Vocabulary, max_words: int,
                  device: torch.device, text_only: Captions | None = None,
                  augment_features: list[str] = ()) -> CaptionTensors:
     video_ids = list(captions)
-    _, feats = store.pooled_matrix(video_ids)
+    feats, metas = store.pooled_with_meta(video_ids)
     views = [view_matrix(path, video_ids, feats, store.provenance) for path in augment_features]
-    sources = [SOURCES.index(source_name(store.meta(vid).get("is_image", False))) for vid in video_ids]
+    sources = [SOURCES.index(source_name(meta.get("is_image", False))) for meta in metas]
     paired = len(video_ids)
     if text_only:
         video_ids += list(text_only)

@@ -268,8 +268,9 @@ def _predict_stage(config: PipelineConfig, stores: Mapping[str, str]) -> Stage:
         ids = store.ids()
         predictions = {}
         for start in range(0, len(ids), 256):
-            batch, feats = store.pooled_matrix(ids[start:start + 256])
-            sources = [source_name(store.meta(vid).get("is_image", False)) for vid in batch]
+            batch = ids[start:start + 256]
+            feats, metas = store.pooled_with_meta(batch)
+            sources = [source_name(meta.get("is_image", False)) for meta in metas]
             captions = checkpoint.caption(feats, beam_size=cfg.beam_size, max_len=cfg.max_len, sources=sources)
             predictions.update(zip(batch, captions))
         _write_json(dirs["predict"] / "predictions.json", predictions)

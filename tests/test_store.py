@@ -38,6 +38,9 @@ def test_round_trip_with_odd_ids(tmp_path):
     ids, matrix = store.pooled_matrix()
     assert ids == sorted(ODD_IDS) and matrix.shape == (len(ODD_IDS), 8)
     assert store.feature_dim == 8
+    same, metas = store.pooled_with_meta(ids)
+    np.testing.assert_array_equal(same, matrix)
+    assert [m["id"] for m in metas] == ids
 
 
 def test_missing_id_and_missing_store(tmp_path):
