@@ -51,6 +51,7 @@ class ExtractSummary:
     total: int = 0
     done: int = 0
     skipped: int = 0
+    changed: int = 0  # in the store already, but the file changed since: extracted again
     failures: list[dict] = field(default_factory=list)
     frames: int = 0
     seconds: float = 0.0
@@ -62,7 +63,8 @@ class ExtractSummary:
     def line(self) -> str:
         rate = f"{self.done / self.seconds:.2f} videos/s, {self.frames / self.seconds:.1f} frames/s" \
             if self.seconds > 0 and self.done else "nothing to do"
-        return (f"extracted {self.done}, skipped {self.skipped} (already in store), "
+        changed = f" ({self.changed} changed since their last extraction)" if self.changed else ""
+        return (f"extracted {self.done}{changed}, skipped {self.skipped} (already in store), "
                 f"failed {self.failed} of {self.total} inputs in {self.seconds:.1f}s ({rate})")
 
 
@@ -272,8 +274,9 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
     store.set_provenance(provenance)
 
     summary = ExtractSummary(total=len(paths))
-    todo = [p for p in paths if ids[p] not in store]
+    todo = [p for p in paths if not _up_to_date(store, ids[p], p)]
     summary.skipped = len(paths) - len(todo)
+    summary.changed = sum(ids[p] in store for p in todo)
 
     def fail(path, reason: str) -> None:
         summary.failures.append({"path": str(path), "id": ids.get(Path(path), Path(path).stem),
@@ -303,6 +306,18 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
         _write_failures(failures_path or Path(store_path) / "failures.jsonl", summary.failures)
     print(summary.line(), file=log)
     return summary
+
+
+def _up_to_date(store, video_id: str, path: Path) -> bool:
+    """In the store, and written after the file last changed: a video replaced by another file
+    of the same name is extracted again instead of keeping the old one's features."""
+    written = store.written_ns(video_id)
+    if written is None:
+        return False
+    try:
+        return path.stat().st_mtime_ns <= written
+    except OSError:
+        return True  # unreadable now: decoding would fail; keep what was extracted
 
 
 def _extract_local(todo, ids, backbone, config, sampling, device, provenance, store, summary, bar, fail):

@@ -161,6 +161,13 @@ class FeatureStore:
     def __iter__(self) -> Iterator[str]:
         return iter(self.ids())
 
+    def written_ns(self, video_id: str) -> int | None:
+        """When the video's features were written (file mtime, ns); None when it has none."""
+        try:
+            return os.stat(self._videos / _file_name(video_id)).st_mtime_ns
+        except FileNotFoundError:
+            return None
+
     def _load(self, video_id: str, key: str):
         return self._load_many(video_id, (key,))[0]
 
