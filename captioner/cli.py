@@ -8,6 +8,7 @@ stderr and a non-zero exit; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -125,7 +126,8 @@ def _run_train(args) -> int:
     from .train import train_from_config
 
     best = train_from_config(args.config, args.overrides, resume=args.resume)
-    if best.exists():
+    # Under torchrun every process returns here; one line is enough.
+    if best.exists() and int(os.environ.get("RANK", "0")) == 0:
         print(f"best checkpoint: {best}")
     return 0
 

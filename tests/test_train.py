@@ -353,6 +353,7 @@ def test_ddp_two_cpu_processes(random_store, data_dir, tmp_path):
         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stderr
+    assert result.stdout.count("best checkpoint:") == 1, result.stdout  # one line, not one per process
     rows = _metrics(tmp_path / "run")
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
