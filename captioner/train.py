@@ -61,7 +61,8 @@ class DataConfig:
     # Stores holding other views of the training videos (same ids and backbone), e.g. made with
     # `captioner extract --mirror`. Each time a caption is trained on, its video's vector comes
     # from `features` or one of these, at random: more looks at each of few photos. Videos a
-    # view lacks keep their `features` vector. Validation and captioning never use them.
+    # view lacks keep their `features` vector. Validation, self-critical steps and captioning
+    # use `features` only.
     augment_features: list[str] = field(default_factory=list)
 
 
