@@ -90,18 +90,13 @@ def step_train(args) -> None:
 
 def step_package(args) -> None:
     """Copy best.pt without the optimizer state into the package (it must stay small)."""
-    import torch
-
     from captioner.caption import DEFAULT_MODEL
+    from captioner.model import export_checkpoint, load_checkpoint
 
-    payload = torch.load(WORK / "train" / "best.pt", map_location="cpu", weights_only=True)
-    payload["train_state"] = None
-    DEFAULT_MODEL.parent.mkdir(parents=True, exist_ok=True)
-    tmp = DEFAULT_MODEL.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(DEFAULT_MODEL)
-    print(f"{DEFAULT_MODEL}: {DEFAULT_MODEL.stat().st_size / 2**20:.1f} MiB, epoch {payload['epoch']}, "
-          f"validation {payload['metrics']}")
+    export_checkpoint(WORK / "train" / "best.pt", DEFAULT_MODEL, half=args.half)
+    packaged = load_checkpoint(DEFAULT_MODEL)
+    print(f"{DEFAULT_MODEL}: {DEFAULT_MODEL.stat().st_size / 2**20:.1f} MiB, epoch {packaged.epoch}, "
+          f"validation {packaged.metrics}")
 
 
 def _run(cmd: list[str], stdout_path: Path | None = None) -> str:
@@ -152,6 +147,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted training run")
+    parser.add_argument("--half", action="store_true", help="package the weights in float16 (half the size)")
     parser.add_argument("--set", action="append", default=[], help="training config override")
     args = parser.parse_args()
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from captioner.errors import CaptionerError
-from captioner.model import CaptionModel, ModelConfig, load_checkpoint, save_checkpoint
+from captioner.model import CaptionModel, ModelConfig, export_checkpoint, load_checkpoint, save_checkpoint
 from captioner.text import BOS_ID, EOS_ID, SPECIALS, Vocabulary
 
 VOCAB = 40
@@ -112,6 +112,20 @@ def test_checkpoint_round_trip_and_backbone_check(tmp_path):
     with pytest.raises(CaptionerError, match="different backbone.*efficientnet_lite2") as info:
         checkpoint.check_features({**provenance, "backbone": "efficientnet_lite2"}, "runs/features/x")
     assert str(info.value).startswith("runs/features/x: ")
+
+
+def test_exported_checkpoint_drops_training_state_and_can_be_half(tmp_path):
+    model = _model()
+    vocab = Vocabulary([*SPECIALS] + [f"w{i}" for i in range(VOCAB - 4)])
+    source = tmp_path / "best.pt"
+    save_checkpoint(source, model, vocab, {}, None, epoch=2, metrics={}, train_state={"optimizer": {"x": 1}})
+    full = load_checkpoint(export_checkpoint(source, tmp_path / "full.pt"))
+    half = load_checkpoint(export_checkpoint(source, tmp_path / "half.pt", half=True))
+    assert full.train_state is None and half.train_state is None and half.epoch == 2
+    assert (tmp_path / "half.pt").stat().st_size < 0.6 * (tmp_path / "full.pt").stat().st_size
+    for name, weights in full.model.state_dict().items():
+        assert half.model.state_dict()[name].dtype == torch.float32  # float16 only on disk
+        torch.testing.assert_close(half.model.state_dict()[name], weights, atol=1e-3, rtol=1e-3)
 
 
 def test_bad_checkpoint_files(tmp_path):
