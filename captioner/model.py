@@ -269,11 +269,15 @@ def source_ids(sources, device=None) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- checkpoints
+def provenance_differences(expected: dict | None, given: dict | None, keys=PROVENANCE_KEYS) -> list[str]:
+    """The keys both provenances record with different values."""
+    expected, given = expected or {}, given or {}
+    return [k for k in keys if k in expected and k in given and expected[k] != given[k]]
+
+
 def check_provenance(trained_on: dict | None, given: dict | None, checkpoint_path, features_path) -> None:
     """Refuse features extracted differently from the ones a checkpoint was trained on."""
-    trained_on, given = trained_on or {}, given or {}
-    differing = [k for k in PROVENANCE_KEYS
-                 if k in trained_on and k in given and trained_on[k] != given[k]]
+    differing = provenance_differences(trained_on, given)
     if differing:
         what = ", ".join(f"{k} {given[k]!r} (checkpoint {checkpoint_path} expects {trained_on[k]!r})"
                          for k in differing)

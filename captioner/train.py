@@ -34,7 +34,7 @@ from .config import load_config, save_config
 from .datasets import Captions, join_features, load_captions
 from .errors import CaptionerError
 from .model import (PROVENANCE_KEYS, SOURCES, CaptionModel, Checkpoint, ModelConfig, check_provenance,
-                    load_checkpoint, save_checkpoint, source_name)
+                    load_checkpoint, provenance_differences, save_checkpoint, source_name)
 from .store import open_features
 from .text import EOS_ID, PAD_ID, Vocabulary, tokenize
 
@@ -173,7 +173,7 @@ def view_matrix(view_path: str, video_ids: list[str], feats: np.ndarray, provena
     """The view store's vectors of `video_ids` (N, D); the main vector where the view has none."""
     view = open_features(view_path)
     main, other = provenance or {}, view.provenance or {}
-    differing = [k for k in (*PROVENANCE_KEYS, "frames") if k in main and k in other and main[k] != other[k]]
+    differing = provenance_differences(main, other, (*PROVENANCE_KEYS, "frames"))
     if differing:
         raise CaptionerError("extracted differently from data.features: " + ", ".join(
             f"{k} {other[k]!r} against {main[k]!r}" for k in differing), view_path)

@@ -107,9 +107,9 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], model) -> dict[str, 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Fold every batch norm into the convolution before it, keeping the norm's activation.
 
-    Inference only (running statistics are constants). On the CPU the network runs 1.6-1.7x
-    faster: 41 instead of 25 frames/s for Lite2 on 2 cores, features equal to 1e-5, because
-    each removed norm was a full pass over an activation map. In timm's EfficientNet every
+    Inference only (running statistics are constants). On the CPU the network runs 1.2-1.7x
+    faster (Lite2 on 2 cores, e.g. 39-40 instead of 23-25 frames/s), features equal to 1e-4,
+    because each removed norm was a full pass over an activation map. In timm's EfficientNet every
     BatchNormAct2d is registered right after the convolution whose output it normalises,
     which is what makes pairing by registration order correct here.
     """
