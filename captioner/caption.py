@@ -152,23 +152,32 @@ class Captioner:
 
     def _segments(self, path, info, seconds: float, beam: int, max_len: int, timing: dict,
                   whole: tuple[str, float]) -> list[Segment]:
-        if not seconds > 0:
-            raise CaptionerError(f"segment length must be positive, got {seconds}")
+        windows = segment_windows(info.duration, seconds)
         if info.is_image or info.duration <= 0:  # one segment: the caption of the whole input
             return [Segment(0.0, max(info.duration, 0.0), *whole)]
-        count = max(1, math.ceil(info.duration / seconds - 1e-6))
         result = []
-        for k in range(count):
-            start, end = k * seconds, min((k + 1) * seconds, info.duration)
-            if end - start < 1e-3:
-                break
+        for start, end in windows:
             pooled, _ = self._pooled(path, start=start, end=end, timing=timing)
             caption, score = self._describe(pooled, "video", beam, 1, max_len, timing)[0]
-            result.append(Segment(round(start, 3), round(end, 3), caption, score))
+            result.append(Segment(start, end, caption, score))
         return result
 
 
 # ---------------------------------------------------------------------- subtitles
+# A last window shorter than this fraction of a segment joins the one before it: container
+# durations run a few milliseconds past whole seconds, and a 6-ms subtitle helps nobody.
+MIN_LAST_WINDOW = 0.25
+
+
+def segment_windows(duration: float, seconds: float) -> list[tuple[float, float]]:
+    """(start, end) of consecutive `seconds`-long windows covering `duration` seconds."""
+    if not seconds > 0:
+        raise CaptionerError(f"segment length must be positive, got {seconds}")
+    count = max(1, math.ceil(duration / seconds - MIN_LAST_WINDOW))
+    return [(round(k * seconds, 3), round(duration if k == count - 1 else (k + 1) * seconds, 3))
+            for k in range(count)]
+
+
 def write_subtitles(segments: list[Segment], path: str | os.PathLike, fmt: str | None = None) -> Path:
     """Write segment captions as SRT or WebVTT (by `fmt`, else by the file extension)."""
     from datetime import timedelta

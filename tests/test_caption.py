@@ -13,7 +13,8 @@ import webvtt
 
 import media
 from captioner import Captioner
-from captioner.caption import DEFAULT_MODEL
+from captioner.caption import DEFAULT_MODEL, segment_windows
+from captioner.errors import CaptionerError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,6 +69,22 @@ def test_images_are_one_frame_videos(captioner, data_dir):
     assert captioner.caption(image).caption
 
 
+@pytest.mark.parametrize("duration, seconds, windows", [
+    (6.006, 3, [(0, 3), (3, 6.006)]),  # a container's few extra milliseconds join the last window
+    (6.8, 3, [(0, 3), (3, 6), (6, 6.8)]),  # a quarter of a window or more is a segment of its own
+    (9.0, 3, [(0, 3), (3, 6), (6, 9)]),
+    (0.4, 3, [(0, 0.4)]),
+    (0.0, 2, [(0, 0)]),
+])
+def test_segment_windows_cover_the_video_without_slivers(duration, seconds, windows):
+    assert segment_windows(duration, seconds) == pytest.approx(windows)
+
+
+def test_segment_windows_refuse_a_non_positive_length():
+    with pytest.raises(CaptionerError, match="positive"):
+        segment_windows(5.0, 0)
+
+
 @pytest.mark.slow
 def test_segments_write_srt_and_vtt_that_parse(caption_model, msvd_clips, tmp_path):
     clip = max(msvd_clips, key=lambda p: p.stat().st_size)
@@ -89,6 +106,7 @@ def test_segments_write_srt_and_vtt_that_parse(caption_model, msvd_clips, tmp_pa
         assert starts == pytest.approx([s["start"] for s in segments], abs=1e-3)
         assert starts == sorted(starts) and starts[1] == pytest.approx(3.0, abs=1e-3)
         assert texts == [s["caption"] for s in segments]
+        assert all(s["end"] - s["start"] >= 0.75 for s in segments)
 
 
 @pytest.mark.slow
