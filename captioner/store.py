@@ -26,7 +26,7 @@ from urllib.parse import quote, unquote
 import numpy as np
 
 from .atomic import TMP_PREFIX, atomic_write
-from .errors import CaptionerError
+from .errors import CaptionerError, UsageError
 
 FORMAT = "captioner-features"
 FORMAT_VERSION = 1
@@ -121,7 +121,7 @@ class FeatureStore:
         if current is not None and current != provenance and len(self) > 0:
             differing = sorted(k for k in set(current) | set(provenance)
                                if current.get(k) != provenance.get(k))
-            raise CaptionerError(
+            raise UsageError(
                 "store already holds features extracted with other settings "
                 f"({', '.join(differing)} differ); use another --out or delete the store",
                 self.path)

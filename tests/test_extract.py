@@ -158,6 +158,18 @@ def test_usage_errors_exit_2(tmp_path, msvd_clips, capsys):
 
 
 @pytest.mark.slow
+def test_store_of_other_settings_is_a_usage_error(tmp_path, data_dir, capsys):
+    photo = next((data_dir / "flickr8k" / "images").glob("*.jpg"))
+    store = tmp_path / "s"
+    assert cli_main(["extract", str(photo), "--out", str(store), "--backbone", "efficientnet_lite0"]) == 0
+    capsys.readouterr()
+    assert cli_main(["extract", str(photo), "--out", str(store), "--backbone", "efficientnet_lite1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"captioner: error: {store}: store already holds features extracted with other settings")
+    assert len(open_features(store)) == 1  # what was extracted stays
+
+
+@pytest.mark.slow
 def test_sigkill_mid_run_keeps_the_store_intact_and_rerun_completes(tmp_path, msvd_clips):
     store_path = tmp_path / "store"
     args = [sys.executable, "-m", "captioner.cli", "extract", str(msvd_clips[0].parent), "--out", str(store_path),
