@@ -62,7 +62,7 @@ class ExtractSummary:
 
     def line(self) -> str:
         rate = f"{self.done / self.seconds:.2f} videos/s, {self.frames / self.seconds:.1f} frames/s" \
-            if self.seconds > 0 and self.done else "nothing to do"
+            if self.seconds > 0 and self.done else "nothing extracted" if self.failed else "nothing to do"
         changed = f" ({self.changed} changed since their last extraction)" if self.changed else ""
         return (f"extracted {self.done}{changed}, skipped {self.skipped} (already in store), "
                 f"failed {self.failed} of {self.total} inputs in {self.seconds:.1f}s ({rate})")
