@@ -38,7 +38,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
 from . import __version__
-from .caption import Captioner, write_subtitles
+from .caption import Captioner, segment_windows, write_subtitles
 from .errors import CaptionerError
 
 log = logging.getLogger("captioner.serve")
@@ -293,7 +293,7 @@ def caption_upload(captioner: Captioner, upload: Upload, params: JobParams) -> d
 
     if params.segments is not None:
         duration = probe(upload.path).duration
-        if duration / params.segments > MAX_SEGMENTS:
+        if len(segment_windows(duration, params.segments)) > MAX_SEGMENTS:
             raise CaptionerError(f"{params.segments:g}-second segments would cut this {duration:.0f}-second video "
                                  f"into more than {MAX_SEGMENTS} windows; choose longer segments")
     result = captioner.caption(upload.path, beam=params.beam, n_best=3, segments=params.segments)

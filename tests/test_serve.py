@@ -274,6 +274,14 @@ def test_bad_parameters_are_422(client, tiny_video, fields, message):
     assert response.status_code == 422 and message in response.json()["detail"]
 
 
+def test_too_many_segments_are_refused_before_any_work(client, tmp_path):
+    # 101 s in half-second windows: 202 windows, over the limit of 200 per request.
+    long_video = synthetic_video(tmp_path / "long.mp4", frames=101, fps=1)
+    response = post_video(client, "long.mp4", long_video.read_bytes(), segments=0.5)
+    assert response.status_code == 422
+    assert "into more than 200 windows; choose longer segments" in response.json()["detail"]
+
+
 def test_request_without_a_file_is_400(client):
     response = client.post("/api/caption", data={"beam": "2"}, files={"other": ("x.bin", b"1")})
     assert response.status_code == 400 and "field 'file'" in response.json()["detail"]
