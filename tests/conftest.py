@@ -17,10 +17,24 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("CAPTIONER_DATA", ROOT.parent / "shared" / "data"))
 MSVD_CLIPS = DATA / "msvd" / "clips"
 
-# The split that `../shared/data/README.md` gives for the 18 clips.
-MSVD_TRAIN_CLIPS = ["vid98", "vid114", "vid184", "vid311", "vid710", "vid836", "vid930", "vid950", "vid1025"]
+# What `../shared/data/README.md` says the clips folder holds, per MSVD split.
+MSVD_SPLIT_SIZES = {"train": 48, "val": 4, "test": 9}
+# Tests run on a fixed subset so CI stays fast as the shared data grows: these 9 train-split
+# clips (the ones the folder held first) and the 9 test-split clips.
+MSVD_TRAIN_SUBSET = ["vid98", "vid114", "vid184", "vid311", "vid710", "vid836", "vid930", "vid950", "vid1025"]
 MSVD_TEST_CLIPS = ["vid1429", "vid1509", "vid1563", "vid1712", "vid1721", "vid1766", "vid1817", "vid1847",
                    "vid1876"]
+
+
+def msvd_vid_numbers() -> dict[str, str]:
+    """clip id -> vidN, from the corpus's youtube_mapping.txt (CRLF line endings)."""
+    lines = (DATA / "msvd" / "youtube_mapping.txt").read_text().split()
+    return dict(zip(lines[0::2], lines[1::2]))
+
+
+def msvd_split(vid: str) -> str:
+    number = int(vid.removeprefix("vid"))
+    return "train" if number <= 1200 else "val" if number <= 1300 else "test"
 
 
 @pytest.fixture(scope="session")
@@ -31,15 +45,30 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def msvd_clips(data_dir) -> list[Path]:
-    clips = sorted(MSVD_CLIPS.glob("*.avi"))
-    assert len(clips) == 18, f"expected 18 MSVD clips in {MSVD_CLIPS}"
+def all_msvd_clips(data_dir) -> dict[str, list[Path]]:
+    """Every shared MSVD clip, by split, checked against the data README's counts."""
+    vids = msvd_vid_numbers()
+    by_split = {name: [] for name in MSVD_SPLIT_SIZES}
+    for clip in sorted(MSVD_CLIPS.glob("*.avi")):
+        by_split[msvd_split(vids[clip.stem])].append(clip)
+    sizes = {name: len(clips) for name, clips in by_split.items()}
+    assert sizes == MSVD_SPLIT_SIZES, f"{MSVD_CLIPS}: clips per split {sizes}, expected {MSVD_SPLIT_SIZES}"
+    return by_split
+
+
+@pytest.fixture(scope="session")
+def msvd_clips(all_msvd_clips) -> list[Path]:
+    """The 18-clip test subset (9 train-split, 9 test-split), sorted by file name."""
+    vids = msvd_vid_numbers()
+    wanted = set(MSVD_TRAIN_SUBSET + MSVD_TEST_CLIPS)
+    clips = sorted(c for split in all_msvd_clips.values() for c in split if vids[c.stem] in wanted)
+    assert len(clips) == len(wanted), f"{MSVD_CLIPS}: some of the test subset's clips are missing"
     return clips
 
 
 @pytest.fixture(scope="session")
 def msvd_store(msvd_clips, tmp_path_factory) -> Path:
-    """All 18 MSVD clips extracted once with the smallest backbone (ids are the clip stems)."""
+    """The 18-clip test subset extracted once with the smallest backbone (ids are the clip stems)."""
     from captioner.extract import ExtractConfig, extract
 
     path = tmp_path_factory.mktemp("features") / "msvd_lite0"

@@ -23,7 +23,7 @@ from captioner import open_features
 from captioner.cli import main as cli_main
 from captioner.errors import CaptionerError
 from captioner.model import load_checkpoint
-from conftest import DATA, MSVD_TEST_CLIPS, MSVD_TRAIN_CLIPS, free_port
+from conftest import DATA, MSVD_TEST_CLIPS, MSVD_TRAIN_SUBSET, free_port
 from pipelines.stages import run_torchrun
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +89,7 @@ def test_first_run_makes_every_stage_and_a_second_run_skips_them_all(smoke):
     for stage in STAGES:
         assert marker(run_dir, stage)["stage"] == stage
     # Trained on the train-split clips only; captioned and scored the test-split clips.
-    assert set(open_features(stage_dir(run_dir, "extract-train") / "features").ids()) == clip_ids(MSVD_TRAIN_CLIPS)
+    assert set(open_features(stage_dir(run_dir, "extract-train") / "features").ids()) == clip_ids(MSVD_TRAIN_SUBSET)
     predictions = json.loads((stage_dir(run_dir, "predict") / "predictions.json").read_text())
     assert set(predictions) == clip_ids(MSVD_TEST_CLIPS)
     scores = json.loads((stage_dir(run_dir, "evaluate") / "scores.json").read_text())
@@ -259,7 +259,7 @@ def test_two_nodes_train_together_through_pipeline_join(smoke):
 @pytest.mark.slow
 def test_extraction_stage_runs_on_a_ray_cluster(tmp_path, msvd_clips, ray_head):
     address, ray_temp = ray_head
-    clips = [c for c in msvd_clips if c.stem in clip_ids(MSVD_TRAIN_CLIPS)][:3]
+    clips = [c for c in msvd_clips if c.stem in clip_ids(MSVD_TRAIN_SUBSET)][:3]
     result = subprocess.run(
         [sys.executable, "-m", "captioner.cli", "pipeline", "run", str(SMOKE), "--quiet",
          "--set", f"run_dir={tmp_path / 'run'}", "--set", f"videos.train=[{','.join(map(str, clips))}]",
@@ -285,7 +285,7 @@ def test_prepare_msvd_writes_split_lists_and_counts_missing_clips(tmp_path, msvd
     assert b"\r\n" in mapping.read_bytes()[:200]  # the official file's CRLF line endings
     clips = tmp_path / "YouTubeClips"
     clips.mkdir()
-    train, test = sorted(clip_ids(MSVD_TRAIN_CLIPS))[:2], sorted(clip_ids(MSVD_TEST_CLIPS))[:1]
+    train, test = sorted(clip_ids(MSVD_TRAIN_SUBSET))[:2], sorted(clip_ids(MSVD_TEST_CLIPS))[:1]
     for clip_id in train + test:
         (clips / f"{clip_id}.avi").symlink_to(DATA / "msvd" / "clips" / f"{clip_id}.avi")
     (clips / "-4wsuPCjDBc_5_15.avi").write_bytes(b"not a real video")  # vid1: listed, decoding is later's job
