@@ -50,6 +50,9 @@ class ModelConfig:
     video_input: str = "every_step"  # or "first_step"
     tie_weights: bool = False  # share the word embedding with the output layer
     condition_on_source: bool = False  # add a learned image/video vector to the video input
+    # [start, end) of each classifier head's probabilities in the input vector (concept
+    # backbones, see captioner/concepts.py); the rest of the vector is appearance features.
+    concept_heads: list = field(default_factory=list)
 
     def validate(self) -> None:
         if self.video_input not in ("every_step", "first_step"):
@@ -59,16 +62,53 @@ class ModelConfig:
                                  f"(got {self.embed_size} and {self.hidden_size})")
         if self.feature_dim <= 0:
             raise CaptionerError("model.feature_dim must be positive")
+        for start, end in self.concept_heads:
+            if not 0 <= start < end <= self.feature_dim:
+                raise CaptionerError(f"model.concept_heads: [{start}, {end}) is not inside the "
+                                     f"{self.feature_dim}-d input")
+
+
+class ConceptInput(nn.Module):
+    """Class probabilities -> a vector in word-embedding space, one per classifier head.
+
+    Each class is the mean embedding of the caption words its name stands for
+    (`concept_words`, rows of word ids padded with PAD_ID), taken from the decoder's own word
+    embedding; a head's vector is the probability-weighted sum over its classes. So the
+    decoder reads "motorcycling 0.7" as the words it writes, and a class no training video
+    showed still reaches its words.
+    """
+
+    def __init__(self, heads: list, concept_words: torch.Tensor, embed: nn.Embedding):
+        super().__init__()
+        self.heads = [tuple(h) for h in heads]
+        self.register_buffer("concept_words", concept_words.long())
+        self.embed = [embed]  # a list, so the shared embedding is not registered twice
+        self.proj = nn.Linear(len(self.heads) * embed.embedding_dim, embed.embedding_dim)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        words = self.concept_words
+        counts = (words != PAD_ID).sum(1, keepdim=True).clamp(min=1)
+        class_vectors = self.embed[0](words).sum(1) / counts  # (classes, E); PAD embeds to 0
+        per_head, row = [], 0
+        for start, end in self.heads:
+            per_head.append(feats[:, start:end] @ class_vectors[row:row + end - start])
+            row += end - start
+        return self.proj(torch.cat(per_head, dim=1))
 
 
 class CaptionModel(nn.Module):
-    def __init__(self, config: ModelConfig, vocab_size: int):
+    def __init__(self, config: ModelConfig, vocab_size: int, concept_words: torch.Tensor | None = None):
+        """`concept_words`: with config.concept_heads, the word ids of every class (see ConceptInput)."""
         super().__init__()
         config.validate()
         self.config = config
         self.vocab_size = vocab_size
         self.every_step = config.video_input == "every_step"
-        self.video_proj = nn.Linear(config.feature_dim, config.embed_size)
+        appearance = torch.ones(config.feature_dim, dtype=torch.bool)
+        for start, end in config.concept_heads:
+            appearance[start:end] = False
+        self.register_buffer("appearance", appearance.nonzero()[:, 0], persistent=False)
+        self.video_proj = nn.Linear(len(self.appearance), config.embed_size)
         self.source_embed = nn.Embedding(len(SOURCES), config.embed_size) if config.condition_on_source else None
         self.embed = nn.Embedding(vocab_size, config.embed_size, padding_idx=PAD_ID)
         lstm_in = 2 * config.embed_size if self.every_step else config.embed_size
@@ -78,10 +118,18 @@ class CaptionModel(nn.Module):
         self.head = nn.Linear(config.hidden_size, vocab_size)
         if config.tie_weights:
             self.head.weight = self.embed.weight
+        self.concepts = None
+        if config.concept_heads:
+            classes = sum(end - start for start, end in config.concept_heads)
+            if concept_words is None or concept_words.ndim != 2 or len(concept_words) != classes:
+                raise CaptionerError(f"model.concept_heads cover {classes} classes: give the word ids of each")
+            self.concepts = ConceptInput(config.concept_heads, concept_words, self.embed)
 
     def _video(self, feats: torch.Tensor, sources: torch.Tensor | None) -> torch.Tensor:
         """The projected video vector; `sources` (B,) indexes SOURCES (None: all videos)."""
-        video = self.video_proj(feats)
+        video = self.video_proj(feats[:, self.appearance] if self.concepts is not None else feats)
+        if self.concepts is not None:
+            video = video + self.concepts(feats)
         if self.source_embed is not None:
             if sources is None:
                 sources = torch.full(feats.shape[:1], SOURCES.index("video"), dtype=torch.long, device=feats.device)
@@ -362,7 +410,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CaptionerError(f"checkpoint version {payload['version']} is newer than this captioner "
                              "understands; upgrade captioner", path)
     vocab = Vocabulary(payload["vocab"])
-    model = CaptionModel(ModelConfig(**payload["model_config"]), len(vocab)).to(device)
+    model = CaptionModel(ModelConfig(**payload["model_config"]), len(vocab),
+                         payload["model"].get("concepts.concept_words")).to(device)
     model.load_state_dict(payload["model"])
     model.eval()
     return Checkpoint(model=model, vocab=vocab, config=payload["config"], provenance=payload["provenance"],

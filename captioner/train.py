@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .concepts import class_word_table, heads
 from .config import load_config, save_config
 from .datasets import Captions, join_features, load_captions
 from .errors import CaptionerError
@@ -393,6 +394,20 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def concept_word_ids(provenance: dict | None, vocab: Vocabulary, previous: Checkpoint | None) -> torch.Tensor | None:
+    """(classes, words) ids of the caption words each concept class stands for, padded with PAD_ID.
+
+    A resumed or fine-tuned model keeps the table it was made with."""
+    if previous is not None and previous.model.concepts is not None:
+        return previous.model.concepts.concept_words.cpu()
+    concept_heads = heads(provenance)
+    if not concept_heads:
+        return None
+    table = [vocab.encode(words) for words in class_word_table(concept_heads, vocab.index)]
+    width = max(1, max(len(ids) for ids in table))
+    return torch.tensor([ids + [PAD_ID] * (width - len(ids)) for ids in table], dtype=torch.long)
+
+
 def _load_pretrained_weights(model: CaptionModel, state: dict) -> None:
     """Copy weights; vocabulary-sized tensors keep the pre-trained words' rows, new rows stay fresh."""
     own = model.state_dict()
@@ -468,7 +483,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             vocab = vocab.extend((tokenize(c) for caps in all_captions for c in caps), cfg.data.min_count)
     else:
         vocab = Vocabulary.build((tokenize(c) for caps in all_captions for c in caps), cfg.data.min_count)
-        model_config = ModelConfig(**{**asdict(cfg.model), "feature_dim": train_store.feature_dim})
+        model_config = ModelConfig(**{**asdict(cfg.model), "feature_dim": train_store.feature_dim,
+                                      "concept_heads": [[h.start, h.end] for h in heads(provenance)]})
     if model_config.feature_dim != train_store.feature_dim:
         raise CaptionerError(f"features are {train_store.feature_dim}-d but the model expects "
                              f"{model_config.feature_dim}-d", cfg.data.features)
@@ -487,7 +503,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
     # ---- model, optimizer, schedule
     torch.manual_seed(cfg.seed)
-    model = CaptionModel(model_config, len(vocab)).to(device)
+    model = CaptionModel(model_config, len(vocab), concept_word_ids(provenance, vocab, previous or pretrained)).to(device)
     if pretrained is not None:
         _load_pretrained_weights(model, pretrained.model.state_dict())
         del pretrained

@@ -3,6 +3,8 @@
     create("efficientnet_lite2")                    # ImageNet EfficientNet-Lite2, 1280-d
     create("i3d")                                   # Kinetics-400 I3D, 1024-d per 16-frame clip
     create("efficientnet_lite2+i3d")                # both, concatenated per sample point
+    create("efficientnet_lite2_concepts+i3d_concepts")  # Lite2 features + ImageNet and Kinetics
+                                                    # class probabilities (what they recognise)
     create("timm:resnet152", weights="r152.pth")    # any timm/torchvision architecture ...
     create("torchvision:resnet152=r152.pth")        # ... with a local weights file
 
@@ -96,4 +98,4 @@ def _names_hint() -> str:
 
 
 # Importing the families registers them.
-from . import efficientnet, i3d, inception, local  # noqa: E402,F401
+from . import concepts, efficientnet, i3d, inception, local  # noqa: E402,F401

@@ -85,6 +85,10 @@ class Backbone(torch.nn.Module):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         raise self._no_head()
 
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both outputs of one preprocessed batch; families override it to run the trunk once."""
+        return self(x), self.logits(x)
+
     @torch.inference_mode()
     def features(self, frames_uint8: torch.Tensor) -> torch.Tensor:
         """(N, feature_dim) float32 features of uint8 frames or clips."""

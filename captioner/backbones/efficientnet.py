@@ -53,6 +53,12 @@ class TimmBackbone(Backbone):
             raise self._no_head()
         return self.model(x)
 
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._class_names is None:
+            raise self._no_head()
+        pre_logits = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        return pre_logits, self.model.get_classifier()(pre_logits)
+
 
 def imagenet_class_names() -> list[str]:
     from timm.data import ImageNetInfo

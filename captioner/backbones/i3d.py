@@ -214,6 +214,10 @@ class I3DBackbone(Backbone):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.classify(self.net(x))
 
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mixed_5c = self.net(x)
+        return mixed_5c.mean(dim=(2, 3, 4)), self.net.classify(mixed_5c)
+
 
 @register("i3d")
 def _i3d(weights: str | None) -> I3DBackbone:
