@@ -1,17 +1,24 @@
 #!/usr/bin/env python3
 """Build the default model shipped in `captioner/assets/default/`, from `../shared/data` only.
 
-The recipe (configs/default_model.yaml): one model for images and videos, as in the seed paper's
-transfer setting. Flickr8k train images (each a one-frame video) and the MSVD train-split clips
-are extracted with the same backbone and sampling into one store and trained on jointly; model
-selection uses CIDEr on the Flickr8k dev images. The 9 MSVD test-split clips go to a separate
-store that training never opens; they, and the Flickr8k test images, are only captioned at the
-end, through `captioner caption`, and scored with `captioner evaluate`.
+The recipe (configs/default_model.yaml), one model for photos and videos that names what the
+backbones recognise. Every input is one vector: EfficientNet-Lite2 features beside the class
+probabilities of Lite2's ImageNet head and I3D's Kinetics head (`efficientnet_lite2_concepts+
+i3d_concepts`, 4 sample points). Training joins three sources in one store:
+  - Flickr8k train photos with their captions (a photo has no actions: zeros there);
+  - the MSVD train-split clips that have video here;
+  - every other MSVD train-split video, known only by its captions: no appearance (zeros) and
+    the class probabilities its captions imply, corrupted the way the real heads err
+    (`captioner.concepts.text_only_vector`), drawn afresh for each of VIEWS views.
+Held out of training, as the video dev set: the 4 MSVD val-split clips and HELD_OUT train-split
+clips. The 9 MSVD test-split clips go to a separate store that training never opens; they and
+the Flickr8k test photos are only captioned at the end, through `captioner caption`, and scored
+with `captioner evaluate`. Model selection: CIDEr on the Flickr8k dev photos.
 
     python3 scripts/build_default_model.py                       # every step
     python3 scripts/build_default_model.py --steps evaluate      # one step again
 
-Steps: extract, captions, train, package, evaluate. Each is resumable or cheap to redo.
+Steps: extract, concepts, captions, train, package, evaluate. Each is resumable or cheap to redo.
 """
 
 from __future__ import annotations
@@ -27,10 +34,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 WORK = ROOT / "runs" / "default_model"
-TRAIN_STORE = WORK / "features" / "train"
+TRAIN_STORE = WORK / "features" / "train"  # what training reads: all three sources
+VIEW_STORES = [WORK / "features" / f"train_view{i}" for i in (1, 2)]  # other draws of the text-only videos
+CLIP_STORE = WORK / "features" / "msvd_clips"  # MSVD train- and val-split clips
+FLICKR_STORE = WORK / "features" / "flickr8k"  # Flickr8k train + dev photos, image member only
 TEST_STORE = WORK / "features" / "msvd_test"
+DEV_CLIPS = WORK / "msvd_dev_clips.txt"
 CONFIG = ROOT / "configs" / "default_model.yaml"
-STEPS = ("extract", "captions", "train", "package", "evaluate")
+BACKBONE = "efficientnet_lite2_concepts+i3d_concepts"
+IMAGE_MEMBER = "efficientnet_lite2_concepts"
+FRAMES = "uniform:4"  # I3D runs on each point's 16-frame clip: 4 keep a 10-s clip's caption fast
+STEPS = ("extract", "concepts", "captions", "train", "package", "evaluate")
+# Train-split clips held out with the val-split ones as the video dev set (every 6th by id).
+HELD_OUT_EVERY = 6
+TEXT_CAPTIONS_PER_VIDEO = 12
+SEED = 0
 
 
 def msvd_clips_by_split() -> dict[str, list[Path]]:
@@ -50,32 +68,102 @@ def flickr_images(split_file: str) -> list[Path]:
     return [DATA / "flickr8k" / "images" / name for name in names]
 
 
+def dev_clips() -> list[Path]:
+    clips = msvd_clips_by_split()
+    return clips["train"][::HELD_OUT_EVERY] + clips["val"]
+
+
+def training_clips() -> list[Path]:
+    held_out = set(dev_clips())
+    return [c for c in msvd_clips_by_split()["train"] if c not in held_out]
+
+
 def step_extract(args) -> None:
     from captioner.extract import ExtractConfig, extract
 
-    config = ExtractConfig(backbone=args.backbone, frames=args.frames, batch_size=32, device=args.device)
-    clips = msvd_clips_by_split()
-    flickr = flickr_images("Flickr_8k.trainImages.txt") + flickr_images("Flickr_8k.devImages.txt")
-    for inputs, store in ((flickr + clips["train"] + clips["val"], TRAIN_STORE), (clips["test"], TEST_STORE)):
+    def run(inputs, store, backbone, frames):
+        config = ExtractConfig(backbone=backbone, frames=frames, batch_size=16, device=args.device)
         summary = extract(inputs, store, config)
         if summary.failed:
             sys.exit(f"extraction failed for {summary.failed} inputs; see {store}/failures.jsonl")
 
+    clips = msvd_clips_by_split()
+    run(clips["train"] + clips["val"], CLIP_STORE, BACKBONE, FRAMES)
+    run(clips["test"], TEST_STORE, BACKBONE, FRAMES)
+    # Photos run the image member alone: the clip member's part of a still is zeros by rule
+    # (backbones/concepts.py), so running I3D on 7,000 photos would only compute zeros.
+    run(flickr_images("Flickr_8k.trainImages.txt") + flickr_images("Flickr_8k.devImages.txt"), FLICKR_STORE,
+        IMAGE_MEMBER, "uniform:1")
+
+
+def step_concepts(args) -> None:
+    """The training stores: photos, clips with video, and text-only videos with derived concepts."""
+    import numpy as np
+
+    from captioner.concepts import heads, text_only_vector
+    from captioner.datasets import load_captions
+    from captioner.store import open_features
+    from captioner.text import tokenize
+
+    clips, flickr = open_features(CLIP_STORE), open_features(FLICKR_STORE)
+    provenance = clips.provenance
+    feature_dim = clips.feature_dim
+    concept_heads = heads(provenance)
+    image_dim = flickr.feature_dim
+    train_ids = [c.stem for c in training_clips()]
+    held_out = {c.stem for c in dev_clips()}
+    DEV_CLIPS.write_text("".join(f"{c}\n" for c in dev_clips()))
+    clip_vectors, _ = clips.pooled_with_meta(train_ids)
+    flickr_ids, flickr_vectors = flickr.pooled_matrix()
+    rng = np.random.default_rng(SEED)
+    # What the heads say of real footage: the training clips (both heads) and photos (objects).
+    real = {head.kind: clip_vectors[:, head.start:head.end] for head in concept_heads}
+    objects = next(h for h in concept_heads if h.kind == "objects")
+    photo_rows = rng.choice(len(flickr_ids), size=min(2000, len(flickr_ids)), replace=False)
+    real["objects"] = np.concatenate([real["objects"], flickr_vectors[photo_rows, objects.start:objects.end]])
+
+    msvd = load_captions(DATA / "msvd" / "captions" / "MSVD_train.tsv")
+    text_only = sorted(set(msvd) - set(train_ids) - held_out)
+    tokens = {vid: [tokenize(c) for c in caps] for vid, caps in msvd.items()}
+    for store_path in [TRAIN_STORE, *VIEW_STORES]:
+        if store_path.exists():
+            shutil.rmtree(store_path)
+    train = open_features(TRAIN_STORE, "a")
+    train.set_provenance(provenance)
+    for vid, vector in zip(train_ids, clip_vectors):
+        train.put(vid, vector, {**clips.meta(vid), "source": "msvd clip"})
+    padding = np.zeros(feature_dim - image_dim, dtype=np.float32)  # the clip member's zeros
+    for vid, vector in zip(flickr_ids, flickr_vectors):
+        train.put(vid, np.concatenate([vector, padding]), {"is_image": True, "source": "flickr8k photo"})
+    for store in [train] + [open_features(p, "a") for p in VIEW_STORES]:
+        if store is not train:
+            store.set_provenance(provenance)
+        for vid in text_only:
+            vector = text_only_vector(tokens[vid], feature_dim, concept_heads, real, rng)
+            store.put(vid, vector, {"is_image": False, "source": "msvd captions only"})
+    print(f"{TRAIN_STORE}: {len(flickr_ids)} photos, {len(train_ids)} clips, {len(text_only)} text-only videos "
+          f"(+{len(VIEW_STORES)} views); held out: {len(held_out)} clips")
+
 
 def step_captions(args) -> None:
-    """The joint training captions: Flickr8k train images + MSVD train-split clips with features."""
+    """The training captions: Flickr8k train photos, MSVD clips with video, text-only videos."""
     from captioner.datasets import load_captions
+    from captioner.store import open_features
 
     flickr = load_captions(DATA / "flickr8k" / "captions.csv", "train")
     msvd = load_captions(DATA / "msvd" / "captions" / "MSVD_train.tsv")
-    train_clips = {c.stem for c in msvd_clips_by_split()["train"]}
+    in_store = set(open_features(TRAIN_STORE).ids())
+    clips = {c.stem for c in training_clips()}
     rows = [{"video": vid, "captions": caps} for vid, caps in flickr.items()]
-    rows += [{"video": vid, "captions": msvd[vid]} for vid in sorted(train_clips)]
+    rows += [{"video": vid, "captions": msvd[vid]} for vid in sorted(clips)]
+    text_only = sorted(vid for vid in msvd if vid in in_store and vid not in clips)
+    # Spread over the corpus: captions of one video say much the same thing.
+    rows += [{"video": vid, "captions": msvd[vid][:TEXT_CAPTIONS_PER_VIDEO]} for vid in text_only]
     out = WORK / "captions_train.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    print(f"{out}: {len(flickr)} Flickr8k images, {len(train_clips)} MSVD clips, "
-          f"{sum(len(r['captions']) for r in rows)} captions")
+    print(f"{out}: {len(flickr)} Flickr8k photos, {len(clips)} MSVD clips, {len(text_only)} text-only "
+          f"MSVD videos, {sum(len(r['captions']) for r in rows)} captions")
 
 
 def step_train(args) -> None:
@@ -142,8 +230,6 @@ def step_evaluate(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of " + ", ".join(STEPS))
-    parser.add_argument("--backbone", default="efficientnet_lite2")
-    parser.add_argument("--frames", default="uniform:16")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted training run")
