@@ -172,7 +172,9 @@ def test_store_of_other_settings_is_a_usage_error(tmp_path, data_dir, capsys):
 @pytest.mark.slow
 def test_sigkill_mid_run_keeps_the_store_intact_and_rerun_completes(tmp_path, msvd_clips):
     store_path = tmp_path / "store"
-    args = [sys.executable, "-m", "captioner.cli", "extract", str(msvd_clips[0].parent), "--out", str(store_path),
+    clip_list = tmp_path / "clips.txt"  # the 18-clip subset: the shared folder holds more
+    clip_list.write_text("".join(f"{c}\n" for c in msvd_clips))
+    args = [sys.executable, "-m", "captioner.cli", "extract", str(clip_list), "--out", str(store_path),
             "--backbone", "efficientnet_lite0", "--frames", "uniform:8", "--batch-size", "8", "--workers", "1",
             "--quiet"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
