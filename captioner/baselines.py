@@ -9,6 +9,8 @@
   the paper we measure similarity with CIDEr's n-gram tf-idf cosine (idf over training
   videos, n = 1..4, averaged over n); unlike coco-caption's CIDEr-D it has no length penalty
   or clipping, which only matter when scoring against references, not for ranking.
+- `concept_retrieval_captions`: the same consensus caption, of the one training video whose
+  captions name the objects and actions the test video's classifier heads recognise.
 """
 
 from __future__ import annotations
@@ -128,3 +130,33 @@ def nearest_neighbour_captions(train_store, train_references: Mapping[str, Seque
         nearest = nearest[np.argsort(-similarity[row, nearest], kind="stable")]
         captions[video_id] = ranker.consensus([train_ids[j] for j in nearest])
     return captions
+
+
+def concept_retrieval_captions(train_references: Mapping[str, Sequence[str]], test_store,
+                               test_ids: Sequence[str]) -> dict[str, str]:
+    """The consensus caption of the training video whose captions best name what the test
+    video's classifier heads see.
+
+    Needs a test store of a concept backbone (`captioner.concepts`), but no training features:
+    every training video's concepts are derived from its captions, so the whole caption corpus
+    takes part (1,200 MSVD videos, though few have video here). Similarity is the cosine of
+    the heads' probabilities, averaged over heads.
+    """
+    from .concepts import caption_probabilities, heads
+
+    concept_heads = heads(test_store.provenance)
+    if not concept_heads:
+        raise CaptionerError("the concept-retrieval baseline needs features of a concept backbone "
+                             "(e.g. efficientnet_lite2_concepts+i3d_concepts)", test_store.path)
+    train_ids = [i for i in train_references if any(_normal(c) for c in train_references[i])]
+    if not train_ids:
+        raise CaptionerError("the training references hold no captions")
+    test = test_store.pooled_matrix(list(test_ids))[1]
+    similarity = np.zeros((len(test_ids), len(train_ids)))
+    for head in concept_heads:
+        train = np.stack([caption_probabilities([tokenize(c) for c in train_references[i]], head)
+                          for i in train_ids])
+        similarity += _unit_rows(test[:, head.start:head.end]) @ _unit_rows(train).T / len(concept_heads)
+    ranker = _ConsensusRanker(train_ids, train_references)
+    return {video_id: ranker.consensus([train_ids[int(np.argmax(similarity[row]))]])
+            for row, video_id in enumerate(test_ids)}

@@ -149,9 +149,10 @@ def _add_scoring_inputs(p) -> None:
     p.add_argument("--train-features", default=None, metavar="STORE",
                    help="feature store of the training videos: adds the nearest-neighbour baseline")
     p.add_argument("--test-features", default=None, metavar="STORE",
-                   help="feature store of the evaluated videos (default: --train-features)")
-    p.add_argument("--k", type=int, default=10, help="neighbours whose captions the retrieval baseline "
-                                                     "pools (default %(default)s)")
+                   help="feature store of the evaluated videos (default: --train-features); from a "
+                        "concept backbone it adds the concept-retrieval baseline")
+    p.add_argument("--k", type=int, default=10, help="neighbours whose captions the nearest-neighbour "
+                                                     "baseline pools (default %(default)s)")
 
 
 def _add_evaluate(sub) -> None:

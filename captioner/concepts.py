@@ -231,30 +231,73 @@ def caption_probabilities(captions: list[list[str]], head: Head, sharpness: floa
     A class scores the mean, over captions, of how much of it each caption names (all of its
     words, or WORDS_FOR_A_MATCH of them for longer names: its words are often alternatives,
     "riding motorcycle motorbike bike"); a family word ("dog") names every member of the family
-    (118 breeds), so the belief spreads over look-alikes as a real head's does. Scores are sharpened and normalised like a softmax. A video
-    no class matches gets all zeros: `corrupt` then fills in what the head says of unrelated
-    footage.
+    (118 breeds), so the belief spreads over look-alikes as a real head's does. Scores are
+    sharpened and normalised like a softmax. A video no class matches gets all zeros: `corrupt`
+    then fills in what the head says of unrelated footage.
     """
-    caption_sets = [set(c) for c in captions]
-    scores = np.zeros(len(head.classes))
-    for index, name in enumerate(head.classes):
-        words = class_words(name, head.kind, index)
-        family = {word for (first, last), word in OBJECT_FAMILIES if first <= index <= last} \
-            if head.kind == "objects" else set()
-        # A family word names the family: "cat" in "Madagascar cat" (a lemur) is no evidence.
-        own = [w for w in words if w not in FAMILY_WORDS or head.kind == "actions"]
-        if not own:
-            continue
-        total = 0.0
-        for caption in caption_sets:
-            named = sum(known_form(w, caption) is not None for w in own)
-            share = min(1.0, named / min(len(own), WORDS_FOR_A_MATCH))
-            if family and share == 0 and any(known_form(w, caption) for w in family):
-                share = 1.0  # "a cat": any cat; normalising spreads it over the look-alikes
-            total += share
-        scores[index] = total / len(caption_sets)
-    scores = scores ** sharpness
+    table = _match_table(head)
+    named = np.zeros((len(captions), len(table.words)))
+    for row, caption in enumerate(captions):
+        for word in _forms(caption):
+            column = table.column.get(word)
+            if column is not None:
+                named[row, column] = 1.0
+    share = np.minimum(1.0, (named @ table.own) / table.needed)
+    family_named = (named @ table.family) > 0
+    share = np.where((share == 0) & family_named, 1.0, share)  # "a cat": any cat
+    scores = share.mean(axis=0) ** sharpness if len(captions) else np.zeros(len(head.classes))
     return scores / scores.sum() if scores.sum() > 0 else scores
+
+
+@dataclass
+class _MatchTable:
+    words: list[str]
+    column: dict[str, int]
+    own: np.ndarray  # (words, classes): the class's own words
+    needed: np.ndarray  # (classes,): how many of them make a full match (inf: none to match)
+    family: np.ndarray  # (words, classes): the family word of classes in a family
+
+
+_MATCH_TABLES: dict[tuple, _MatchTable] = {}
+
+
+def _match_table(head: Head) -> _MatchTable:
+    key = (head.kind, head.classes)
+    if key not in _MATCH_TABLES:
+        per_class = []
+        for index, name in enumerate(head.classes):
+            words = class_words(name, head.kind, index)
+            family = [word for (first, last), word in OBJECT_FAMILIES if first <= index <= last] \
+                if head.kind == "objects" else []
+            # A family word names the family: "cat" in "Madagascar cat" (a lemur) is no evidence.
+            own = [w for w in words if w not in FAMILY_WORDS or head.kind == "actions"]
+            per_class.append((own, family))
+        words = sorted({w for own, family in per_class for w in own + family})
+        column = {w: i for i, w in enumerate(words)}
+        own_matrix = np.zeros((len(words), len(per_class)))
+        family_matrix = np.zeros((len(words), len(per_class)))
+        needed = np.full(len(per_class), np.inf)
+        for index, (own, family) in enumerate(per_class):
+            for w in own:
+                own_matrix[column[w], index] = 1.0
+            for w in family:
+                family_matrix[column[w], index] = 1.0
+            if own:
+                needed[index] = min(len(own), WORDS_FOR_A_MATCH)
+        _MATCH_TABLES[key] = _MatchTable(words, column, own_matrix, needed, family_matrix)
+    return _MATCH_TABLES[key]
+
+
+def _forms(caption: list[str]) -> set[str]:
+    """A caption's words with their singular and plural forms, as `known_form` matches them."""
+    forms = set()
+    for word in caption:
+        forms.update((word, word + "s"))
+        if word.endswith("s"):
+            forms.add(word[:-1])
+        if word.endswith("es"):
+            forms.add(word[:-2])
+    return forms
 
 
 def corrupt(clean: np.ndarray, real_outputs: np.ndarray, rng: np.random.Generator,

@@ -33,6 +33,7 @@ log = logging.getLogger("captioner")
 MODEL = "model"
 CONSTANT = "constant caption"
 NEAREST = "nearest neighbour"
+CONCEPT_RETRIEVAL = "concept retrieval"
 _ID_KEYS = ("video_id", "image_id", "id")
 
 
@@ -185,23 +186,27 @@ class Evaluation:
 def baseline_captions(ids: Sequence[str], train_references: Mapping[str, Sequence[str]] | None = None,
                       train_features=None, test_features=None, k: int = 10) -> dict[str, dict[str, str]]:
     """Captions of each baseline whose inputs are given: {baseline name: {id: caption}}."""
-    from .baselines import constant_caption, nearest_neighbour_captions
+    from .baselines import concept_retrieval_captions, constant_caption, nearest_neighbour_captions
+    from .concepts import heads
 
     baselines: dict[str, dict[str, str]] = {}
     if train_references is None:
-        if train_features is not None:
-            raise CaptionerError("the nearest-neighbour baseline needs the training references too")
+        if train_features is not None or test_features is not None:
+            raise CaptionerError("the retrieval baselines need the training references too")
         return baselines
     constant = constant_caption(train_references)
     baselines[CONSTANT] = {i: constant for i in ids}
-    if train_features is not None:
-        from .store import open_features
+    from .store import open_features
 
-        train_store = open_features(train_features) if isinstance(train_features, (str, os.PathLike)) \
-            else train_features
-        test_store = train_store if test_features is None else (
-            open_features(test_features) if isinstance(test_features, (str, os.PathLike)) else test_features)
+    def opened(store):
+        return open_features(store) if isinstance(store, (str, os.PathLike)) else store
+
+    train_store = None if train_features is None else opened(train_features)
+    test_store = train_store if test_features is None else opened(test_features)
+    if train_store is not None:
         baselines[NEAREST] = nearest_neighbour_captions(train_store, train_references, test_store, ids, k=k)
+    if test_store is not None and heads(test_store.provenance):
+        baselines[CONCEPT_RETRIEVAL] = concept_retrieval_captions(train_references, test_store, ids)
     return baselines
 
 
@@ -213,7 +218,8 @@ def evaluate(predictions: Mapping[str, str], references: Mapping[str, Sequence[s
     """Score the model's predictions and the baselines on the ids both files share.
 
     train_references enables the constant-caption baseline; with train_features (a store or its
-    path; test_features defaults to the same store) also the nearest-neighbour baseline.
+    path; test_features defaults to the same store) also the nearest-neighbour baseline; with
+    test features of a concept backbone, the concept-retrieval baseline (no training features needed).
     Pass a `Scorer` to reuse its METEOR process across calls.
     """
     ids = match_ids(predictions, references, predictions_name, references_name)

@@ -175,3 +175,22 @@ def test_training_on_a_concept_store_builds_the_class_word_table(tmp_path, one_t
     words = [[checkpoint.vocab.words[i] for i in row if i != PAD_ID]
              for row in checkpoint.model.concepts.concept_words.tolist()]
     assert words == [["riding", "horse"], ["playing", "guitar"], ["slicing", "tomato"]]
+
+
+def test_concept_retrieval_baseline_finds_the_video_whose_captions_name_the_concepts(tmp_path):
+    from captioner.baselines import concept_retrieval_captions
+    from captioner.evaluate import CONCEPT_RETRIEVAL, baseline_captions
+    from captioner.store import open_features
+
+    classes = ["riding horse", "playing guitar", "slicing tomato"]
+    store = open_features(tmp_path / "test", "a")
+    store.set_provenance({"backbone": "toy_concepts", "feature_dim": 5, "weights_sha256": "0",
+                          "concepts": {"kind": "actions", "offset": 2, "classes": classes}})
+    store.put("t_guitar", np.array([0.3, 0.1, 0.1, 0.8, 0.1], dtype=np.float32))
+    store.put("t_horse", np.array([0.3, 0.1, 0.7, 0.1, 0.2], dtype=np.float32))
+    train = {"a": ["a man is riding a horse", "a person rides a horse"],
+             "b": ["a man is playing a guitar", "someone plays guitar", "a man is playing a guitar"],
+             "c": ["a woman is slicing a tomato"]}
+    assert concept_retrieval_captions(train, store, ["t_guitar", "t_horse"]) == {
+        "t_guitar": "a man is playing a guitar", "t_horse": "a man is riding a horse"}
+    assert CONCEPT_RETRIEVAL in baseline_captions(["t_guitar"], train, test_features=store)
