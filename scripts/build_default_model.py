@@ -18,7 +18,9 @@ with `captioner evaluate`. Model selection: CIDEr on the Flickr8k dev photos.
     python3 scripts/build_default_model.py                       # every step
     python3 scripts/build_default_model.py --steps evaluate      # one step again
 
-Steps: extract, concepts, captions, train, package, evaluate. Each is resumable or cheap to redo.
+Steps: extract, concepts, captions, train, dev, package, evaluate. Each is resumable or cheap to
+redo. `dev` scores the trained model on the held-out clips beside the baselines (`--checkpoint`
+picks another checkpoint, e.g. last.pt while training runs).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ CONFIG = ROOT / "configs" / "default_model.yaml"
 BACKBONE = "efficientnet_lite2_concepts+i3d_concepts"
 IMAGE_MEMBER = "efficientnet_lite2_concepts"
 FRAMES = "uniform:4"  # I3D runs on each point's 16-frame clip: 4 keep a 10-s clip's caption fast
-STEPS = ("extract", "concepts", "captions", "train", "package", "evaluate")
+STEPS = ("extract", "concepts", "captions", "train", "dev", "package", "evaluate")
 # Train-split clips held out with the val-split ones as the video dev set (every 6th by id).
 HELD_OUT_EVERY = 6
 TEXT_CAPTIONS_PER_VIDEO = 12
@@ -100,7 +102,7 @@ def step_concepts(args) -> None:
     """The training stores: photos, clips with video, and text-only videos with derived concepts."""
     import numpy as np
 
-    from captioner.concepts import heads, text_only_vector
+    from captioner.concepts import appearance_mask, heads, text_only_vector
     from captioner.datasets import load_captions
     from captioner.store import open_features
     from captioner.text import tokenize
@@ -135,9 +137,15 @@ def step_concepts(args) -> None:
     padding = np.zeros(feature_dim - image_dim, dtype=np.float32)  # the clip member's zeros
     for vid, vector in zip(flickr_ids, flickr_vectors):
         train.put(vid, np.concatenate([vector, padding]), {"is_image": True, "source": "flickr8k photo"})
-    for store in [train] + [open_features(p, "a") for p in VIEW_STORES]:
-        if store is not train:
-            store.set_provenance(provenance)
+    views = [open_features(p, "a") for p in VIEW_STORES]
+    for view in views:
+        view.set_provenance(provenance)
+    # One view shows the clips without their appearance features: caption-only videos have
+    # none, and this teaches the decoder to read the real heads' concepts on their own.
+    appearance = appearance_mask(feature_dim, concept_heads)
+    for vid, vector in zip(train_ids, clip_vectors):
+        views[0].put(vid, np.where(appearance, 0.0, vector), {"is_image": False, "source": "msvd clip, no appearance"})
+    for store in [train, *views]:
         for vid in text_only:
             vector = text_only_vector(tokens[vid], feature_dim, concept_heads, real, rng)
             store.put(vid, vector, {"is_image": False, "source": "msvd captions only"})
@@ -174,6 +182,34 @@ def step_train(args) -> None:
         shutil.rmtree(run_dir)
     train_from_config(str(CONFIG), [f"run_dir={run_dir}"] + args.set,
                       resume=(run_dir / "last.pt").exists() and args.resume)
+
+
+def step_dev(args) -> None:
+    """Caption the held-out dev clips from their stored features and score them beside the baselines."""
+    from captioner.caption import DEFAULT_LENGTH_PENALTY
+    from captioner.datasets import load_captions
+    from captioner.evaluate import evaluate
+    from captioner.model import load_checkpoint
+    from captioner.store import open_features
+
+    checkpoint = load_checkpoint(args.checkpoint or WORK / "train" / "best.pt")
+    clips = open_features(CLIP_STORE)
+    ids = [c.stem for c in dev_clips()]
+    vectors = clips.pooled_matrix(ids)[1]
+    hyps = checkpoint.model.generate(__import__("torch").from_numpy(vectors), beam_size=args.beam,
+                                     length_penalty=DEFAULT_LENGTH_PENALTY)
+    predictions = {vid: checkpoint.decode(best[0][0]) for vid, best in zip(ids, hyps)}
+    references = {**load_captions(DATA / "msvd" / "captions" / "MSVD_train.tsv"),
+                  **load_captions(DATA / "msvd" / "captions" / "MSVD_val.tsv")}
+    train_refs = {vid: caps for vid, caps in load_captions(DATA / "msvd" / "captions" / "MSVD_train.tsv").items()
+                  if vid not in set(ids)}
+    result = evaluate(predictions, {vid: references[vid] for vid in ids}, train_references=train_refs,
+                      test_features=clips)
+    for system in result.systems:
+        print(f"{system.name:20s} " + "  ".join(f"{m} {system.corpus[m]:.3f}" for m in result.metrics
+                                                if m in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")))
+    for vid in ids:
+        print(f"{vid}\t{predictions[vid]}\t| {references[vid][0]}")
 
 
 def step_package(args) -> None:
@@ -234,6 +270,7 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted training run")
     parser.add_argument("--half", action="store_true", help="package the weights in float16 (half the size)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="dev step: the checkpoint to score")
     parser.add_argument("--set", action="append", default=[], help="training config override")
     args = parser.parse_args()
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
