@@ -244,7 +244,7 @@ table { border-collapse: collapse; margin: 0.5em 0; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; text-align: left; }
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.published td { color: #555; font-style: italic; }
-td.captions { min-width: 22em; } .caption { font-weight: 600; } .baseline { color: #555; font-size: 0.9em; }
+td.captions { min-width: 22em; } .caption { font-weight: 600; } .concepts { color: #2a5d8f; font-size: 0.85em; } .baseline { color: #555; font-size: 0.9em; }
 .note { color: #666; font-size: 0.9em; } img.plot { max-width: 100%; }
 details summary { cursor: pointer; color: #0366d6; } ol.refs { margin: 0.3em 0; padding-left: 1.5em; }
 """
@@ -268,7 +268,7 @@ def _examples(evaluation: Evaluation) -> tuple[list[str], list[str]]:
 
 
 def _html(evaluation: Evaluation, title: str, plots: dict[str, bytes], strips: dict, stats: dict,
-          notes: list[str]) -> str:
+          notes: list[str], concepts: Mapping | None = None) -> str:
     e = html.escape
     metrics = evaluation.metrics
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -297,8 +297,8 @@ def _html(evaluation: Evaluation, title: str, plots: dict[str, bytes], strips: d
     best, worst = _examples(evaluation)
     metric = ranking_metric(evaluation)
     out.append(f"<h2>Best and worst videos (by {e(metric)})</h2>")
-    out += ["<h3>Best</h3>", _video_table(evaluation, best, strips), "<h3>Worst</h3>",
-            _video_table(evaluation, worst, strips)]
+    out += ["<h3>Best</h3>", _video_table(evaluation, best, strips, concepts), "<h3>Worst</h3>",
+            _video_table(evaluation, worst, strips, concepts)]
 
     captions = {"scores": "Per-video scores", "lengths": "Caption length: predictions vs references",
                 "vocabulary": "Vocabulary and copying", "training": "Training curves"}
@@ -307,12 +307,47 @@ def _html(evaluation: Evaluation, title: str, plots: dict[str, bytes], strips: d
         out.append(f'<h3>{e(captions[key])}</h3><img class="plot" alt="{e(captions[key])}" '
                    f'src="{_data_uri(png, "image/png")}">')
 
-    out += [f"<h2>All videos ({len(evaluation.ids)})</h2>", _video_table(evaluation, evaluation.ids, strips),
+    out += [f"<h2>All videos ({len(evaluation.ids)})</h2>", _video_table(evaluation, evaluation.ids, strips, concepts),
             "</body></html>"]
     return "\n".join(out)
 
 
-def _video_table(evaluation: Evaluation, ids: Sequence[str], strips: dict) -> str:
+def _concepts_html(concepts: Mapping | None) -> str:
+    """What the heads recognised in one video, most probable first: why the model said what it said."""
+    if not concepts:
+        return ""
+    e = html.escape
+    parts = [f"{e(kind)}: " + ", ".join(f"{e(c['name'])} {c['p']:.2f}" for c in found[:3])
+             for kind, found in concepts.items() if found]
+    return f'<div class="concepts">{"; ".join(parts)}</div>' if parts else ""
+
+
+def prediction_concepts(predictions: str | os.PathLike, test_features=None) -> dict[str, dict]:
+    """Per video, the top concepts: from `captioner caption --json` lines that carry them, else
+    from the test features where they come from a concept backbone."""
+    found: dict[str, dict] = {}
+    path = Path(predictions)
+    if path.suffix.lower() == ".jsonl":
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # read_predictions has already said what is wrong with the file
+            if isinstance(record, dict) and isinstance(record.get("concepts"), dict) and record.get("id") is not None:
+                found[str(record["id"])] = record["concepts"]
+    if not found and test_features is not None:
+        from .concepts import heads, top_concepts
+        from .store import open_features
+
+        store = open_features(test_features) if isinstance(test_features, (str, os.PathLike)) else test_features
+        concept_heads = heads(store.provenance)
+        if concept_heads:
+            ids = store.ids()
+            found = {vid: top_concepts(vector, concept_heads) for vid, vector in zip(ids, store.pooled_matrix(ids)[1])}
+    return found
+
+
+def _video_table(evaluation: Evaluation, ids: Sequence[str], strips: dict, concepts: Mapping | None = None) -> str:
     e = html.escape
     metrics = evaluation.metrics
     rows = ["<table><tr><th>video</th><th>captions</th>" + "".join(f"<th>{e(m)}</th>" for m in metrics) + "</tr>"]
@@ -330,7 +365,8 @@ def _video_table(evaluation: Evaluation, ids: Sequence[str], strips: dict) -> st
         references = evaluation.references[video_id]
         refs = "".join(f"<li>{e(r)}</li>" for r in references)
         rows.append(f"<tr><td><code>{e(video_id)}</code><br>{frames}</td>"
-                    f'<td class="captions"><div class="caption">{e(model.captions[video_id])}</div>{baselines}'
+                    f'<td class="captions"><div class="caption">{e(model.captions[video_id])}</div>'
+                    f"{_concepts_html((concepts or {}).get(video_id))}{baselines}"
                     f"<details><summary>{len(references)} references</summary><ol class=\"refs\">{refs}</ol>"
                     "</details></td>"
                     + "".join(f'<td class="num">{_fmt(model.per_video[video_id][m])}</td>' for m in metrics)
@@ -370,8 +406,11 @@ def _markdown(evaluation: Evaluation, title: str, plot_files: dict[str, str], st
 
 def write_report(evaluation: Evaluation, out_dir: str | os.PathLike, *, videos: str | os.PathLike | None = None,
                  run: str | os.PathLike | None = None, train_references: Mapping[str, Sequence[str]] | None = None,
-                 title: str | None = None, progress: bool = True) -> dict[str, Path]:
-    """Write report.html, report.md (+ plots/) and report.json for an evaluation; returns their paths."""
+                 title: str | None = None, progress: bool = True,
+                 concepts: Mapping[str, dict] | None = None) -> dict[str, Path]:
+    """Write report.html, report.md (+ plots/) and report.json for an evaluation; returns their paths.
+
+    `concepts`: per video, what the backbones' heads recognised (`prediction_concepts`)."""
     out = Path(out_dir)
     title = title or "Video captioning evaluation"
     notes = [f"{len(evaluation.ids)} videos scored"
@@ -400,13 +439,14 @@ def write_report(evaluation: Evaluation, out_dir: str | os.PathLike, *, videos: 
         (out / "plots" / f"{key}.png").write_bytes(png)
         plot_files[key] = f"plots/{key}.png"
     paths = {"html": out / "report.html", "markdown": out / "report.md", "json": out / "report.json"}
-    paths["html"].write_text(_html(evaluation, title, plots, strips, stats, notes), encoding="utf-8")
+    paths["html"].write_text(_html(evaluation, title, plots, strips, stats, notes, concepts), encoding="utf-8")
     paths["markdown"].write_text(_markdown(evaluation, title, plot_files, stats, notes), encoding="utf-8")
     if curves is not None:  # JSON has no NaN: an epoch without validation is null
         curves = {k: [None if math.isnan(v) else v for v in values] for k, values in curves.items()}
     report = {"title": title, **evaluation.to_dict(),
               "caption_stats": {name: vars(s) for name, s in stats.items()},
-              "published": PUBLISHED_MSVD, "training_curves": curves}
+              "published": PUBLISHED_MSVD, "training_curves": curves,
+              "concepts": {i: concepts[i] for i in evaluation.ids if i in concepts} if concepts else None}
     paths["json"].write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return paths
 
@@ -426,4 +466,4 @@ def report_files(predictions: str | os.PathLike, references: str | os.PathLike, 
                           train_features=train_features, test_features=test_features, k=k,
                           predictions_name=str(predictions), references_name=str(references))
     return write_report(evaluation, out_dir, videos=videos, run=run, train_references=train_refs, title=title,
-                        progress=progress)
+                        progress=progress, concepts=prediction_concepts(predictions, test_features or train_features))

@@ -194,3 +194,19 @@ def test_concept_retrieval_baseline_finds_the_video_whose_captions_name_the_conc
     assert concept_retrieval_captions(train, store, ["t_guitar", "t_horse"]) == {
         "t_guitar": "a man is playing a guitar", "t_horse": "a man is riding a horse"}
     assert CONCEPT_RETRIEVAL in baseline_captions(["t_guitar"], train, test_features=store)
+
+
+def test_report_shows_the_concepts_that_caption_json_carries(tmp_path):
+    import json
+
+    from captioner.report import _concepts_html, prediction_concepts
+
+    concepts = {"actions": [{"name": "motorcycling", "p": 0.72}], "objects": [{"name": "moped", "p": 0.38}]}
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text(json.dumps({"path": "x/klte.avi", "id": "klte", "caption": "a man is riding a motorcycle",
+                                       "concepts": concepts}) + "\n" + json.dumps({"id": "other", "caption": "c"}) + "\n")
+    found = prediction_concepts(predictions)
+    assert found == {"klte": concepts}
+    shown = _concepts_html(found["klte"])
+    assert "motorcycling 0.72" in shown and "moped 0.38" in shown
+    assert _concepts_html(None) == "" and _concepts_html({"actions": []}) == ""
