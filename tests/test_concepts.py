@@ -210,3 +210,30 @@ def test_report_shows_the_concepts_that_caption_json_carries(tmp_path):
     shown = _concepts_html(found["klte"])
     assert "motorcycling 0.72" in shown and "moped 0.38" in shown
     assert _concepts_html(None) == "" and _concepts_html({"actions": []}) == ""
+
+
+# ----------------------------------------------------------------------------- concept backbones
+@pytest.mark.slow
+def test_concept_backbones_name_what_a_real_clip_shows_and_a_still_has_no_actions(msvd_clips, data_dir):
+    from captioner import backbones
+    from captioner.video import Sampling, decode
+
+    model = backbones.create("efficientnet_lite2_concepts+i3d_concepts")
+    assert model.feature_dim == 1280 + 1000 + 400
+    objects, actions = heads(model.provenance())
+    (clip,) = [p for p in msvd_clips if p.stem == "klteYv1Uv9A_27_33"]  # a man riding a motorcycle
+    decoded = decode(clip, Sampling.parse("uniform:2"), short_side=model.decode_short_side, clip_len=model.clip_len)
+    pooled = model.features(torch.from_numpy(decoded.frames)).mean(0).numpy()
+    for head in (objects, actions):
+        assert pooled[head.start:head.end].sum() == pytest.approx(1.0, abs=1e-4)
+    top = top_concepts(pooled, [objects, actions], k=5)
+    assert "motorcycling" in [c["name"] for c in top["actions"]][:2]
+    assert {"moped", "motor scooter", "crash helmet"} & {c["name"] for c in top["objects"]}
+
+    photo = data_dir / "flickr8k" / "images" / "1000268201_693b08cb0e.jpg"
+    still = decode(photo, Sampling.parse("uniform:2"), short_side=model.decode_short_side, clip_len=model.clip_len)
+    vector = model.features(torch.from_numpy(still.frames)).mean(0).numpy()
+    assert not vector[actions.start:actions.end].any()  # no motion, no action
+    alone = backbones.create("efficientnet_lite2_concepts")
+    image_part = alone.features(torch.from_numpy(still.frames[:, 0])).mean(0).numpy()
+    np.testing.assert_allclose(vector[:actions.start], image_part, atol=1e-4)
