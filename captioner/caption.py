@@ -107,7 +107,7 @@ class Captioner:
                          clip_len=self.backbone.clip_len)
         t1 = time.perf_counter()
         frames = torch.from_numpy(decoded.frames).to(self.device)
-        features = self.backbone.features(frames).float().mean(0)
+        features = self.backbone.features(frames, still=decoded.info.is_image).float().mean(0)
         if self.device == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()

@@ -234,6 +234,9 @@ def test_concept_backbones_name_what_a_real_clip_shows_and_a_still_has_no_action
     still = decode(photo, Sampling.parse("uniform:2"), short_side=model.decode_short_side, clip_len=model.clip_len)
     vector = model.features(torch.from_numpy(still.frames)).mean(0).numpy()
     assert not vector[actions.start:actions.end].any()  # no motion, no action
+    # Told it is a photo, the combination skips I3D and gives the same vector.
+    np.testing.assert_allclose(model.features(torch.from_numpy(still.frames), still=True).mean(0).numpy(), vector,
+                               atol=1e-5)
     alone = backbones.create("efficientnet_lite2_concepts")
     image_part = alone.features(torch.from_numpy(still.frames[:, 0])).mean(0).numpy()
     np.testing.assert_allclose(vector[:actions.start], image_part, atol=1e-4)

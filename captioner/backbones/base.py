@@ -89,9 +89,15 @@ class Backbone(torch.nn.Module):
         """Both outputs of one preprocessed batch; families override it to run the trunk once."""
         return self(x), self.logits(x)
 
+    # A backbone whose output for a still input (a photo) is zeros by definition, so it need not
+    # run on one (the actions of a clip concept backbone: no motion, no action).
+    zero_on_still = False
+
     @torch.inference_mode()
-    def features(self, frames_uint8: torch.Tensor) -> torch.Tensor:
-        """(N, feature_dim) float32 features of uint8 frames or clips."""
+    def features(self, frames_uint8: torch.Tensor, still: bool = False) -> torch.Tensor:
+        """(N, feature_dim) float32 features of uint8 frames or clips; `still`: the input is a photo."""
+        if still and self.zero_on_still:
+            return torch.zeros(len(frames_uint8), self.feature_dim, device=self.device)
         x = self.preprocess(frames_uint8)
         with self.autocast():
             return self(x).float()

@@ -50,6 +50,21 @@ class CombinedBackbone(Backbone):
             return frames.transpose(1, 2).contiguous()
         return frames.contiguous(memory_format=torch.channels_last)
 
+    @torch.inference_mode()
+    def features(self, frames_uint8: torch.Tensor, still: bool = False) -> torch.Tensor:
+        """As Backbone.features; for a still input, members that give zeros on one are not run."""
+        if not (still and any(m.zero_on_still for m in self.members)):
+            return super().features(frames_uint8)
+        x = self.preprocess(frames_uint8)
+        parts = []
+        with self.autocast():
+            for member in self.members:
+                if member.zero_on_still:
+                    parts.append(torch.zeros(len(x), member.feature_dim, device=x.device))
+                else:
+                    parts.append(member(self._member_input(member, x)).float())
+        return torch.cat(parts, dim=1)
+
     def fold_batchnorm(self) -> "CombinedBackbone":
         for member in self.members:
             member.fold_batchnorm()
