@@ -240,3 +240,23 @@ def test_concept_backbones_name_what_a_real_clip_shows_and_a_still_has_no_action
     alone = backbones.create("efficientnet_lite2_concepts")
     image_part = alone.features(torch.from_numpy(still.frames[:, 0])).mean(0).numpy()
     np.testing.assert_allclose(vector[:actions.start], image_part, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- the shipped model
+@pytest.mark.slow
+def test_default_model_captions_the_test_clips_fluently_and_differently(msvd_clips):
+    from conftest import MSVD_TEST_CLIPS, msvd_vid_numbers
+
+    from captioner.caption import Captioner
+
+    vids = msvd_vid_numbers()
+    test_clips = [c for c in msvd_clips if vids[c.stem] in MSVD_TEST_CLIPS]
+    captioner = Captioner.load()
+    assert heads(captioner.checkpoint.provenance)  # the shipped model reads concepts
+    captions = [captioner.caption(clip).caption for clip in test_clips]
+    assert len(test_clips) == 9
+    for caption in captions:
+        words = caption.split()
+        assert words and "<unk>" not in words
+        assert all(a != b for a, b in zip(words, words[1:]))
+    assert len(set(captions)) >= 5, captions
