@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 import sys
 import tempfile
 import warnings
-import zlib
 from pathlib import Path
 
 import av
@@ -424,19 +422,6 @@ def test_repeated_decoding_does_not_grow_memory(msvd_clips):
 
 
 # ----------------------------------------------------------------------------- frame size bounds
-def blank_png(path: Path, width: int, height: int) -> Path:
-    """A black greyscale PNG of any size in a few bytes (zero rows compress to almost nothing)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    compressor = zlib.compressobj(9)
-    row = b"\0" * (1 + width)  # a filter byte, then the pixels
-    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
-    return path
-
-
 def run_measuring_peak_rss(args: list[str]) -> tuple[int, str, str, float]:
     """(exit code, stdout, stderr, peak resident memory in MB) of one child process."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -457,11 +442,12 @@ def model_argument(request) -> str:
 @pytest.mark.timeout(600)
 def test_huge_or_elongated_inputs_are_refused_before_decoding(tmp_path, model_argument):
     """Tiny files that decode to huge frames: one line each, and no more memory than a normal photo."""
-    hostile = [blank_png(tmp_path / "wide.png", 12000, 1),  # 84 bytes; took 3 GB before the bound
-               blank_png(tmp_path / "huge.png", 13000, 13000),  # 164 KB; took 2.8 GB and warned on stderr
+    hostile = [media.blank_png(tmp_path / "wide.png", 12000, 1),  # 84 bytes; took 3 GB before the bound
+               media.blank_png(tmp_path / "huge.png", 13000, 13000),  # 164 KB; took 2.8 GB and warned on stderr
                media.synthetic_video(tmp_path / "wide.mp4", frames=2, width=1000, height=2)]  # took 2 GB
     caption = [sys.executable, "-m", "captioner.cli", "caption", "--model", model_argument]
-    code, _, err, normal_peak = run_measuring_peak_rss(caption + [str(blank_png(tmp_path / "normal.png", 640, 480))])
+    normal = media.blank_png(tmp_path / "normal.png", 640, 480)
+    code, _, err, normal_peak = run_measuring_peak_rss(caption + [str(normal)])
     assert code == 0, err
     code, out, err, hostile_peak = run_measuring_peak_rss(caption + [str(path) for path in hostile])
     print(f"peak RSS: {normal_peak:.0f} MB for a 640x480 photo, {hostile_peak:.0f} MB for the refused inputs")
@@ -477,16 +463,16 @@ def test_huge_or_elongated_inputs_are_refused_before_decoding(tmp_path, model_ar
 
 
 def test_frame_size_bounds_hold_at_their_edges_and_can_be_changed(tmp_path, monkeypatch):
-    assert decode(blank_png(tmp_path / "20to1.png", 400, 20), "uniform:1").frames.shape == (1, 20, 400, 3)
+    assert decode(media.blank_png(tmp_path / "20to1.png", 400, 20), "uniform:1").frames.shape == (1, 20, 400, 3)
     with pytest.raises(CaptionerError, match="aspect ratio of 20.5:1 is more than the 20:1"):
-        decode(blank_png(tmp_path / "20.5to1.png", 41, 2))
+        decode(media.blank_png(tmp_path / "20.5to1.png", 41, 2))
     video = media.synthetic_video(tmp_path / "tall.mkv", frames=2, width=16, height=320)
     assert probe(video).height == 320
     monkeypatch.setenv("CAPTIONER_MAX_ASPECT_RATIO", "10")
     with pytest.raises(CaptionerError, match="16x320 pixels: an aspect ratio of 20:1 is more than the 10:1"):
         probe(video)
     monkeypatch.setenv("CAPTIONER_MAX_ASPECT_RATIO", "1")
-    assert probe(blank_png(tmp_path / "square.png", 30, 30)).width == 30
+    assert probe(media.blank_png(tmp_path / "square.png", 30, 30)).width == 30
     monkeypatch.setenv("CAPTIONER_MAX_MEGAPIXELS", "0.0005")
     with pytest.raises(CaptionerError, match="30x30 pixels: 0.0009 megapixels is more than the 0.0005"):
         probe(tmp_path / "square.png")
@@ -495,7 +481,7 @@ def test_frame_size_bounds_hold_at_their_edges_and_can_be_changed(tmp_path, monk
     monkeypatch.setenv("CAPTIONER_MAX_MEGAPIXELS", "0.002")  # a bound raised on purpose is raised for PIL too
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert probe(blank_png(tmp_path / "big.png", 40, 40)).width == 40
+        assert probe(media.blank_png(tmp_path / "big.png", 40, 40)).width == 40
     for variable, value in [("CAPTIONER_MAX_MEGAPIXELS", "0"), ("CAPTIONER_MAX_ASPECT_RATIO", "0.5"),
                             ("CAPTIONER_MAX_ASPECT_RATIO", "wide")]:
         monkeypatch.setenv(variable, value)
