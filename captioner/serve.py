@@ -57,6 +57,7 @@ log = logging.getLogger("captioner.serve")
 
 FORM_SLACK = 64 * 1024  # multipart boundaries, part headers and the small form fields around the file
 SNIFF_BYTES = 512  # enough for every signature in `sniff_media`
+MAX_BOUNDARY = 70  # multipart boundary length, by RFC 2046; python-multipart fails on longer ones its own way
 MAX_SEGMENTS = 200  # windows per request: each one is a full backbone pass
 MAX_KEYFRAMES = 12
 MAX_BEAM = 10
@@ -237,9 +238,6 @@ async def _disconnected(request: Request) -> None:
 
 def _body_too_large(limits: ServeLimits) -> HTTPException:
     return HTTPException(413, f"request body is larger than the {limits.max_upload_mb:g} MB this server accepts")
-
-
-MAX_BOUNDARY = 70  # RFC 2046; python-multipart refuses longer ones with an exception of its own
 
 
 async def receive_upload(request: Request, folder: Path, limits: ServeLimits) -> Upload:
