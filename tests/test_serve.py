@@ -543,7 +543,8 @@ def test_client_leaving_cancels_its_waiting_and_running_jobs(make_app, model, tm
 
 
 @pytest.mark.timeout(900)
-def test_sigterm_removes_the_upload_folder(model, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_stopping_the_server_removes_the_upload_folder(model, tmp_path, stop):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -560,7 +561,7 @@ def test_sigterm_removes_the_upload_folder(model, tmp_path):
 
         assert _wait_until(serving, seconds=500)  # start-up takes minutes on a loaded machine
         assert len(list(tmp_path.glob("captioner-serve-*"))) == 1
-        server.send_signal(signal.SIGTERM)
+        server.send_signal(stop)
         server.wait(timeout=60)
     finally:
         if server.poll() is None:
