@@ -399,21 +399,40 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-upload-mb", type=float, default=100.0, metavar="N",
                    help="largest accepted upload in MB (default %(default)g); larger ones get HTTP 413")
     p.add_argument("--queue", type=int, default=4, metavar="N",
-                   help="requests admitted at once, captioning or waiting (default %(default)s); "
-                        "more get HTTP 503")
+                   help="uploaded videos waiting for or being captioned (default %(default)s); more get HTTP 503")
+    p.add_argument("--uploads", type=int, default=16, metavar="N",
+                   help="uploads in progress at once (default %(default)s); more get HTTP 503")
+    p.add_argument("--upload-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="time a client may take to send its whole upload (default %(default)g); then HTTP 408")
+    p.add_argument("--idle-timeout", type=float, default=15.0, metavar="SECONDS",
+                   help="time a client may pause in the middle of an upload (default %(default)g); then HTTP 408")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (e.g. https://example.org) whose pages may post videos here; repeatable. "
+                        "Posts from other sites' pages get HTTP 403")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(handler=_run_serve)
 
 
 def _run_serve(args) -> int:
+    from urllib.parse import urlsplit
+
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
-    if not args.max_upload_mb > 0 or args.queue < 1:
-        raise UsageError("--max-upload-mb must be positive and --queue at least 1")
-    from .serve import serve
+    if not args.max_upload_mb > 0 or args.queue < 1 or args.uploads < 1:
+        raise UsageError("--max-upload-mb must be positive and --queue and --uploads at least 1")
+    if not (args.upload_timeout > 0 and args.idle_timeout > 0):
+        raise UsageError("--upload-timeout and --idle-timeout must be positive numbers of seconds")
+    for origin in args.allow_origin:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or origin != f"{parts.scheme}://{parts.netloc}":
+            raise UsageError(f"--allow-origin takes an origin such as https://example.org:8443 "
+                             f"(scheme, host and port only), got {origin!r}")
+    from .serve import ServeLimits, serve
 
-    serve(model=args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, queue=args.queue,
-          device=args.device)
+    limits = ServeLimits(max_upload_mb=args.max_upload_mb, queue=args.queue, uploads=args.uploads,
+                         upload_timeout=args.upload_timeout, idle_timeout=args.idle_timeout,
+                         allow_origins=tuple(args.allow_origin))
+    serve(model=args.model, host=args.host, port=args.port, limits=limits, device=args.device)
     return 0
 
 

@@ -11,9 +11,18 @@
 Uploads are untrusted, so the body is read by hand rather than by a form parser that spools it
 first: the size limit holds whatever Content-Length says (413 as soon as it is passed), the
 type comes from the file's first bytes (415), and the file lives under a generated name in a
-private folder that is removed when the request ends, however it ends. One worker thread runs
-the model; a bounded number of jobs may be admitted (uploading, waiting or running) and the rest
-get 503 at once, so a burst of requests costs neither memory nor disk beyond that bound.
+private folder that is removed when the request ends, however it ends. A body must arrive
+within a time limit and without long pauses (408), so slow senders cannot hold the server.
+
+Uploads in progress and jobs (waiting for or using the one model thread) are bounded apart:
+an upload takes an upload slot, and only a finished upload takes a job slot, so clients that
+upload slowly never keep finished uploads from being captioned. Requests over either bound get
+503 at once, so a burst costs neither memory nor disk beyond them. A job whose client has gone
+is dropped from the queue, or stopped at its next segment if it is running.
+
+Browsers send any page's form posts to any server, this one included; so a POST whose Origin is
+not this server's own, or one of --allow-origin, is refused (403), and a server on a loopback
+address answers only requests addressed to a loopback name (which defeats DNS rebinding).
 """
 
 from __future__ import annotations
@@ -27,12 +36,15 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from urllib.parse import urlsplit
 
 import anyio
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
@@ -45,6 +57,7 @@ log = logging.getLogger("captioner.serve")
 
 FORM_SLACK = 64 * 1024  # multipart boundaries, part headers and the small form fields around the file
 SNIFF_BYTES = 512  # enough for every signature in `sniff_media`
+MAX_BOUNDARY = 70  # multipart boundary length, by RFC 2046; python-multipart fails on longer ones its own way
 MAX_SEGMENTS = 200  # windows per request: each one is a full backbone pass
 MAX_KEYFRAMES = 12
 MAX_BEAM = 10
@@ -53,8 +66,12 @@ MAX_BEAM = 10
 @dataclass
 class ServeLimits:
     max_upload_mb: float = 100.0
-    queue: int = 4  # jobs admitted at once (uploading, waiting or captioning); more get 503
-    upload_timeout: float = 600.0  # seconds a client may take to send its body (slow senders hold a job slot)
+    queue: int = 4  # finished uploads waiting for or being captioned; more get 503
+    uploads: int = 16  # uploads in progress at once, which bounds the disk they take; more get 503
+    # Seconds a client may take to send its whole body: 100 MB in 120 s needs 7 Mbit/s.
+    upload_timeout: float = 120.0
+    idle_timeout: float = 15.0  # seconds a client may send nothing in the middle of its body
+    allow_origins: tuple[str, ...] = ()  # web origins besides the server's own that may post jobs
 
     @property
     def max_upload_bytes(self) -> int:
@@ -209,30 +226,54 @@ class _MultipartUpload:
         self._head = bytearray()
 
 
+def _busy() -> HTTPException:
+    return HTTPException(503, "the server is busy (queue full); try again shortly", headers={"Retry-After": "5"})
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (call once the body has been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _body_too_large(limits: ServeLimits) -> HTTPException:
     return HTTPException(413, f"request body is larger than the {limits.max_upload_mb:g} MB this server accepts")
 
 
 async def receive_upload(request: Request, folder: Path, limits: ServeLimits) -> Upload:
-    """Read the multipart body into `folder`, enforcing the size limit while reading."""
+    """Read the multipart body into `folder`, enforcing the size and time limits while reading."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or not options.get(b"boundary"):
         raise HTTPException(415, "send the video as multipart/form-data with the field 'file'")
-    reader = _MultipartUpload(options[b"boundary"], folder, limits.max_upload_bytes)
+    boundary = options[b"boundary"]
+    if len(boundary) > MAX_BOUNDARY:
+        raise HTTPException(400, f"malformed multipart body (a boundary of {len(boundary)} characters; "
+                                 f"at most {MAX_BOUNDARY} are allowed)")
+    reader = _MultipartUpload(boundary, folder, limits.max_upload_bytes)
     body_limit = limits.max_upload_bytes + FORM_SLACK
     received = 0
+    deadline = time.monotonic() + limits.upload_timeout
+    chunks = request.stream().__aiter__()
     try:
-        with anyio.fail_after(limits.upload_timeout):
-            async for chunk in request.stream():
-                received += len(chunk)
-                # The file part's own count gives the exact message; this bounds a lying sender
-                # that wraps the bytes in a part we skip.
-                if received > body_limit:
-                    raise _body_too_large(limits)
-                reader.write(chunk)
+        while True:
+            wait = min(limits.idle_timeout, deadline - time.monotonic())
+            try:
+                with anyio.fail_after(max(wait, 0.0)):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                if wait < limits.idle_timeout:
+                    raise HTTPException(408, f"the upload took longer than {limits.upload_timeout:g} s") from None
+                raise HTTPException(408, f"the upload stalled: nothing arrived for {limits.idle_timeout:g} s") \
+                    from None
+            received += len(chunk)
+            # The file part's own count gives the exact message; this bounds a lying sender
+            # that wraps the bytes in a part we skip.
+            if received > body_limit:
+                raise _body_too_large(limits)
+            reader.write(chunk)
         reader.parser.finalize()
-    except TimeoutError:
-        raise HTTPException(408, f"upload took longer than {limits.upload_timeout:g} s") from None
     except ClientDisconnect:
         raise HTTPException(400, "the client went away during the upload") from None
     except ValueError as error:  # python-multipart's malformed-body errors derive from ValueError
@@ -287,18 +328,32 @@ def keyframe_images(path: Path, count: int, short_side: int = 128) -> list[dict]
     return images
 
 
-def caption_upload(captioner: Captioner, upload: Upload, params: JobParams) -> dict:
-    """Caption one stored upload: what `captioner caption --json` prints, plus keyframes and subtitles."""
+class JobCancelled(Exception):
+    """The client went away, so nobody wants this job's answer."""
+
+
+def caption_upload(captioner: Captioner, upload: Upload, params: JobParams,
+                   cancelled: threading.Event | None = None) -> dict:
+    """Caption one stored upload: what `captioner caption --json` prints, plus keyframes and subtitles.
+
+    Raises JobCancelled at the next step (segment window) after `cancelled` is set.
+    """
     from .video import probe
 
+    def check(_done: int = 0, _total: int = 0) -> None:
+        if cancelled is not None and cancelled.is_set():
+            raise JobCancelled
+
+    check()
     if params.segments is not None:
         duration = probe(upload.path).duration
         if len(segment_windows(duration, params.segments)) > MAX_SEGMENTS:
             raise CaptionerError(f"{params.segments:g}-second segments would cut this {duration:.0f}-second video "
                                  f"into more than {MAX_SEGMENTS} windows; choose longer segments")
-    result = captioner.caption(upload.path, beam=params.beam, n_best=3, segments=params.segments)
+    result = captioner.caption(upload.path, beam=params.beam, n_best=3, segments=params.segments, progress=check)
     response = result.to_dict()
     response.update(path=upload.name, id=PurePosixPath(upload.name).stem)
+    check()
     if params.keyframes:
         response["keyframes"] = keyframe_images(upload.path, params.keyframes)
     if result.segments is not None:  # written by the same code as `captioner caption --srt/--vtt`
@@ -310,12 +365,15 @@ def caption_upload(captioner: Captioner, upload: Upload, params: JobParams) -> d
 
 
 class JobSlots:
-    """A counter of admitted jobs; threads (TestClient) and the event loop may both touch it."""
+    """A counter of admitted requests; threads (TestClient) and the event loop may both touch it."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self.active = 0
         self._lock = threading.Lock()
+
+    def full(self) -> bool:
+        return self.active >= self.limit
 
     def try_acquire(self) -> bool:
         with self._lock:
@@ -332,11 +390,13 @@ class JobSlots:
 # ----------------------------------------------------------------------------- the app
 _ERRORS = {
     400: {"description": "malformed request"},
-    408: {"description": "the upload took too long"},
+    403: {"description": "posted from a web page of another origin (see --allow-origin), or to a host name "
+                         "that is not this loopback server's"},
+    408: {"description": "the upload took too long, or stalled"},
     413: {"description": "the file is larger than --max-upload-mb"},
     415: {"description": "not a video or image by its content, or not multipart/form-data"},
     422: {"description": "bad parameters, or a file that cannot be decoded (the captioner's one-line message)"},
-    503: {"description": "the queue is full; retry later"},
+    503: {"description": "too many uploads or jobs at once; retry later"},
 }
 _UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {
@@ -350,20 +410,55 @@ _PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsa
                 "media-src blob:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _origin_refusal(request: Request, allowed: tuple[str, ...], loopback_only: bool) -> str | None:
+    """Why a browser on another site may not post this request, or None when it may."""
+    host = request.headers.get("host", "")
+    if loopback_only and (urlsplit(f"//{host}").hostname or "").lower() not in LOOPBACK_HOSTS:
+        return f"this server answers requests to {', '.join(LOOPBACK_HOSTS)} only, not to {host!r}"
+    origin = request.headers.get("origin")
+    if origin is None or origin in allowed:  # no Origin: not sent by a web page (curl, scripts)
+        return None
+    if origin.lower() == f"{request.url.scheme}://{host}".lower():
+        return None
+    return (f"posting from the web page of {origin} is refused; start the server with --allow-origin {origin} "
+            "to allow it")
+
+
 def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_dir: str | Path | None = None,
-               executor: ThreadPoolExecutor | None = None) -> FastAPI:
-    """The web app around a loaded captioner; uploads go to private job folders under `upload_dir`."""
+               executor: ThreadPoolExecutor | None = None, loopback_only: bool = False) -> FastAPI:
+    """The web app around a loaded captioner; uploads go to private job folders under `upload_dir`.
+
+    Without `upload_dir` the app makes a temporary one and removes it when it shuts down.
+    `loopback_only`: answer requests addressed to loopback names only (for a server on 127.0.0.1).
+    """
     limits = limits or ServeLimits()
+    owns_upload_dir = upload_dir is None
     upload_dir = Path(upload_dir) if upload_dir is not None else Path(tempfile.mkdtemp(prefix="captioner-serve-"))
     upload_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner")  # one model, one job
-    slots = JobSlots(limits.queue)
+    slots, upload_slots = JobSlots(limits.queue), JobSlots(limits.uploads)
     page = resources.files("captioner").joinpath("web/index.html").read_text(encoding="utf-8")
 
+    @asynccontextmanager
+    async def lifespan(_app):
+        try:
+            yield
+        finally:
+            # Here, not only after uvicorn.run returns: on SIGTERM uvicorn shuts the app down, then
+            # re-raises the signal, which ends the process before any code after it runs.
+            if owns_upload_dir:
+                shutil.rmtree(upload_dir, ignore_errors=True)
+
     # No /docs or /redoc: FastAPI loads Swagger UI from a CDN, which an offline page cannot reach.
-    app = FastAPI(title="video-captioner", version=__version__, docs_url=None, redoc_url=None,
+    app = FastAPI(title="video-captioner", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Caption a video: one English sentence, its n-best alternatives and timed captions.")
-    app.state.upload_dir, app.state.slots, app.state.executor = upload_dir, slots, executor
+    app.state.upload_dir, app.state.slots, app.state.upload_slots = upload_dir, slots, upload_slots
+    app.state.executor = executor
+    if limits.allow_origins:  # lets those pages read the answers too
+        app.add_middleware(CORSMiddleware, allow_origins=list(limits.allow_origins), allow_methods=["GET", "POST"])
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
@@ -374,7 +469,8 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
     def health() -> dict:
         """Which model answers, and how many jobs are admitted out of how many."""
         return {"status": "ok", "model": captioner.model_id, "device": captioner.device,
-                "jobs": slots.active, "queue": slots.limit, "max_upload_mb": limits.max_upload_mb}
+                "jobs": slots.active, "queue": slots.limit, "uploads": upload_slots.active,
+                "max_uploads": upload_slots.limit, "max_upload_mb": limits.max_upload_mb}
 
     @app.post("/api/caption", responses=_ERRORS, openapi_extra=_UPLOAD_SCHEMA)
     async def caption(request: Request) -> dict:
@@ -384,34 +480,56 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
         started); total runs from the request's arrival through upload, queue and captioning.
         """
         arrived = time.perf_counter()
+        refusal = _origin_refusal(request, limits.allow_origins, loopback_only)
+        if refusal is not None:
+            raise HTTPException(403, refusal)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limits.max_upload_bytes + FORM_SLACK:
             raise _body_too_large(limits)
-        if not slots.try_acquire():
-            raise HTTPException(503, "the server is busy (queue full); try again shortly",
-                                headers={"Retry-After": "5"})
+        if slots.full() or not upload_slots.try_acquire():  # full now: spare the client the upload
+            raise _busy()
         job_dir = Path(tempfile.mkdtemp(prefix="job-", dir=upload_dir))
 
         def finish(_future=None) -> None:
             shutil.rmtree(job_dir, ignore_errors=True)
             slots.release()
 
-        submitted = False
         try:
             upload = await receive_upload(request, job_dir, limits)
             params = JobParams.from_fields(upload.fields)
-            future = executor.submit(caption_upload, captioner, upload, params)
-            # The job owns its folder and slot until it ends, even if this request is cancelled
-            # meanwhile; this callback runs before the awaiting request is woken.
-            future.add_done_callback(finish)
-            submitted = True
-            try:
-                response = await asyncio.wrap_future(future)
-            except CaptionerError as error:
-                raise HTTPException(422, f"{upload.name}: {error.reason}") from None
+            if not slots.try_acquire():
+                raise _busy()
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
         finally:
-            if not submitted:
-                finish()
+            upload_slots.release()
+
+        cancelled = threading.Event()
+        try:
+            future = executor.submit(caption_upload, captioner, upload, params, cancelled)
+        except BaseException:
+            finish()
+            raise
+        # The job owns its folder and slot until it ends, even if this request ends first; this
+        # callback runs before the awaiting request is woken.
+        future.add_done_callback(finish)
+        job = asyncio.wrap_future(future)
+        client_gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({job, client_gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not job.done():  # the client left, or this request was cancelled: nobody wants the answer
+                cancelled.set()
+                job.cancel()  # drops it from the queue; a running job stops at its next step
+                log.info("%s: the client went away; its job is cancelled", upload.name)
+            client_gone.cancel()
+        if job.cancelled():
+            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+        try:
+            response = job.result()
+        except CaptionerError as error:
+            raise HTTPException(422, f"{upload.name}: {error.reason}") from None
         response["timing"] = {"startup": 0.0, "model_load": 0.0, **response["timing"],
                               "total": round(time.perf_counter() - arrived, 4)}
         return response
@@ -419,16 +537,17 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
     return app
 
 
-def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 100.0,
-          queue: int = 4, device: str = "auto") -> None:
+def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None,
+          device: str = "auto") -> None:
     """Load the model, then serve the page and the API until interrupted."""
     import uvicorn
 
     captioner = Captioner.load(model, device=device)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    loopback = host in LOOPBACK_HOSTS
+    if not loopback:
         log.warning("listening on %s: anyone who can reach this machine can upload videos", host)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner")
-    app = create_app(captioner, ServeLimits(max_upload_mb=max_upload_mb, queue=queue), executor=executor)
+    app = create_app(captioner, limits, executor=executor, loopback_only=loopback)
     print(f"captioner: serving {captioner.model_id} on http://{host}:{port}", flush=True)
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")

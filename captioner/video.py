@@ -6,6 +6,10 @@ files decord cannot open or decode, files where decord would seek to the wrong f
 MPEG-4 with B-frames) and rotated phone videos. Images are one-frame videos, decoded with PIL.
 Every problem with an input file becomes a one-line `CaptionerError` naming the file.
 
+Frame sizes are bounded before any frame is decoded (`check_frame_size`, from the image header
+or the container's stream header): the backbone resizes every frame to a fixed short side, so a
+tiny file of 24000x1 pixels would otherwise grow into gigabytes.
+
 Frame indices count frames in presentation order from 0; timestamps are seconds from the
 first frame. Both backends agree on both, so sampling does not depend on the backend.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +33,46 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
 
 CORRUPT = "cannot decode: truncated or corrupt"
+
+# The largest frames decoded: 100 megapixels holds 108-MP phone photos and 8K video (33 MP), and
+# 20:1 holds phone panoramas. Memory grows with the long side over the short one, because the
+# backbone scales the short side up or down to its input size; at 20:1 that is a few MB a frame.
+MAX_MEGAPIXELS = 100.0
+MAX_ASPECT_RATIO = 20.0
+MEGAPIXELS_VARIABLE = "CAPTIONER_MAX_MEGAPIXELS"
+ASPECT_RATIO_VARIABLE = "CAPTIONER_MAX_ASPECT_RATIO"
+
+
+def frame_size_limits() -> tuple[float, float]:
+    """(megapixels, aspect ratio) decoding accepts: the defaults, or the environment's overrides."""
+    return (_limit_from_environment(MEGAPIXELS_VARIABLE, MAX_MEGAPIXELS, lowest=0.0, inclusive=False),
+            _limit_from_environment(ASPECT_RATIO_VARIABLE, MAX_ASPECT_RATIO, lowest=1.0, inclusive=True))
+
+
+def _limit_from_environment(variable: str, default: float, lowest: float, inclusive: bool) -> float:
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < lowest or (value == lowest and not inclusive):
+        raise UsageError(f"{variable} must be a number {'>=' if inclusive else '>'} {lowest:g}, got {text!r}")
+    return value
+
+
+def check_frame_size(width: int, height: int, path: str | os.PathLike) -> None:
+    """Refuse frames too large or too elongated to decode, before any is decoded."""
+    megapixels, aspect_ratio = frame_size_limits()
+    if width * height > megapixels * 1e6:
+        raise CaptionerError(f"{width}x{height} pixels: {width * height / 1e6:.3g} megapixels is more than the "
+                             f"{megapixels:g} decoded here (set {MEGAPIXELS_VARIABLE} to change)", path)
+    ratio = max(width, height) / min(width, height)
+    if ratio > aspect_ratio:
+        shown = f"{ratio:.1f}".removesuffix(".0")
+        raise CaptionerError(f"{width}x{height} pixels: an aspect ratio of {shown}:1 is more than the "
+                             f"{aspect_ratio:g}:1 decoded here (set {ASPECT_RATIO_VARIABLE} to change)", path)
 
 
 # ----------------------------------------------------------------------------- metadata
@@ -334,6 +379,9 @@ class _StreamIndex:
                 if not container.streams.video:
                     raise CaptionerError("not a video (no video stream)", path)
                 stream = container.streams.video[0]
+                declared = stream.codec_context.width, stream.codec_context.height
+                if min(declared) > 0:  # 0 when the header does not say; the first frame is checked below
+                    check_frame_size(*declared, path)
                 for packet in container.demux(stream):
                     if packet.size == 0:  # the demuxer's end-of-stream marker
                         continue
@@ -378,6 +426,7 @@ class _StreamIndex:
         self.rotation = int(first.rotation) % 360
         if self.rotation % 90:
             raise CaptionerError(f"unsupported rotation of {self.rotation} degrees", path)
+        check_frame_size(first.width, first.height, path)  # the stream header may have lied
         self.coded_width, self.coded_height = first.width, first.height
         self.width, self.height = self.coded_width, self.coded_height
         if self.rotation in (90, 270):
@@ -552,8 +601,16 @@ class _ImageReader(_Reader):
     def __init__(self, path: Path, short_side: int | None):
         from PIL import Image, ImageOps, UnidentifiedImageError
 
+        megapixels, _ = frame_size_limits()
+        if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < megapixels * 1e6:
+            Image.MAX_IMAGE_PIXELS = int(megapixels * 1e6)  # a limit raised on purpose applies to PIL too
         try:
-            with Image.open(path) as image:
+            with warnings.catch_warnings():
+                # PIL warns on stderr about images over its own bound; check_frame_size is the bound here.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(path)  # reads the header only
+            with opened as image:
+                check_frame_size(*image.size, path)
                 image = ImageOps.exif_transpose(image)  # photos store their orientation in EXIF
                 size = scaled_size(*image.size, short_side)
                 self._native = image.size
@@ -563,7 +620,10 @@ class _ImageReader(_Reader):
                 self._frame = np.asarray(image)[None]
         except UnidentifiedImageError:
             raise CaptionerError("cannot decode: not an image or an unsupported image format", path) from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        except Image.DecompressionBombError:
+            raise CaptionerError(f"the image is more than the {megapixels:g} megapixels decoded here "
+                                 f"(set {MEGAPIXELS_VARIABLE} to change)", path) from None
+        except (OSError, SyntaxError, ValueError) as error:
             raise CaptionerError(f"{CORRUPT} ({error})", path) from None
         self.timestamps = np.zeros(1)
         self.info = VideoInfo(path=str(path), duration=0.0, fps=0.0, num_frames=1, width=self._native[0],

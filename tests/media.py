@@ -13,6 +13,8 @@ otherwise) as yuv420p, so they need even sizes.
 from __future__ import annotations
 
 import shutil
+import struct
+import zlib
 from fractions import Fraction
 from pathlib import Path
 
@@ -200,4 +202,18 @@ def path_with_spaces_and_unicode(directory: str | Path, real_clip: str | Path) -
 def uppercase_extension(directory: str | Path, real_clip: str | Path) -> Path:
     path = Path(directory) / f"{Path(real_clip).stem}.AVI"
     shutil.copyfile(real_clip, path)
+    return path
+
+
+def blank_png(path: str | Path, width: int, height: int) -> Path:
+    """A black greyscale PNG of any size in a few bytes (zero rows compress to almost nothing)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (1 + width)  # a filter byte, then the pixels
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    path = Path(path)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
     return path

@@ -5,7 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import select
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +21,7 @@ import httpx
 import pytest
 import srt
 from fastapi.testclient import TestClient
-from media import audio_only, header_only_clip, synthetic_video
+from media import audio_only, blank_png, header_only_clip, synthetic_video
 from PIL import Image
 from serve_helpers import files_under, running_server, shared_captioner
 
@@ -24,6 +29,7 @@ import captioner.serve as serve_module
 from captioner.cli import build_parser, main
 from captioner.serve import ServeLimits, create_app, sniff_media
 
+ROOT = Path(__file__).resolve().parent.parent
 SHORT_CLIP = "Kqb-mmkEWqU_1_5.avi"  # 4 s, the shortest of the real clips
 
 
@@ -37,10 +43,11 @@ def make_app(model, tmp_path):
     """Apps on a private upload folder; after the test every upload must be gone."""
     made = []
 
-    def make(**limits):
+    def make(loopback_only: bool = False, **limits):
         upload_dir = tmp_path / "deep" / "er" / f"uploads{len(made)}"
         executor = ThreadPoolExecutor(max_workers=1)
-        app = create_app(model[0], ServeLimits(**limits), upload_dir=upload_dir, executor=executor)
+        app = create_app(model[0], ServeLimits(**limits), upload_dir=upload_dir, executor=executor,
+                         loopback_only=loopback_only)
         made.append((app, executor))
         return app
 
@@ -48,7 +55,7 @@ def make_app(model, tmp_path):
     for app, executor in made:
         executor.shutdown(wait=True)
         assert files_under(app.state.upload_dir) == [], "an upload outlived its request"
-        assert app.state.slots.active == 0
+        assert app.state.slots.active == 0 and app.state.upload_slots.active == 0
 
 
 @pytest.fixture
@@ -115,12 +122,12 @@ def test_caption_has_the_fields_of_the_cli_json(client, model, short_clip, capsy
 def test_health_openapi_and_page(client, model):
     health = client.get("/api/health").json()
     assert health == {"status": "ok", "model": model[0].model_id, "device": "cpu", "jobs": 0, "queue": 4,
-                      "max_upload_mb": 2}
+                      "uploads": 0, "max_uploads": 16, "max_upload_mb": 2}
     schema = client.get("/openapi.json").json()
     upload = schema["paths"]["/api/caption"]["post"]
     assert set(upload["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]) == {
         "file", "beam", "segments", "keyframes"}
-    assert {"413", "415", "422", "503"} <= set(upload["responses"])
+    assert {"403", "408", "413", "415", "422", "503"} <= set(upload["responses"])
     assert "/api/health" in schema["paths"]
 
     page = client.get("/")
@@ -231,9 +238,9 @@ def test_client_file_name_never_becomes_a_path(make_app, tiny_video, tmp_path, m
     stored = []
     real_job = serve_module.caption_upload
 
-    def recording_job(captioner, upload, params):
+    def recording_job(captioner, upload, *rest):
         stored.append(upload.path)
-        return real_job(captioner, upload, params)
+        return real_job(captioner, upload, *rest)
 
     monkeypatch.setattr(serve_module, "caption_upload", recording_job)
     with TestClient(app) as test_client:
@@ -282,6 +289,14 @@ def test_too_many_segments_are_refused_before_any_work(client, tmp_path):
     assert "into more than 200 windows; choose longer segments" in response.json()["detail"]
 
 
+def test_elongated_image_is_422_before_decoding(client, tmp_path):
+    wide = blank_png(tmp_path / "wide.png", 4000, 1)  # 84 bytes that took 1 GB in the backbone's resize
+    response = post_video(client, "strip.png", wide.read_bytes())
+    assert response.status_code == 422
+    assert response.json()["detail"] == ("strip.png: 4000x1 pixels: an aspect ratio of 4000:1 is more than the 20:1 "
+                                         "decoded here (set CAPTIONER_MAX_ASPECT_RATIO to change)")
+
+
 def test_request_without_a_file_is_400(client):
     response = client.post("/api/caption", data={"beam": "2"}, files={"other": ("x.bin", b"1")})
     assert response.status_code == 400 and "field 'file'" in response.json()["detail"]
@@ -290,7 +305,7 @@ def test_request_without_a_file_is_400(client):
 # ----------------------------------------------------------------------------- concurrency
 @pytest.mark.timeout(300)
 def test_twenty_concurrent_requests_all_answered(make_app, tiny_video):
-    app = make_app(queue=20)
+    app = make_app(queue=20, uploads=20)
 
     def post(i: int) -> httpx.Response:
         return httpx.post(f"{url}/api/caption", files={"file": (f"clip{i}.mp4", tiny_video)}, timeout=240)
@@ -333,10 +348,10 @@ def test_full_queue_answers_503_at_once(make_app, tiny_video, monkeypatch):
     release, admitted = threading.Event(), []
     real_job = serve_module.caption_upload
 
-    def held_job(captioner, upload, params):  # keep the admitted jobs busy until every other request is answered
+    def held_job(*args):  # keep the admitted jobs busy until every other request is answered
         admitted.append(app.state.slots.active)
         assert release.wait(timeout=120)
-        return real_job(captioner, upload, params)
+        return real_job(*args)
 
     monkeypatch.setattr(serve_module, "caption_upload", held_job)
     with TestClient(app) as test_client, ThreadPoolExecutor(max_workers=20) as pool:
@@ -353,14 +368,223 @@ def test_full_queue_answers_503_at_once(make_app, tiny_video, monkeypatch):
     assert max(admitted) <= 2
 
 
+# ----------------------------------------------------------------------------- hostile clients
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _start_upload(port: int, declared: int = 1_000_000, boundary: str = "x") -> socket.socket:
+    """A connection that has sent the headers of a multipart upload and the start of its file part."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+    connection.sendall(f"POST /api/caption HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                       f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                       f"Content-Length: {declared}\r\n\r\n--{boundary}\r\n"
+                       'Content-Disposition: form-data; name="file"; filename="a.avi"\r\n\r\n'.encode())
+    return connection
+
+
+def _reply(connection: socket.socket) -> bytes:
+    connection.settimeout(10)
+    reply = b""
+    while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+        piece = connection.recv(65536)
+        if not piece:
+            break
+        reply += piece
+    return reply
+
+
+def _wait_until(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _trickle(connections: list[socket.socket], started: float, answered: dict, seconds: float = 10.0) -> None:
+    """Send each connection one byte every 0.2 s until the server answers it; note when it did."""
+    while len(answered) < len(connections) and time.monotonic() - started < seconds:
+        waiting = [c for c in connections if c not in answered]
+        readable, _, _ = select.select(waiting, [], [], 0)
+        answered.update((c, time.monotonic() - started) for c in readable)
+        for connection in set(waiting) - set(readable):
+            connection.sendall(b"\0")
+        time.sleep(0.2)
+
+
+@pytest.mark.timeout(120)
+def test_slow_uploads_time_out_and_never_hold_the_queue(make_app, tiny_video):
+    app = make_app(queue=1, uploads=8, upload_timeout=3, idle_timeout=1)
+    with running_server(app) as url:
+        port = _port(url)
+        tricklers = [_start_upload(port) for _ in range(4)]  # 1 byte every 0.2 s: never idle, never done
+        stalled = _start_upload(port)  # sends the start of its body, then nothing
+        stalled.sendall(b"RIFF")
+        started, answered = time.monotonic(), {}
+        trickling = threading.Thread(target=_trickle, args=(tricklers, started, answered))
+        trickling.start()
+        assert _wait_until(lambda: app.state.upload_slots.active == 5)
+
+        # The slow uploads fill nothing but upload slots: a whole upload is captioned meanwhile.
+        response = httpx.post(f"{url}/api/caption", files={"file": ("tiny.mp4", tiny_video)}, timeout=60)
+        assert response.status_code == 200, response.text
+
+        trickling.join()
+        replies = [_reply(connection) for connection in tricklers]
+        stalled_reply = _reply(stalled)
+        for connection in tricklers + [stalled]:
+            connection.close()
+        assert all(reply.startswith(b"HTTP/1.1 408 ") for reply in replies), replies
+        assert all(b"the upload took longer than 3 s" in reply for reply in replies), replies
+        assert 2.5 < min(answered.values()) and max(answered.values()) < 8  # the 3-s limit, not a fixed 600 s
+        assert stalled_reply.startswith(b"HTTP/1.1 408 ") and b"nothing arrived for 1 s" in stalled_reply
+        assert _wait_until(lambda: app.state.upload_slots.active == 0)
+        health = httpx.get(f"{url}/api/health").json()
+        assert (health["jobs"], health["uploads"]) == (0, 0)
+
+
+def test_full_upload_slots_answer_503_at_once(make_app):
+    app = make_app(uploads=1)
+    with running_server(app) as url:
+        holder = _start_upload(_port(url))
+        assert _wait_until(lambda: app.state.upload_slots.active == 1)
+        refused = httpx.post(f"{url}/api/caption", files={"file": ("a.mp4", b"\0" * 600)}, timeout=10)
+        holder.close()
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+
+
+def test_overlong_multipart_boundary_is_400(make_app, tiny_video):
+    app = make_app()
+    with running_server(app) as url:
+        def post(boundary: str) -> httpx.Response:
+            body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"tiny.mp4\"\r\n\r\n"
+                    .encode() + tiny_video + f"\r\n--{boundary}--\r\n".encode())
+            return httpx.post(f"{url}/api/caption", content=body, timeout=60,
+                              headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+        too_long = post("b" * 2000)
+        assert too_long.status_code == 400
+        assert too_long.json()["detail"] == ("malformed multipart body (a boundary of 2000 characters; at most 70 "
+                                             "are allowed)")
+        assert post("b" * 71).status_code == 400
+        assert post("b" * 70).status_code == 200  # the longest RFC 2046 allows
+
+
+def test_posts_from_other_web_origins_are_refused(make_app, tiny_video):
+    app = make_app(allow_origins=("http://app.example",), loopback_only=True)
+    with running_server(app) as url:
+        def post(headers: dict) -> httpx.Response:
+            return httpx.post(f"{url}/api/caption", files={"file": ("tiny.mp4", tiny_video)}, headers=headers,
+                              timeout=60)
+
+        foreign = post({"Origin": "http://evil.example"})
+        assert foreign.status_code == 403
+        assert foreign.json()["detail"] == ("posting from the web page of http://evil.example is refused; start the "
+                                            "server with --allow-origin http://evil.example to allow it")
+        assert post({"Origin": "null"}).status_code == 403  # sandboxed frames and local files
+        # DNS rebinding: evil.example now resolves to 127.0.0.1, so the page's origin is the server's own
+        rebound = post({"Origin": f"http://evil.example:{_port(url)}", "Host": f"evil.example:{_port(url)}"})
+        assert rebound.status_code == 403 and "requests to 127.0.0.1, localhost, ::1 only" in rebound.text
+
+        assert post({"Origin": url}).status_code == 200  # the server's own page
+        assert post({}).status_code == 200  # not from a web page: curl, scripts
+        allowed = post({"Origin": "http://app.example"})
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "http://app.example"  # its page may read it
+
+
+@pytest.mark.timeout(600)
+def test_client_leaving_cancels_its_waiting_and_running_jobs(make_app, model, tmp_path, monkeypatch):
+    # 60 s in half-second segments: 121 backbone passes per job, the whole video's and 120 windows'.
+    video = synthetic_video(tmp_path / "long.mp4", frames=60, fps=1).read_bytes()
+    app = make_app(queue=3)
+    outcomes, passes = [], []
+    real_job, real_pass = serve_module.caption_upload, model[0]._pooled
+
+    def watched_job(*args):
+        try:
+            real_job(*args)
+            outcomes.append("finished")
+        except serve_module.JobCancelled:
+            outcomes.append("cancelled")
+            raise
+
+    def counted_pass(*args, **kwargs):
+        passes.append(time.monotonic())
+        return real_pass(*args, **kwargs)
+
+    monkeypatch.setattr(serve_module, "caption_upload", watched_job)
+    monkeypatch.setattr(model[0], "_pooled", counted_pass)
+    boundary = "leaving"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"segments\"\r\n\r\n0.5\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"long.mp4\"\r\n\r\n"
+            ).encode() + video + f"\r\n--{boundary}--\r\n".encode()
+    with running_server(app) as url:
+        connections = []
+        for _ in range(3):
+            connection = socket.create_connection(("127.0.0.1", _port(url)), timeout=10)
+            connection.sendall(f"POST /api/caption HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+                               f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n".encode() + body)
+            connections.append(connection)
+        # The first job is into its segments; two wait behind it.
+        assert _wait_until(lambda: app.state.slots.active == 3 and len(passes) >= 3, seconds=120)
+        for connection in connections:
+            connection.close()
+        left = time.monotonic()
+        assert _wait_until(lambda: app.state.slots.active == 0, seconds=120)
+        freed_after = time.monotonic() - left
+        assert httpx.get(f"{url}/api/health").json()["jobs"] == 0
+    after_leaving = sum(moment > left for moment in passes)
+    print(f"slots free {freed_after:.2f} s after the clients left; {after_leaving} backbone passes began meanwhile")
+    assert outcomes == ["cancelled"], outcomes  # the two waiting jobs never ran
+    assert after_leaving <= 2  # the running one stopped at its next window, not after 120 of them
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_stopping_the_server_removes_the_upload_folder(model, tmp_path, stop):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "captioner.cli", "serve", "--port", str(port), "--model",
+                               model[1], "--device", "cpu"], cwd=ROOT, env={**os.environ, "TMPDIR": str(tmp_path)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        def serving() -> bool:
+            assert server.poll() is None, server.stderr.read().decode()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        assert _wait_until(serving, seconds=500)  # start-up takes minutes on a loaded machine
+        assert len(list(tmp_path.glob("captioner-serve-*"))) == 1
+        server.send_signal(stop)
+        server.wait(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    stderr = server.stderr.read().decode()
+    assert "Traceback" not in stderr, stderr
+    assert list(tmp_path.glob("captioner-serve-*")) == []
+
+
 # ----------------------------------------------------------------------------- command line
 def test_serve_command_defaults_to_loopback():
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port, args.model, args.max_upload_mb, args.queue) == ("127.0.0.1", 8000, "default",
                                                                                   100.0, 4)
+    assert (args.uploads, args.upload_timeout, args.idle_timeout, args.allow_origin) == (16, 120.0, 15.0, [])
+    defaults = ServeLimits()
+    assert (defaults.uploads, defaults.upload_timeout, defaults.idle_timeout) == (16, 120.0, 15.0)
 
 
-@pytest.mark.parametrize("flags", [["--port", "70000"], ["--queue", "0"], ["--max-upload-mb", "0"]])
+@pytest.mark.parametrize("flags", [["--port", "70000"], ["--queue", "0"], ["--max-upload-mb", "0"],
+                                   ["--uploads", "0"], ["--upload-timeout", "0"], ["--idle-timeout", "nan"],
+                                   ["--allow-origin", "example.org"], ["--allow-origin", "https://example.org/page"]])
 def test_serve_command_rejects_bad_flags(flags, capsys):
     assert main(["serve", *flags]) == 2
     assert capsys.readouterr().err.startswith("captioner: error: --")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import av
@@ -16,6 +20,8 @@ from captioner import video
 from captioner.errors import CaptionerError, UsageError
 from captioner.video import (DecodedVideo, Sampling, VideoInfo, clip_windows, collect_inputs, decode, probe,
                              sample_indices, scaled_size)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def reference_frames(path, indices=None) -> np.ndarray:
@@ -413,3 +419,72 @@ def test_repeated_decoding_does_not_grow_memory(msvd_clips):
     for i in range(100):
         decode(small[i % 6], short_side=112)
     assert rss_mb() - before < 30
+
+
+# ----------------------------------------------------------------------------- frame size bounds
+def run_measuring_peak_rss(args: list[str]) -> tuple[int, str, str, float]:
+    """(exit code, stdout, stderr, peak resident memory in MB) of one child process."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(args, stdout=out, stderr=err, cwd=ROOT)
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own peak, not the largest of all children
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        return process.returncode, out.read().decode(), err.read().decode(), usage.ru_maxrss / 1024
+
+
+@pytest.fixture(scope="module")
+def model_argument(request) -> str:
+    from captioner.caption import DEFAULT_MODEL
+
+    return "default" if DEFAULT_MODEL.is_file() else str(request.getfixturevalue("caption_model"))
+
+
+@pytest.mark.timeout(600)
+def test_huge_or_elongated_inputs_are_refused_before_decoding(tmp_path, model_argument):
+    """Tiny files that decode to huge frames: one line each, and no more memory than a normal photo."""
+    hostile = [media.blank_png(tmp_path / "wide.png", 12000, 1),  # 84 bytes; took 3 GB before the bound
+               media.blank_png(tmp_path / "huge.png", 13000, 13000),  # 164 KB; took 2.8 GB and warned on stderr
+               media.synthetic_video(tmp_path / "wide.mp4", frames=2, width=1000, height=2)]  # took 2 GB
+    caption = [sys.executable, "-m", "captioner.cli", "caption", "--model", model_argument]
+    normal = media.blank_png(tmp_path / "normal.png", 640, 480)
+    code, _, err, normal_peak = run_measuring_peak_rss(caption + [str(normal)])
+    assert code == 0, err
+    code, out, err, hostile_peak = run_measuring_peak_rss(caption + [str(path) for path in hostile])
+    print(f"peak RSS: {normal_peak:.0f} MB for a 640x480 photo, {hostile_peak:.0f} MB for the refused inputs")
+    assert code == 1 and out == ""
+    assert err.splitlines() == [
+        f"captioner: {hostile[0]}: 12000x1 pixels: an aspect ratio of 12000:1 is more than the 20:1 decoded here "
+        "(set CAPTIONER_MAX_ASPECT_RATIO to change)",
+        f"captioner: {hostile[1]}: 13000x13000 pixels: 169 megapixels is more than the 100 decoded here "
+        "(set CAPTIONER_MAX_MEGAPIXELS to change)",
+        f"captioner: {hostile[2]}: 1000x2 pixels: an aspect ratio of 500:1 is more than the 20:1 decoded here "
+        "(set CAPTIONER_MAX_ASPECT_RATIO to change)"]
+    assert hostile_peak < normal_peak + 100
+
+
+def test_frame_size_bounds_hold_at_their_edges_and_can_be_changed(tmp_path, monkeypatch):
+    assert decode(media.blank_png(tmp_path / "20to1.png", 400, 20), "uniform:1").frames.shape == (1, 20, 400, 3)
+    with pytest.raises(CaptionerError, match="aspect ratio of 20.5:1 is more than the 20:1"):
+        decode(media.blank_png(tmp_path / "20.5to1.png", 41, 2))
+    video = media.synthetic_video(tmp_path / "tall.mkv", frames=2, width=16, height=320)
+    assert probe(video).height == 320
+    monkeypatch.setenv("CAPTIONER_MAX_ASPECT_RATIO", "10")
+    with pytest.raises(CaptionerError, match="16x320 pixels: an aspect ratio of 20:1 is more than the 10:1"):
+        probe(video)
+    monkeypatch.setenv("CAPTIONER_MAX_ASPECT_RATIO", "1")
+    assert probe(media.blank_png(tmp_path / "square.png", 30, 30)).width == 30
+    monkeypatch.setenv("CAPTIONER_MAX_MEGAPIXELS", "0.0005")
+    with pytest.raises(CaptionerError, match="30x30 pixels: 0.0009 megapixels is more than the 0.0005"):
+        probe(tmp_path / "square.png")
+    monkeypatch.delenv("CAPTIONER_MAX_ASPECT_RATIO")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # PIL refuses from twice this
+    monkeypatch.setenv("CAPTIONER_MAX_MEGAPIXELS", "0.002")  # a bound raised on purpose is raised for PIL too
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert probe(media.blank_png(tmp_path / "big.png", 40, 40)).width == 40
+    for variable, value in [("CAPTIONER_MAX_MEGAPIXELS", "0"), ("CAPTIONER_MAX_ASPECT_RATIO", "0.5"),
+                            ("CAPTIONER_MAX_ASPECT_RATIO", "wide")]:
+        monkeypatch.setenv(variable, value)
+        with pytest.raises(UsageError, match=f"{variable} must be a number"):
+            probe(tmp_path / "square.png")
+        monkeypatch.delenv(variable)
