@@ -6,9 +6,6 @@ import errno
 import json
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -17,8 +14,6 @@ import pytest
 from captioner import open_features
 from captioner.errors import CaptionerError, UsageError
 from captioner.store import MissingFeatures, StoreLocked, export_features, import_features
-
-ROOT = Path(__file__).resolve().parent.parent
 
 ODD_IDS = ["plain", "with space", "slash/inside", "vidéo 日本", ".hidden", "a%b"]
 
@@ -72,25 +67,6 @@ def test_stale_temporaries_are_invisible_and_cleaned_by_the_next_writer(tmp_path
     assert all(path.exists() for path in stale)  # readers never delete
     with open_features(store.path, "a"):
         assert not any(path.exists() for path in stale)
-
-
-@pytest.fixture
-def other_writer(tmp_path):
-    """Another process holding a store open for writing, with a video half written."""
-    store_path = tmp_path / "shared"
-    script = ("import sys; from captioner import open_features; "
-              f"store = open_features({str(store_path)!r}, 'a'); "
-              "store.set_provenance({'backbone': 'test', 'feature_dim': 2}); store.put('done', [[1.0, 2.0]]); "
-              "open(store.path / 'videos' / '.tmp-inflight', 'wb').write(b'half'); "
-              "print('ready', flush=True); sys.stdin.read()")
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        yield store_path, proc
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_a_second_writer_is_refused_and_readers_leave_the_writers_files_alone(other_writer):
