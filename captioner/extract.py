@@ -2,8 +2,9 @@
 
 Decoding runs in worker processes while the main process batches frames from several videos
 through the backbone, so neither side waits for the other longer than it must. The main
-process is the store's only writer, and each video is written atomically, which is what makes
-a SIGKILL at any moment lose only the videos in flight. With `ray_address`, whole videos are
+process is the store's only writer (holding its writer lock, so no other run can interleave
+videos of other settings), and each video is written atomically, which is what makes a
+SIGKILL at any moment lose only the videos in flight. With `ray_address`, whole videos are
 decoded and embedded on a Ray cluster and the features come back to the same single writer.
 
 Worker processes import only `captioner.video` (no torch), and are replaced after a fixed
