@@ -357,6 +357,12 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # an orphan nobody reaps yet is dead all the same
 
 
+def _ignores_sigint(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+    return bool(ignored >> (signal.SIGINT - 1) & 1)
+
+
 def _own_session_with_default_ctrl_c() -> None:
     os.setsid()
     # A test run started in the background inherits SIGINT ignored, and would pass that on.
@@ -402,7 +408,11 @@ def test_sigkill_of_extract_takes_its_workers_along(tmp_path, msvd_clips):
 
 @pytest.mark.slow
 def test_ctrl_c_of_extract_prints_one_line(tmp_path, msvd_clips):
-    proc, _ = _extract_with_a_decoding_worker(tmp_path, msvd_clips)
+    proc, children = _extract_with_a_decoding_worker(tmp_path, msvd_clips)
+    workers = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    # A worker waiting for work when Ctrl-C came printed a KeyboardInterrupt traceback; whether
+    # one waits at that moment is luck, so check the cause: workers must ignore SIGINT.
+    assert workers and all(_ignores_sigint(pid) for pid in workers)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: the whole foreground group
     try:
         _, err = proc.communicate(timeout=60)
