@@ -173,7 +173,7 @@ def test_store_of_other_settings_is_a_usage_error(tmp_path, data_dir, capsys):
 @pytest.mark.slow
 def test_sigkill_mid_run_keeps_the_store_intact_and_rerun_completes(tmp_path, msvd_clips):
     store_path = tmp_path / "store"
-    args = [sys.executable, "-m", "captioner.cli", "extract", str(msvd_clips[0].parent), "--out", str(store_path),
+    args = [sys.executable, "-m", "captioner.cli", "extract", *map(str, msvd_clips), "--out", str(store_path),
             "--backbone", "efficientnet_lite0", "--frames", "uniform:8", "--batch-size", "8", "--workers", "1",
             "--quiet"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
