@@ -153,6 +153,7 @@ class FeatureStore:
         self._index_file = self.path / "store.json"
         self._ids: list[str] | None = None
         self._unlock = None
+        self._videos_without_index = False
         if mode == "a":
             try:
                 self._videos.mkdir(parents=True, exist_ok=True)
@@ -161,6 +162,7 @@ class FeatureStore:
             key = _acquire_writer_lock(self.path)
             self._unlock = weakref.finalize(self, _release_writer_lock, key)
             if not self._index_file.exists():
+                self._videos_without_index = any(e.name.endswith(_SUFFIX) for e in os.scandir(self._videos))
                 self._write_info({"format": FORMAT, "version": FORMAT_VERSION,
                                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "provenance": None})
             if _writer_locks[key][1] == 1:  # the first writer here: no write of ours is under way
@@ -226,9 +228,9 @@ class FeatureStore:
                 "store already holds features extracted with other settings "
                 f"({', '.join(_differing(current, provenance))} differ); use another --out or delete the store",
                 self.path)
-        if current is None:
-            # store.json lost (or never finished) beside existing videos: they still say how
-            # they were made, and must not be relabelled with other settings.
+        if current is None and self._videos_without_index:
+            # store.json lost beside existing videos: they still say how they were made, and
+            # must not be relabelled with other settings.
             for video_id in self.ids():
                 try:
                     differing = _differing_settings(self._recorded_settings(video_id), provenance)
@@ -241,6 +243,7 @@ class FeatureStore:
                         "another --out or delete the store", self.path)
         self.info["provenance"] = provenance
         self._write_info(self.info)
+        self._videos_without_index = False
 
     def _remove_stale_temporaries(self) -> None:
         # Left behind by a writer killed between write and rename; ours to remove only because

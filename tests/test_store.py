@@ -128,6 +128,18 @@ def test_hdf5_and_npy_round_trip(tmp_path):
             np.testing.assert_allclose(copy.frames(vid), frames)
 
 
+def test_an_exported_extraction_imports_again(tmp_path):
+    # Its meta names the backbone; the imported store's provenance names the file instead.
+    store = open_features(tmp_path / "s", "a")
+    store.set_provenance({"backbone": "lite0", "feature_dim": 4})
+    store.put("x", np.ones((2, 4)), {"backbone": "lite0", "frames": "uniform:2"})
+    export_features(store, tmp_path / "x.h5")
+    copy = open_features(tmp_path / "copy", "a")
+    assert import_features(tmp_path / "x.h5", copy) == 1
+    assert copy.provenance == {"backbone": "imported:x.h5", "feature_dim": 4}
+    assert copy.meta("x")["backbone"] == "lite0"
+
+
 def test_import_foreign_layouts(tmp_path):
     # video_features-style: one dataset per id; some tools nest a "features" dataset per group.
     with h5py.File(tmp_path / "foreign.h5", "w") as h5:
