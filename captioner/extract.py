@@ -2,8 +2,9 @@
 
 Decoding runs in worker processes while the main process batches frames from several videos
 through the backbone, so neither side waits for the other longer than it must. The main
-process is the store's only writer, and each video is written atomically, which is what makes
-a SIGKILL at any moment lose only the videos in flight. With `ray_address`, whole videos are
+process is the store's only writer (holding its writer lock, so no other run can interleave
+videos of other settings), and each video is written atomically, which is what makes a
+SIGKILL at any moment lose only the videos in flight. With `ray_address`, whole videos are
 decoded and embedded on a Ray cluster and the features come back to the same single writer.
 
 Worker processes import only `captioner.video` (no torch), and are replaced after a fixed
@@ -14,10 +15,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import ctypes
 import dataclasses
+import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,6 +35,8 @@ from .errors import CaptionerError, UsageError
 
 # Videos a decoding process handles before it is replaced (bounds decord's leak).
 VIDEOS_PER_WORKER = 64
+# Bytes hashed at each end of an input to tell a replaced file from the one extracted.
+FINGERPRINT_SPAN = 1 << 20
 
 
 @dataclass
@@ -52,6 +58,7 @@ class ExtractSummary:
     done: int = 0
     skipped: int = 0
     changed: int = 0  # in the store already, but the file changed since: extracted again
+    redone: int = 0  # in the store already, but unreadable or made with other settings: extracted again
     failures: list[dict] = field(default_factory=list)
     frames: int = 0
     seconds: float = 0.0
@@ -63,7 +70,9 @@ class ExtractSummary:
     def line(self) -> str:
         rate = f"{self.done / self.seconds:.2f} videos/s, {self.frames / self.seconds:.1f} frames/s" \
             if self.seconds > 0 and self.done else "nothing extracted" if self.failed else "nothing to do"
-        changed = f" ({self.changed} changed since their last extraction)" if self.changed else ""
+        notes = [f"{self.changed} changed since their last extraction"] if self.changed else []
+        notes += [f"{self.redone} redone: stored features were corrupt or of other settings"] if self.redone else []
+        changed = f" ({'; '.join(notes)})" if notes else ""
         return (f"extracted {self.done}{changed}, skipped {self.skipped} (already in store), "
                 f"failed {self.failed} of {self.total} inputs in {self.seconds:.1f}s ({rate})")
 
@@ -109,6 +118,24 @@ def default_workers(device: str) -> int:
 
 
 # ----------------------------------------------------------------------------- decoding
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _decoder_worker_init(parent_pid: int) -> None:
+    """Runs first in every decoding process: die with the parent, and leave Ctrl-C to it.
+
+    Without this a SIGKILLed extraction leaves its decoder (and, through the descriptor the
+    decoder inherited, multiprocessing's resource tracker) running for minutes, holding the
+    terminal's stderr; and Ctrl-C, which the terminal sends to every process of the group,
+    printed each worker's KeyboardInterrupt traceback beside the parent's one line.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
+        os._exit(1)
+
+
 def _decode_task(path: str, sampling: str, short_side: int, clip_len: int):
     """Runs in a worker process. Returns (path, DecodedVideo) or (path, error message)."""
     from .video import decode
@@ -135,7 +162,8 @@ class _Decoder:
     def _new_pool(self):
         # spawn: the parent holds torch's thread pools, which must not be forked.
         return cf.ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"),
-                                      max_tasks_per_child=VIDEOS_PER_WORKER)
+                                      max_tasks_per_child=VIDEOS_PER_WORKER,
+                                      initializer=_decoder_worker_init, initargs=(os.getpid(),))
 
     def __iter__(self):
         if self._pool is None:
@@ -161,8 +189,19 @@ class _Decoder:
                         self._pool.shutdown(wait=False, cancel_futures=True)
                         self._pool = self._new_pool()
                         break
+        except BaseException:  # Ctrl-C, an error in the caller (GeneratorExit), disk full, ...
+            self._stop_workers()
+            raise
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _stop_workers(self) -> None:
+        # Interrupted runs must end now: a plain shutdown lets each worker finish its video
+        # first, and the interpreter's exit waits for that (and a decoder stuck in FFmpeg would
+        # hold it forever). Decoded frames live only in memory, so killing loses nothing.
+        # ProcessPoolExecutor has no public way to do this before Python 3.14's kill_workers().
+        for process in list((getattr(self._pool, "_processes", None) or {}).values()):
+            process.kill()
 
 
 # ----------------------------------------------------------------------------- inference
@@ -271,12 +310,30 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
     backbone = backbones.create(config.backbone, device=device)
     provenance = store_provenance(backbone, sampling, config.mirror)
     store = open_features(store_path, "a")
-    store.set_provenance(provenance)
+    try:
+        return _extract_into(store, paths, ids, backbone, provenance, sampling, config, device,
+                             failures_path or Path(store_path) / "failures.jsonl", progress, log, started)
+    finally:
+        store.close()
 
+
+def _extract_into(store, paths, ids, backbone, provenance, sampling, config, device, failures_path,
+                  progress, log, started) -> ExtractSummary:
+    store.set_provenance(provenance)
     summary = ExtractSummary(total=len(paths))
-    todo = [p for p in paths if not _up_to_date(store, ids[p], p)]
+    sources = {path: _source_or_none(path) for path in paths}
+    todo = []
+    for path in paths:
+        status = _stored_status(store, ids[path], sources[path])
+        if status == "current":
+            continue
+        todo.append(path)
+        if status == "changed":
+            summary.changed += 1
+        elif status != "missing":
+            summary.redone += 1
+            print(f"captioner: {status}; extracting it again", file=log)
     summary.skipped = len(paths) - len(todo)
-    summary.changed = sum(ids[p] in store for p in todo)
 
     def fail(path, reason: str) -> None:
         summary.failures.append({"path": str(path), "id": ids.get(Path(path), Path(path).stem),
@@ -294,33 +351,68 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
                     fail(path, outcome)
                     continue
                 features, meta = outcome
-                store.put(ids[Path(path)], features, meta)
+                store.put(ids[Path(path)], features, {**meta, "source": sources[Path(path)]})
                 _advance(bar, summary, len(features))
         else:
-            _extract_local(todo, ids, backbone, config, sampling, device, provenance, store, summary,
-                           bar, fail)
+            _extract_local(todo, ids, sources, backbone, config, sampling, device, provenance, store,
+                           summary, bar, fail)
     finally:
         if bar is not None:
             bar.close()
         summary.seconds = time.perf_counter() - started
-        _write_failures(failures_path or Path(store_path) / "failures.jsonl", summary.failures)
+        failing = sys.exc_info()[1] is not None
+        try:
+            _write_failures(failures_path, summary.failures)
+        except CaptionerError:
+            # A store that could not be written (disk full) cannot take the list either; the
+            # error already under way is the one line the user needs, and a re-run rewrites it.
+            if not failing:
+                raise
     print(summary.line(), file=log)
     return summary
 
 
-def _up_to_date(store, video_id: str, path: Path) -> bool:
-    """In the store, and written after the file last changed: a video replaced by another file
-    of the same name is extracted again instead of keeping the old one's features."""
-    written = store.written_ns(video_id)
-    if written is None:
-        return False
+def source_fingerprint(path: str | os.PathLike) -> dict:
+    """What identifies the file a video's features came from: size, mtime and a hash of its first
+    and last MiB. Cheap enough for every input of a re-run, and unlike size and mtime alone it
+    tells apart a file replaced by another one copied with its old mtime (`cp -p`)."""
+    with open(path, "rb") as fh:
+        stat = os.fstat(fh.fileno())
+        digest = hashlib.sha256(fh.read(FINGERPRINT_SPAN))
+        if stat.st_size > FINGERPRINT_SPAN:
+            fh.seek(max(FINGERPRINT_SPAN, stat.st_size - FINGERPRINT_SPAN))
+            digest.update(fh.read(FINGERPRINT_SPAN))
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "head_tail_sha256": digest.hexdigest()}
+
+
+def _source_or_none(path: Path) -> dict | None:
     try:
-        return path.stat().st_mtime_ns <= written
+        return source_fingerprint(path)
     except OSError:
-        return True  # unreadable now: decoding would fail; keep what was extracted
+        return None  # decoding will fail on it with a reason
 
 
-def _extract_local(todo, ids, backbone, config, sampling, device, provenance, store, summary, bar, fail):
+def _stored_status(store, video_id: str, source: dict | None) -> str:
+    """"missing", "current" (keep it), "changed" (the input is another file now) or, for an
+    entry that cannot be kept as it is, the one-line reason why."""
+    from .store import MissingFeatures
+
+    try:
+        meta = store.verified_meta(video_id)
+    except MissingFeatures:
+        return "missing"
+    except CaptionerError as exc:
+        return str(exc)
+    if source is None:
+        return "current"  # unreadable now: decoding would fail; keep what was extracted
+    recorded = meta.get("source")
+    if recorded is None:  # written before entries recorded their input: it must be no newer
+        return "current" if source["mtime_ns"] <= (store.written_ns(video_id) or 0) else "changed"
+    return "current" if recorded == source else "changed"
+
+
+def _extract_local(todo, ids, sources, backbone, config, sampling, device, provenance, store, summary, bar,
+                   fail):
     workers = default_workers(device) if config.workers is None else config.workers
     decoder = _Decoder(todo, workers, sampling, backbone.decode_short_side, backbone.clip_len)
     batcher = _Batcher(backbone, config.batch_size, device)
@@ -337,7 +429,8 @@ def _extract_local(todo, ids, backbone, config, sampling, device, provenance, st
             fail(path, outcome)
             continue
         video_id = ids[Path(path)]
-        in_flight[video_id] = (Path(path), _video_meta(outcome, Path(path), provenance, sampling))
+        meta = {**_video_meta(outcome, Path(path), provenance, sampling), "source": sources[Path(path)]}
+        in_flight[video_id] = (Path(path), meta)
         store_finished(batcher.add(video_id, mirrored(outcome.frames) if config.mirror else outcome.frames))
     store_finished(batcher.flush())
 
@@ -368,4 +461,7 @@ def _write_line(log, bar, line: str) -> None:
 
 
 def _write_failures(path: str | os.PathLike, failures: list[dict]) -> None:
-    atomic_write(path, "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failures))
+    try:
+        atomic_write(path, "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failures))
+    except OSError as exc:
+        raise CaptionerError(f"cannot write the failure list: {exc.strerror or exc}", path) from None

@@ -3,21 +3,30 @@
 A store is a directory:
 
     STORE/store.json          what extracted it (backbone, weights checksum, sampling)
-    STORE/videos/<id>.npz     frames (T x D), pooled (D), meta (JSON)
+    STORE/videos/<id>.npz     frames (T x D), pooled (D), meta (JSON) and settings (JSON: the
+                              store.json provenance it was written under)
     STORE/failures.jsonl      the last extraction's failures, one JSON object per line
+    STORE/writer.lock         flock()ed by the one process allowed to write (holds its pid)
 
 One file per video, written to a temporary name and renamed into place, is what makes the
 store safe to SIGKILL at any moment: a reader sees a video completely or not at all, and a
 re-run only has to ask which files exist. A single HDF5 file cannot promise that (a killed
 writer can corrupt the whole file), so HDF5 and `.npy` folders are import/export formats.
+
+One writer at a time: two extractions with different settings would otherwise interleave
+their videos under one store.json. The kernel drops an flock when its holder dies, so a
+SIGKILLed writer never leaves a stale lock behind. Readers take no lock and never delete.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
 import json
 import os
 import time
+import weakref
 import zipfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -32,6 +41,8 @@ FORMAT = "captioner-features"
 FORMAT_VERSION = 1
 _SUFFIX = ".npz"
 _GROUP_LEAVES = ("features", "frames", "feats")
+_LOCK_NAME = "writer.lock"
+_MEMBERS = ("frames", "pooled", "meta")
 
 
 class MissingFeatures(CaptionerError, KeyError):
@@ -41,8 +52,69 @@ class MissingFeatures(CaptionerError, KeyError):
         return self.format()
 
 
+class StoreLocked(CaptionerError):
+    """Another process is writing the store."""
+
+
 def _decode_meta(raw: np.ndarray) -> dict:
     return json.loads(bytes(raw).decode("utf-8"))
+
+
+def _json_bytes(value) -> bytes:
+    return json.dumps(value, default=_jsonable, ensure_ascii=False).encode("utf-8")
+
+
+def _normalized(provenance: dict) -> dict:
+    # What store.json and each entry hold after a JSON round trip (tuples become lists, numpy
+    # scalars numbers), so settings compare equal however they were built.
+    return json.loads(_json_bytes(provenance))
+
+
+def _differing(recorded: dict, expected: dict) -> list[str]:
+    return sorted(k for k in set(recorded) | set(expected) if recorded.get(k) != expected.get(k))
+
+
+# Writer locks this process holds: store directory -> [lock file, number of open writers].
+# flock() conflicts between two opens even within one process, and code such as a pipeline
+# stage legitimately opens a store for writing while the extraction it calls opens it again;
+# the lock is about other processes.
+_writer_locks: dict[str, list] = {}
+
+
+def _acquire_writer_lock(store_dir: Path) -> str:
+    key = os.path.realpath(store_dir)
+    held = _writer_locks.get(key)
+    if held is not None:
+        held[1] += 1
+        return key
+    lock_path = store_dir / _LOCK_NAME
+    handle = open(lock_path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise CaptionerError(f"cannot lock the feature store for writing: {exc.strerror}", lock_path) from None
+        who = f"process {holder}" if holder.isdigit() else "another process"
+        raise StoreLocked(f"{who} is writing this feature store; wait for it to finish or use "
+                          "another --out (one writer at a time keeps a store consistent)", store_dir) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _writer_locks[key] = [handle, 1]
+    return key
+
+
+def _release_writer_lock(key: str) -> None:
+    held = _writer_locks[key]
+    held[1] -= 1
+    if held[1] == 0:
+        del _writer_locks[key]
+        held[0].close()  # closing the descriptor releases the flock
+
 
 def _file_name(video_id: str) -> str:
     # Percent-encoding keeps any id (slashes, spaces, non-ASCII) a single, reversible file name.
@@ -67,7 +139,9 @@ def _jsonable(value):
 class FeatureStore:
     """Random access to extracted features by video id.
 
-    Open with `captioner.open_features(path)`; extraction opens it with mode="a".
+    Open with `captioner.open_features(path)`; extraction opens it with mode="a", which takes
+    the store's writer lock (refused with `StoreLocked` while another process holds it) until
+    `close()`, the end of a `with` block, or the object's collection.
     """
 
     def __init__(self, path: str | os.PathLike, mode: str = "r"):
@@ -78,12 +152,21 @@ class FeatureStore:
         self._videos = self.path / "videos"
         self._index_file = self.path / "store.json"
         self._ids: list[str] | None = None
+        self._unlock = None
+        self._videos_without_index = False
         if mode == "a":
-            self._videos.mkdir(parents=True, exist_ok=True)
+            try:
+                self._videos.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CaptionerError(f"cannot create the feature store: {exc.strerror}", self.path) from None
+            key = _acquire_writer_lock(self.path)
+            self._unlock = weakref.finalize(self, _release_writer_lock, key)
             if not self._index_file.exists():
+                self._videos_without_index = any(e.name.endswith(_SUFFIX) for e in os.scandir(self._videos))
                 self._write_info({"format": FORMAT, "version": FORMAT_VERSION,
                                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "provenance": None})
-            self._remove_stale_temporaries()
+            if _writer_locks[key][1] == 1:  # the first writer here: no write of ours is under way
+                self._remove_stale_temporaries()
         elif not self.path.is_dir():
             raise CaptionerError("feature store not found (run `captioner extract` first)", self.path)
         elif not self._index_file.exists():
@@ -107,7 +190,28 @@ class FeatureStore:
         return info
 
     def _write_info(self, info: dict) -> None:
-        atomic_write(self._index_file, json.dumps(info, indent=2, default=_jsonable).encode())
+        self._write(self._index_file, json.dumps(info, indent=2, default=_jsonable).encode())
+
+    def _write(self, path: Path, data: bytes) -> None:
+        try:
+            atomic_write(path, data)
+        except OSError as exc:  # disk full, quota, read-only: the temporary file is already gone
+            reason = exc.strerror or str(exc)
+            raise CaptionerError(f"cannot write {path.relative_to(self.path)}: {reason}; everything "
+                                 "written before is intact (free space and re-run to continue)",
+                                 self.path) from None
+
+    def close(self) -> None:
+        """Give up writing (releases the writer lock); reading stays possible."""
+        if self._unlock is not None:
+            self._unlock()
+            self.mode = "r"
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def provenance(self) -> dict | None:
@@ -117,25 +221,40 @@ class FeatureStore:
     def set_provenance(self, provenance: dict) -> None:
         """Record the extraction settings; refuse to mix features of different extractors."""
         self._require_writable()
+        provenance = _normalized(provenance)
         current = self.provenance
         if current is not None and current != provenance and len(self) > 0:
-            differing = sorted(k for k in set(current) | set(provenance)
-                               if current.get(k) != provenance.get(k))
             raise UsageError(
                 "store already holds features extracted with other settings "
-                f"({', '.join(differing)} differ); use another --out or delete the store",
+                f"({', '.join(_differing(current, provenance))} differ); use another --out or delete the store",
                 self.path)
+        if current is None and self._videos_without_index:
+            # store.json lost beside existing videos: they still say how they were made, and
+            # must not be relabelled with other settings.
+            for video_id in self.ids():
+                try:
+                    differing = _differing_settings(self._recorded_settings(video_id), provenance)
+                except CaptionerError:
+                    continue  # unreadable entries are the next extraction's to redo
+                if differing:
+                    raise UsageError(
+                        f"store.json is missing and the stored videos were extracted with other "
+                        f"settings ({', '.join(differing)} differ, e.g. video {video_id!r}); use "
+                        "another --out or delete the store", self.path)
         self.info["provenance"] = provenance
         self._write_info(self.info)
+        self._videos_without_index = False
 
     def _remove_stale_temporaries(self) -> None:
-        # Left behind by a writer that was killed between write and rename; never visible as videos.
-        for entry in os.scandir(self._videos):
-            if entry.name.startswith(TMP_PREFIX):
-                try:
-                    os.unlink(entry.path)
-                except FileNotFoundError:
-                    pass
+        # Left behind by a writer killed between write and rename; ours to remove only because
+        # we hold the writer lock (a reader doing this would delete a running writer's file).
+        for folder in (self.path, self._videos):
+            for entry in os.scandir(folder):
+                if entry.name.startswith(TMP_PREFIX):
+                    try:
+                        os.unlink(entry.path)
+                    except FileNotFoundError:
+                        pass
 
     def _require_writable(self) -> None:
         if self.mode != "a":
@@ -175,12 +294,61 @@ class FeatureStore:
         path = self._videos / _file_name(video_id)
         try:
             with np.load(path, allow_pickle=False) as npz:
-                return [npz[key] for key in keys]
+                values = [npz[key] for key in keys]
+                settings = _decode_meta(npz["settings"]) if "settings" in npz.files else None
         except FileNotFoundError:
             raise MissingFeatures(f"no features for video id {video_id!r}", self.path) from None
-        except (zipfile.BadZipFile, ValueError, OSError, KeyError) as exc:
-            raise CaptionerError(f"corrupt feature file ({exc}); delete it and re-run extraction",
-                                 path) from None
+        except (zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError) as exc:
+            raise CaptionerError(f"corrupt feature file ({exc}); re-run `captioner extract` into "
+                                 "this store to redo it", path) from None
+        self._check_settings(settings, path)
+        return values
+
+    def _check_settings(self, settings: dict | None, path: Path) -> None:
+        if settings is None or self.provenance is None:
+            return  # written before entries carried their settings, or by an import
+        differing = _differing(settings, self.provenance)
+        if differing:
+            raise CaptionerError(f"features extracted with other settings than store.json records "
+                                 f"({', '.join(differing)} differ); re-run `captioner extract` into "
+                                 "this store to redo them", path)
+
+    def _recorded_settings(self, video_id: str) -> tuple[dict | None, dict, int]:
+        """(settings the entry was written under or None, its meta, its feature size), reading
+        the small records and the array headers only."""
+        path = self._videos / _file_name(video_id)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+                absent = [m for m in _MEMBERS if f"{m}.npy" not in names]
+                if absent:
+                    raise CaptionerError(f"corrupt feature file (no {', '.join(absent)})", path)
+                meta = _decode_meta(_read_npy(archive, "meta"))
+                settings = _decode_meta(_read_npy(archive, "settings")) if "settings.npy" in names else None
+                frames_shape = _npy_shape(archive, "frames")
+                pooled_shape = _npy_shape(archive, "pooled")
+        except FileNotFoundError:
+            raise MissingFeatures(f"no features for video id {video_id!r}", self.path) from None
+        except (zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError) as exc:
+            raise CaptionerError(f"corrupt feature file ({exc})", path) from None
+        if len(frames_shape) != 2 or frames_shape[0] < 1 or pooled_shape != frames_shape[1:]:
+            raise CaptionerError(f"corrupt feature file (frames {frames_shape}, pooled {pooled_shape})", path)
+        return settings, meta, frames_shape[1]
+
+    def verified_meta(self, video_id: str) -> dict:
+        """The meta of a readable entry written with the settings store.json records.
+
+        Cheap enough to run on every entry of a re-run: opens the file's zip directory (a
+        truncated file has none), reads the small meta and settings records and the array
+        headers, never the arrays. Raises MissingFeatures when the store lacks the video and
+        CaptionerError (the reason) when its entry is corrupt or made with other settings.
+        """
+        recorded = self._recorded_settings(video_id)
+        differing = _differing_settings(recorded, self.provenance or {})
+        if differing:
+            raise CaptionerError(f"extracted with other settings than store.json records "
+                                 f"({', '.join(differing)} differ)", self._videos / _file_name(video_id))
+        return recorded[1]
 
     def pooled(self, video_id: str) -> np.ndarray:
         """The time-pooled feature vector, shape (D,), float32."""
@@ -230,10 +398,13 @@ class FeatureStore:
         if frames.ndim != 2 or frames.shape[0] == 0:
             raise ValueError(f"frames must be (T, D) with T >= 1, got {frames.shape}")
         pooled = frames.mean(axis=0) if pooled is None else np.asarray(pooled, dtype=np.float32)
-        meta_bytes = json.dumps(meta or {}, default=_jsonable, ensure_ascii=False).encode("utf-8")
+        records = {"meta": _json_bytes(meta or {})}
+        if self.provenance is not None:
+            records["settings"] = _json_bytes(self.provenance)
         buf = io.BytesIO()
-        np.savez(buf, frames=frames, pooled=pooled, meta=np.frombuffer(meta_bytes, dtype=np.uint8))
-        atomic_write(self._videos / _file_name(video_id), buf.getvalue())
+        np.savez(buf, frames=frames, pooled=pooled,
+                 **{name: np.frombuffer(data, dtype=np.uint8) for name, data in records.items()})
+        self._write(self._videos / _file_name(video_id), buf.getvalue())
         if self._ids is not None and video_id not in self._ids:
             self._ids = None
 
@@ -247,6 +418,33 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, {len(self)} videos)"
+
+
+def _read_npy(archive: zipfile.ZipFile, name: str) -> np.ndarray:
+    with archive.open(f"{name}.npy") as fh:
+        return np.lib.format.read_array(fh, allow_pickle=False)
+
+
+def _npy_shape(archive: zipfile.ZipFile, name: str) -> tuple[int, ...]:
+    with archive.open(f"{name}.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = read_header(fh)
+    return tuple(shape)
+
+
+def _differing_settings(recorded: tuple[dict | None, dict, int], expected: dict) -> list[str]:
+    """Settings keys on which an entry disagrees with `expected` (a store provenance)."""
+    settings, meta, dim = recorded
+    if settings is not None:
+        differing = set(_differing(settings, expected))
+    else:
+        # Written before entries carried their settings: extraction copied the provenance
+        # into each video's meta, so compare the keys that has.
+        differing = {k for k in expected if k in meta and meta[k] != expected[k]}
+    if "feature_dim" in expected and dim != int(expected["feature_dim"]):
+        differing.add("feature_dim")
+    return sorted(differing)
 
 
 def open_features(path: str | os.PathLike, mode: str = "r") -> FeatureStore:

@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -99,6 +100,25 @@ def caption_model(msvd_store, data_dir, tmp_path_factory) -> Path:
                          data=DataConfig(features=str(msvd_store), captions=captions, split="train",
                                          val_split=None, min_count=1))
     return train(config)
+
+
+@pytest.fixture
+def other_writer(tmp_path):
+    """Another process holding a store open for writing, with a video half written."""
+    store_path = tmp_path / "shared"
+    script = ("import sys; from captioner import open_features; "
+              f"store = open_features({str(store_path)!r}, 'a'); "
+              "store.set_provenance({'backbone': 'test', 'feature_dim': 2}); store.put('done', [[1.0, 2.0]]); "
+              "open(store.path / 'videos' / '.tmp-inflight', 'wb').write(b'half'); "
+              "print('ready', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        yield store_path, proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def free_port() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 import media
 from captioner import open_features
 from captioner.cli import main as cli_main
-from captioner.extract import ExtractConfig, extract, video_ids
+from captioner.extract import ExtractConfig, extract, source_fingerprint, video_ids
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ExtractConfig(backbone="efficientnet_lite0", frames="uniform:4", batch_size=8, workers=1, device="cpu")
@@ -172,9 +173,7 @@ def test_store_of_other_settings_is_a_usage_error(tmp_path, data_dir, capsys):
 @pytest.mark.slow
 def test_sigkill_mid_run_keeps_the_store_intact_and_rerun_completes(tmp_path, msvd_clips):
     store_path = tmp_path / "store"
-    clip_list = tmp_path / "clips.txt"  # the 18-clip subset: the shared folder holds more
-    clip_list.write_text("".join(f"{c}\n" for c in msvd_clips))
-    args = [sys.executable, "-m", "captioner.cli", "extract", str(clip_list), "--out", str(store_path),
+    args = [sys.executable, "-m", "captioner.cli", "extract", *map(str, msvd_clips), "--out", str(store_path),
             "--backbone", "efficientnet_lite0", "--frames", "uniform:8", "--batch-size", "8", "--workers", "1",
             "--quiet"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -228,3 +227,196 @@ def test_extract_on_a_local_ray_cluster(tmp_path, msvd_clips, ray_head):
     assert ray_store.provenance == local_store.provenance and ray_store.provenance["mirror"] is True
     np.testing.assert_allclose(ray_store.frames(clips[0].stem), local_store.frames(clips[0].stem),
                                rtol=1e-3, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- store reliability
+TINY = ExtractConfig(backbone="efficientnet_lite0", frames="uniform:2", batch_size=4, workers=0, device="cpu")
+
+
+def test_extract_refuses_a_store_another_process_is_writing(tmp_path, msvd_clips, other_writer, capsys):
+    store_path, proc = other_writer
+    code = cli_main(["extract", str(msvd_clips[0]), "--out", str(store_path), "--backbone", "efficientnet_lite0",
+                     "--frames", "uniform:2", "--workers", "0", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [f"captioner: error: {store_path}: process {proc.pid} is writing this "
+                                        "feature store; wait for it to finish or use another --out (one writer "
+                                        "at a time keeps a store consistent)"]
+    assert open_features(store_path).ids() == ["done"]
+    assert (store_path / "videos" / ".tmp-inflight").exists()
+
+
+def test_a_lost_store_json_does_not_let_other_settings_skip_the_videos(tmp_path, msvd_clips, capsys):
+    store = tmp_path / "store"
+    extract(msvd_clips[:1], store, TINY, progress=False)
+    (store / "store.json").unlink()
+    code = cli_main(["extract", str(msvd_clips[0]), "--out", str(store), "--backbone", "efficientnet_lite0",
+                     "--frames", "uniform:4", "--workers", "0", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith(f"captioner: error: {store}: store.json is missing and the stored videos were "
+                              "extracted with other settings (frames differ")
+    # The same settings as the videos: the run carries on and store.json is back.
+    again = extract(msvd_clips[:1], store, TINY, progress=False)
+    assert (again.done, again.skipped) == (0, 1)
+    assert open_features(store).provenance["frames"] == "uniform:2"
+
+
+def test_fingerprint_tells_apart_files_of_equal_size_and_mtime(tmp_path):
+    span = 1 << 20
+    first, second = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    body = np.random.default_rng(0).integers(0, 256, 3 * span, dtype=np.uint8).tobytes()
+    first.write_bytes(body)
+    second.write_bytes(body[:-1] + bytes([body[-1] ^ 1]))  # differs in the last byte only
+    os.utime(second, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns))
+    a, b = source_fingerprint(first), source_fingerprint(second)
+    assert (a["size"], a["mtime_ns"]) == (b["size"], b["mtime_ns"])
+    assert a != b
+    assert source_fingerprint(first) == a
+
+
+def test_a_file_replaced_with_an_older_mtime_is_extracted_again(tmp_path, msvd_clips):
+    """`cp -p` of another clip over an input: an older mtime than the features must not hide it."""
+    import shutil
+
+    video = tmp_path / "in" / "clip.avi"
+    video.parent.mkdir()
+    shutil.copyfile(msvd_clips[0], video)
+    extract([video], tmp_path / "store", TINY, progress=False)
+    before = open_features(tmp_path / "store").pooled("clip")
+    shutil.copy2(msvd_clips[1], video)
+    os.utime(video, ns=(10**18,) * 2)  # 2001: older than any extraction
+    replaced = extract([video], tmp_path / "store", TINY, progress=False)
+    assert (replaced.done, replaced.skipped, replaced.changed) == (1, 0, 1)
+    store = open_features(tmp_path / "store")
+    assert np.abs(store.pooled("clip") - before).max() > 1e-2
+    assert store.meta("clip")["source"] == source_fingerprint(video)
+    assert extract([video], tmp_path / "store", TINY, progress=False).skipped == 1
+
+
+def test_a_rerun_redoes_corrupt_entries(tmp_path, msvd_clips, capsys):
+    clips = msvd_clips[:2]
+    extract(clips, tmp_path / "store", TINY, progress=False)
+    entry = tmp_path / "store" / "videos" / f"{clips[0].stem}.npz"
+    entry.write_bytes(entry.read_bytes()[:1000])
+    capsys.readouterr()
+    again = extract(clips, tmp_path / "store", TINY, progress=False)
+    assert (again.done, again.skipped, again.redone, again.failed) == (1, 1, 1, 0)
+    err = capsys.readouterr().err
+    assert f"captioner: {entry}: corrupt feature file" in err and "extracting it again" in err
+    assert "1 redone: stored features were corrupt or of other settings" in again.line()
+    store = open_features(tmp_path / "store")
+    assert store.frames(clips[0].stem).shape == (2, 1280)
+
+
+def test_disk_full_during_extract_is_one_line_and_keeps_what_was_written(tmp_path, msvd_clips, monkeypatch,
+                                                                         capsys):
+    store_path = tmp_path / "store"
+    real_fsync = os.fsync
+    videos_written = []
+
+    def fills_up_after_one_video(fd):
+        if videos_written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(store_path / "videos")):
+            videos_written.append(fd)
+
+    monkeypatch.setattr(os, "fsync", fills_up_after_one_video)
+    clips = msvd_clips[:3]
+    code = cli_main(["extract", *map(str, clips), "--out", str(store_path), "--backbone", "efficientnet_lite0",
+                     "--frames", "uniform:2", "--batch-size", "2", "--workers", "0", "--quiet"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        f"captioner: error: {store_path}: cannot write videos/{clips[1].stem}.npz: No space left on device; "
+        "everything written before is intact (free space and re-run to continue)"]
+    store = open_features(store_path)
+    assert store.ids() == [clips[0].stem] and store.frames(clips[0].stem).shape == (2, 1280)
+    assert not [name for name in os.listdir(store_path / "videos") if name.startswith(".tmp-")]
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # an orphan nobody reaps yet is dead all the same
+
+
+def _ignores_sigint(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+    return bool(ignored >> (signal.SIGINT - 1) & 1)
+
+
+def _own_session_with_default_ctrl_c() -> None:
+    os.setsid()
+    # A test run started in the background inherits SIGINT ignored, and would pass that on.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _extract_with_a_decoding_worker(tmp_path, msvd_clips) -> tuple[subprocess.Popen, list[int]]:
+    """`captioner extract --workers 1` started in its own session, once the worker decodes."""
+    store_path = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-m", "captioner.cli", "extract", *map(str, msvd_clips),
+                             "--out", str(store_path), "--backbone", "efficientnet_lite0", "--frames", "uniform:2",
+                             "--batch-size", "2", "--workers", "1", "--quiet"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_own_session_with_default_ctrl_c)
+    deadline = time.monotonic() + 300
+    videos = store_path / "videos"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if videos.is_dir() and any(f.endswith(".npz") for f in os.listdir(videos)):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "extraction ended before the test could interrupt it: " + proc.stderr.read()
+    children = _children(proc.pid)
+    assert children, "no decoding worker"
+    return proc, children
+
+
+@pytest.mark.slow
+def test_sigkill_of_extract_takes_its_workers_along(tmp_path, msvd_clips):
+    proc, children = _extract_with_a_decoding_worker(tmp_path, msvd_clips)
+    proc.send_signal(signal.SIGKILL)  # the parent only, as an OOM killer or `kill -9 PID` does
+    try:
+        _, err = proc.communicate(timeout=30)  # stderr closes once every process holding it is gone
+    finally:
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(map(_alive, children)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_alive, children))
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_extract_prints_one_line(tmp_path, msvd_clips):
+    proc, children = _extract_with_a_decoding_worker(tmp_path, msvd_clips)
+    workers = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    # A worker waiting for work when Ctrl-C came printed a KeyboardInterrupt traceback; whether
+    # one waits at that moment is luck, so check the cause: workers must ignore SIGINT.
+    assert workers and all(_ignores_sigint(pid) for pid in workers)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: the whole foreground group
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == ["captioner: interrupted"]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
 
 import h5py
 import numpy as np
 import pytest
 
 from captioner import open_features
-from captioner.errors import CaptionerError
-from captioner.store import MissingFeatures, export_features, import_features
+from captioner.errors import CaptionerError, UsageError
+from captioner.store import MissingFeatures, StoreLocked, export_features, import_features
 
 ODD_IDS = ["plain", "with space", "slash/inside", "vidéo 日本", ".hidden", "a%b"]
 
@@ -54,13 +57,49 @@ def test_missing_id_and_missing_store(tmp_path):
         open_features(tmp_path / "plain_dir")
 
 
-def test_stale_temporaries_are_invisible_and_cleaned(tmp_path):
+def test_stale_temporaries_are_invisible_and_cleaned_by_the_next_writer(tmp_path):
     store, _ = _filled(tmp_path)
-    stale = store.path / "videos" / ".tmp-deadbeef"
-    stale.write_bytes(b"half a file")
+    store.close()
+    stale = [store.path / "videos" / ".tmp-deadbeef", store.path / ".tmp-cafe"]
+    for path in stale:
+        path.write_bytes(b"half a file")
     assert open_features(store.path).ids() == sorted(ODD_IDS)
-    open_features(store.path, "a")
-    assert not stale.exists()
+    assert all(path.exists() for path in stale)  # readers never delete
+    with open_features(store.path, "a"):
+        assert not any(path.exists() for path in stale)
+
+
+def test_a_second_writer_is_refused_and_readers_leave_the_writers_files_alone(other_writer):
+    store_path, proc = other_writer
+    in_flight = store_path / "videos" / ".tmp-inflight"
+    for _ in range(3):  # the loop of opens that used to delete a running writer's file
+        assert open_features(store_path).ids() == ["done"]
+        with pytest.raises(StoreLocked, match=f"process {proc.pid} is writing this feature store"):
+            open_features(store_path, "a")
+    assert in_flight.exists()
+    assert open_features(store_path).pooled("done").tolist() == [1.0, 2.0]
+
+
+def test_a_killed_writer_leaves_no_stale_lock(other_writer):
+    store_path, proc = other_writer
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with open_features(store_path, "a") as store:
+        assert store.ids() == ["done"]
+        assert not (store_path / "videos" / ".tmp-inflight").exists()
+        store.put("more", [[0.0, 1.0]])
+    with open_features(store_path, "a"):  # closing released it
+        pass
+
+
+def test_writers_in_one_process_share_the_lock(tmp_path):
+    # A pipeline stage prunes a store, then the extraction it calls opens it again.
+    outer = open_features(tmp_path / "s", "a")
+    inner = open_features(tmp_path / "s", "a")
+    inner.put("x", np.ones((1, 2)))
+    inner.close()
+    outer.put("y", np.ones((1, 2)))
+    assert open_features(tmp_path / "s").ids() == ["x", "y"]
 
 
 def test_corrupt_file_is_a_clear_error(tmp_path):
@@ -87,6 +126,18 @@ def test_hdf5_and_npy_round_trip(tmp_path):
         assert copy.ids() == sorted(ODD_IDS)
         for vid, frames in arrays.items():
             np.testing.assert_allclose(copy.frames(vid), frames)
+
+
+def test_an_exported_extraction_imports_again(tmp_path):
+    # Its meta names the backbone; the imported store's provenance names the file instead.
+    store = open_features(tmp_path / "s", "a")
+    store.set_provenance({"backbone": "lite0", "feature_dim": 4})
+    store.put("x", np.ones((2, 4)), {"backbone": "lite0", "frames": "uniform:2"})
+    export_features(store, tmp_path / "x.h5")
+    copy = open_features(tmp_path / "copy", "a")
+    assert import_features(tmp_path / "x.h5", copy) == 1
+    assert copy.provenance == {"backbone": "imported:x.h5", "feature_dim": 4}
+    assert copy.meta("x")["backbone"] == "lite0"
 
 
 def test_import_foreign_layouts(tmp_path):
@@ -122,3 +173,65 @@ def test_meta_is_json(tmp_path):
     store = open_features(tmp_path / "s", "a")
     store.put("x", np.ones((2, 3)), {"timestamps": np.array([0.5, 1.5]), "n": np.int64(3)})
     assert json.dumps(store.meta("x")) == '{"timestamps": [0.5, 1.5], "n": 3}'
+
+
+def test_entries_carry_their_settings_and_reads_check_them(tmp_path):
+    # What two racing writers used to leave: store.json says one extractor, a video another.
+    store = open_features(tmp_path / "s", "a")
+    store.set_provenance({"backbone": "lite1", "frames": "uniform:8", "feature_dim": 2})
+    store.put("x", np.ones((3, 2)))
+    info = json.loads((tmp_path / "s" / "store.json").read_text())
+    info["provenance"]["backbone"] = "lite0"
+    (tmp_path / "s" / "store.json").write_text(json.dumps(info))
+    reader = open_features(tmp_path / "s")
+    with pytest.raises(CaptionerError, match=r"x\.npz: features extracted with other settings .*\(backbone differ\)"):
+        reader.pooled("x")
+    with pytest.raises(CaptionerError, match=r"other settings .*\(backbone differ\)"):
+        reader.verified_meta("x")
+
+
+def test_verified_meta_finds_truncated_and_inconsistent_entries(tmp_path):
+    store, _ = _filled(tmp_path)
+    assert store.verified_meta("plain") == {"frames": "uniform:4", "id": "plain"}
+    with pytest.raises(MissingFeatures):
+        store.verified_meta("absent")
+    entry = store.path / "videos" / "plain.npz"
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    with pytest.raises(CaptionerError, match=r"plain\.npz: corrupt feature file"):
+        store.verified_meta("plain")
+    store.put("wide", np.ones((2, 16)))  # store.json says feature_dim 8
+    with pytest.raises(CaptionerError, match="feature_dim differ"):
+        store.verified_meta("wide")
+
+
+def test_a_lost_store_json_does_not_relabel_the_videos(tmp_path):
+    store = open_features(tmp_path / "s", "a")
+    settings = {"backbone": "lite0", "frames": "uniform:8", "feature_dim": 2}
+    store.set_provenance(settings)
+    store.put("x", np.ones((3, 2)), {**settings, "path": "x.avi"})
+    store.close()
+    (tmp_path / "s" / "store.json").unlink()
+    with open_features(tmp_path / "s", "a") as store:
+        with pytest.raises(UsageError, match=r"store\.json is missing .*\(backbone, frames differ"):
+            store.set_provenance({"backbone": "lite2", "frames": "uniform:16", "feature_dim": 2})
+        store.set_provenance(settings)  # the same settings: the store carries on
+    assert open_features(tmp_path / "s").provenance == settings
+
+
+def test_disk_full_is_one_line_naming_the_store_and_loses_nothing(tmp_path, monkeypatch):
+    store, arrays = _filled(tmp_path)
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(CaptionerError) as caught:
+        store.put("one_more", np.ones((2, 8)))
+    assert str(caught.value) == (f"{store.path}: cannot write videos/one_more.npz: No space left on device; "
+                                 "everything written before is intact (free space and re-run to continue)")
+    monkeypatch.undo()
+    assert not [name for name in os.listdir(store.path / "videos") if name.startswith(".tmp-")]
+    reader = open_features(store.path)
+    assert reader.ids() == sorted(ODD_IDS)
+    for vid, frames in arrays.items():
+        np.testing.assert_allclose(reader.frames(vid), frames)
