@@ -160,9 +160,13 @@ def _add_evaluate(sub) -> None:
                                    "does (PTB tokenizer, BLEU-1..4, METEOR 1.5, ROUGE-L, CIDEr-D), beside "
                                    "the baselines whose inputs are given. Needs Java.")
     _add_scoring_inputs(p)
-    p.add_argument("--json", action="store_true", help="print the model's scores as one JSON object")
+    p.add_argument("--json", action="store_true",
+                   help="print the model's scores as one JSON object, with n: ids scored and reference ids missing")
     p.add_argument("--out", default=None, metavar="FILE", help="also write every score and caption, per video, "
                                                                "as JSON")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="score the predicted ids even when predictions cover under 95%% of the reference ids "
+                        "(refused by default: such scores do not compare)")
     p.set_defaults(handler=_run_evaluate)
 
 
@@ -175,13 +179,14 @@ def _scoring_kwargs(args) -> dict:
 def _run_evaluate(args) -> int:
     import json
 
-    from .evaluate import evaluate_files, format_table, write_results
+    from .evaluate import MIN_COVERAGE, evaluate_files, format_table, write_results
 
-    evaluation = evaluate_files(args.predictions, args.references, **_scoring_kwargs(args))
+    evaluation = evaluate_files(args.predictions, args.references, **_scoring_kwargs(args),
+                                min_coverage=0.0 if args.allow_partial else MIN_COVERAGE)
     if args.out:
         write_results(evaluation, args.out)
     if args.json:
-        result = dict(evaluation.model.corpus)
+        result = {**evaluation.model.corpus, "n": evaluation.counts}
         if len(evaluation.systems) > 1:
             result["baselines"] = {s.name: s.corpus for s in evaluation.systems[1:]}
         print(json.dumps(result))
