@@ -16,6 +16,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .atomic import atomic_write
 from .errors import CaptionerError
@@ -129,8 +130,11 @@ class Captioner:
 
     # ------------------------------------------------------------------ public
     def caption(self, path: str | os.PathLike, beam: int = 3, n_best: int = 3, max_len: int = 20,
-                segments: float | None = None) -> Caption:
-        """Caption one video or image; with `segments`, also each window of that many seconds."""
+                segments: float | None = None, progress: Callable[[int, int], None] | None = None) -> Caption:
+        """Caption one video or image; with `segments`, also each window of that many seconds.
+
+        `progress(done, total)` is called as segments are captioned (first with done 0).
+        """
         import torch
 
         from .model import source_name
@@ -144,22 +148,27 @@ class Captioner:
                                    timing)
             windows = None
             if segments is not None:
-                windows = self._segments(path, info, segments, beam, max_len, timing, whole=nbest[0])
+                windows = self._segments(path, info, segments, beam, max_len, timing, whole=nbest[0],
+                                         progress=progress)
         caption, score = nbest[0]
         return Caption(path=str(path), id=Path(path).stem, caption=caption, score=score,
                        alternatives=[{"caption": c, "score": s} for c, s in nbest], model=self.model_id,
                        timing={k: round(v, 4) for k, v in timing.items()}, segments=windows)
 
     def _segments(self, path, info, seconds: float, beam: int, max_len: int, timing: dict,
-                  whole: tuple[str, float]) -> list[Segment]:
+                  whole: tuple[str, float], progress: Callable[[int, int], None] | None = None) -> list[Segment]:
         windows = segment_windows(info.duration, seconds)
         if info.is_image or info.duration <= 0:  # one segment: the caption of the whole input
             return [Segment(0.0, max(info.duration, 0.0), *whole)]
         result = []
         for start, end in windows:
+            if progress is not None:
+                progress(len(result), len(windows))
             pooled, _ = self._pooled(path, start=start, end=end, timing=timing)
             caption, score = self._describe(pooled, "video", beam, 1, max_len, timing)[0]
             result.append(Segment(start, end, caption, score))
+        if progress is not None:
+            progress(len(result), len(windows))
         return result
 
 

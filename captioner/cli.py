@@ -243,6 +243,8 @@ def _add_caption(sub) -> None:
                      help="write segment captions as WebVTT (a folder when several inputs are given)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--verbose", action="store_true", help="print the time split per input on stderr")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar over each input's segments on stderr (default: when stderr is a terminal)")
     p.set_defaults(handler=_run_caption)
 
 
@@ -277,6 +279,25 @@ def _expand_caption_inputs(patterns: list[str]) -> tuple[list[str], list[str]]:
     return paths, unmatched
 
 
+class _SegmentBar:
+    """A tqdm bar over one input's segments, on stderr like extract's, made when the count is known."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="segment", desc=self.name, dynamic_ncols=True, file=sys.stderr)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _run_caption(args) -> int:
     import json
     import time
@@ -289,8 +310,9 @@ def _run_caption(args) -> int:
     if args.segments is not None and not args.segments > 0:
         raise UsageError("--segments must be a positive number of seconds")
     from . import backbones, model  # noqa: F401  torch and timm: library start-up, timed as such
+    from .atomic import check_output_path
     from .caption import Captioner, write_subtitles
-    from .video import collect_inputs
+    from .video import find_inputs
 
     startup = _process_age()  # interpreter and library start-up; model_load is then weights only
 
@@ -299,33 +321,34 @@ def _run_caption(args) -> int:
     for pattern in unmatched:
         print(f"captioner: {pattern}: no file matches this pattern", file=sys.stderr)
         failed += 1
-    paths = []
-    for candidate in candidates:
-        try:
-            paths.extend(collect_inputs([candidate]))
-        except CaptionerError as exc:
-            print(f"captioner: {exc}", file=sys.stderr)
-            failed += 1
+    paths, missing = find_inputs(candidates)
+    for _, error in missing:  # every missing entry is reported; the rest are still captioned
+        print(f"captioner: {error}", file=sys.stderr)
+        failed += 1
     if not paths:
         return 1 if failed else 2
+    subtitle_target = args.srt or args.vtt
+    # A folder when more than one input was asked for, even if only one of them exists.
+    many = len(paths) + len(missing) + len(unmatched) > 1
+    if subtitle_target:
+        check_output_path(subtitle_target, folder=many, flag="--srt" if args.srt else "--vtt")
+    show_progress = sys.stderr.isatty() if args.progress is None else args.progress
     captioner = Captioner.load(args.model, device=args.device)
     if args.length_penalty is not None:
         captioner.length_penalty = args.length_penalty
-    subtitle_target = args.srt or args.vtt
-    many = len(paths) > 1
     for path in paths:
         started = time.perf_counter()
+        bar = _SegmentBar(Path(path).name) if show_progress and args.segments is not None else None
         try:
             result = captioner.caption(path, beam=args.beam, n_best=args.n_best, max_len=args.max_len,
-                                       segments=args.segments)
-            if subtitle_target:
-                fmt = "srt" if args.srt else "vtt"
-                target = Path(subtitle_target) / f"{Path(path).stem}.{fmt}" if many else Path(subtitle_target)
-                write_subtitles(result.segments, target, fmt)
+                                       segments=args.segments, progress=bar)
         except CaptionerError as exc:
             print(f"captioner: {exc if exc.path else f'{path}: {exc}'}", file=sys.stderr)
             failed += 1
             continue
+        finally:
+            if bar is not None:
+                bar.close()
         result.timing = {"startup": round(startup, 4), "model_load": round(captioner.load_seconds, 4),
                          **result.timing, "total": round(startup + captioner.load_seconds
                                                           + time.perf_counter() - started, 4)}
@@ -338,6 +361,14 @@ def _run_caption(args) -> int:
         if args.verbose:
             print("captioner: " + result.path + ": " + ", ".join(f"{k} {v:.3f}s" for k, v in result.timing.items()),
                   file=sys.stderr)
+        if subtitle_target:  # after the caption is out: a failed write loses nothing else
+            fmt = "srt" if args.srt else "vtt"
+            target = Path(subtitle_target) / f"{Path(path).stem}.{fmt}" if many else Path(subtitle_target)
+            try:
+                write_subtitles(result.segments, target, fmt)
+            except OSError as exc:
+                print(f"captioner: {target}: cannot write subtitles ({exc.strerror or exc})", file=sys.stderr)
+                failed += 1
     return 1 if failed else 0
 
 
