@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .atomic import atomic_write
 from .errors import CaptionerError
 
 T = TypeVar("T")
@@ -157,4 +158,4 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None,
 
 
 def save_config(obj, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), encoding="utf-8")
+    atomic_write(path, yaml.safe_dump(to_dict(obj), sort_keys=False))

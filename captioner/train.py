@@ -139,7 +139,6 @@ class TrainConfig:
             parse_metrics(self.val_metrics)
 
 
-
 # ----------------------------------------------------------------------------- data
 @dataclass
 class CaptionTensors:
