@@ -34,6 +34,31 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
         raise
 
 
+def check_output_path(path: str | os.PathLike, folder: bool, flag: str) -> None:
+    """Refuse, before any work, an output path the writers above could not use.
+
+    `folder`: a directory is wanted (created if missing); else a file, which is replaced if it
+    exists, as command-line tools do. The error names the path and what is wrong with it.
+    """
+    from .errors import UsageError
+
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise UsageError(f"{flag} names an existing file; it must be a folder (or a path to create one)", path)
+        if not folder and path.is_dir():
+            raise UsageError(f"{flag} names a folder; give a file path", path)
+        writable = path if path.is_dir() else path.parent
+    else:
+        writable = path.parent
+        while not writable.exists():
+            writable = writable.parent
+        if not writable.is_dir():
+            raise UsageError(f"{flag}: cannot create it: {writable} is a file, not a folder", path)
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: cannot write there: {writable} is not writable", path)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .atomic import atomic_write
 from .errors import CaptionerError

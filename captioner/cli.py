@@ -161,9 +161,13 @@ def _add_evaluate(sub) -> None:
                                    "does (PTB tokenizer, BLEU-1..4, METEOR 1.5, ROUGE-L, CIDEr-D), beside "
                                    "the baselines whose inputs are given. Needs Java.")
     _add_scoring_inputs(p)
-    p.add_argument("--json", action="store_true", help="print the model's scores as one JSON object")
+    p.add_argument("--json", action="store_true",
+                   help="print the model's scores as one JSON object, with n: ids scored and reference ids missing")
     p.add_argument("--out", default=None, metavar="FILE", help="also write every score and caption, per video, "
                                                                "as JSON")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="score the predicted ids even when predictions cover under 95%% of the reference ids "
+                        "(refused by default: such scores do not compare)")
     p.set_defaults(handler=_run_evaluate)
 
 
@@ -176,13 +180,14 @@ def _scoring_kwargs(args) -> dict:
 def _run_evaluate(args) -> int:
     import json
 
-    from .evaluate import evaluate_files, format_table, write_results
+    from .evaluate import MIN_COVERAGE, evaluate_files, format_table, write_results
 
-    evaluation = evaluate_files(args.predictions, args.references, **_scoring_kwargs(args))
+    evaluation = evaluate_files(args.predictions, args.references, **_scoring_kwargs(args),
+                                min_coverage=0.0 if args.allow_partial else MIN_COVERAGE)
     if args.out:
         write_results(evaluation, args.out)
     if args.json:
-        result = dict(evaluation.model.corpus)
+        result = {**evaluation.model.corpus, "n": evaluation.counts}
         if len(evaluation.systems) > 1:
             result["baselines"] = {s.name: s.corpus for s in evaluation.systems[1:]}
         print(json.dumps(result))
@@ -239,6 +244,8 @@ def _add_caption(sub) -> None:
                      help="write segment captions as WebVTT (a folder when several inputs are given)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--verbose", action="store_true", help="print the time split per input on stderr")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar over each input's segments on stderr (default: when stderr is a terminal)")
     p.set_defaults(handler=_run_caption)
 
 
@@ -273,6 +280,25 @@ def _expand_caption_inputs(patterns: list[str]) -> tuple[list[str], list[str]]:
     return paths, unmatched
 
 
+class _SegmentBar:
+    """A tqdm bar over one input's segments, on stderr like extract's, made when the count is known."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="segment", desc=self.name, dynamic_ncols=True, file=sys.stderr)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _run_caption(args) -> int:
     import json
     import time
@@ -285,8 +311,9 @@ def _run_caption(args) -> int:
     if args.segments is not None and not args.segments > 0:
         raise UsageError("--segments must be a positive number of seconds")
     from . import backbones, model  # noqa: F401  torch and timm: library start-up, timed as such
+    from .atomic import check_output_path
     from .caption import Captioner, write_subtitles
-    from .video import collect_inputs
+    from .video import find_inputs
 
     startup = _process_age()  # interpreter and library start-up; model_load is then weights only
 
@@ -295,33 +322,34 @@ def _run_caption(args) -> int:
     for pattern in unmatched:
         print(f"captioner: {pattern}: no file matches this pattern", file=sys.stderr)
         failed += 1
-    paths = []
-    for candidate in candidates:
-        try:
-            paths.extend(collect_inputs([candidate]))
-        except CaptionerError as exc:
-            print(f"captioner: {exc}", file=sys.stderr)
-            failed += 1
+    paths, missing = find_inputs(candidates)
+    for _, error in missing:  # every missing entry is reported; the rest are still captioned
+        print(f"captioner: {error}", file=sys.stderr)
+        failed += 1
     if not paths:
         return 1 if failed else 2
+    subtitle_target = args.srt or args.vtt
+    # A folder when more than one input was asked for, even if only one of them exists.
+    many = len(paths) + len(missing) + len(unmatched) > 1
+    if subtitle_target:
+        check_output_path(subtitle_target, folder=many, flag="--srt" if args.srt else "--vtt")
+    show_progress = sys.stderr.isatty() if args.progress is None else args.progress
     captioner = Captioner.load(args.model, device=args.device)
     if args.length_penalty is not None:
         captioner.length_penalty = args.length_penalty
-    subtitle_target = args.srt or args.vtt
-    many = len(paths) > 1
     for path in paths:
         started = time.perf_counter()
+        bar = _SegmentBar(Path(path).name) if show_progress and args.segments is not None else None
         try:
             result = captioner.caption(path, beam=args.beam, n_best=args.n_best, max_len=args.max_len,
-                                       segments=args.segments)
-            if subtitle_target:
-                fmt = "srt" if args.srt else "vtt"
-                target = Path(subtitle_target) / f"{Path(path).stem}.{fmt}" if many else Path(subtitle_target)
-                write_subtitles(result.segments, target, fmt)
+                                       segments=args.segments, progress=bar)
         except CaptionerError as exc:
             print(f"captioner: {exc if exc.path else f'{path}: {exc}'}", file=sys.stderr)
             failed += 1
             continue
+        finally:
+            if bar is not None:
+                bar.close()
         result.timing = {"startup": round(startup, 4), "model_load": round(captioner.load_seconds, 4),
                          **result.timing, "total": round(startup + captioner.load_seconds
                                                           + time.perf_counter() - started, 4)}
@@ -334,6 +362,14 @@ def _run_caption(args) -> int:
         if args.verbose:
             print("captioner: " + result.path + ": " + ", ".join(f"{k} {v:.3f}s" for k, v in result.timing.items()),
                   file=sys.stderr)
+        if subtitle_target:  # after the caption is out: a failed write loses nothing else
+            fmt = "srt" if args.srt else "vtt"
+            target = Path(subtitle_target) / f"{Path(path).stem}.{fmt}" if many else Path(subtitle_target)
+            try:
+                write_subtitles(result.segments, target, fmt)
+            except OSError as exc:
+                print(f"captioner: {target}: cannot write subtitles ({exc.strerror or exc})", file=sys.stderr)
+                failed += 1
     return 1 if failed else 0
 
 

@@ -4,7 +4,9 @@ Nested dataclasses map to nested YAML mappings; an override addresses them with 
 (`--set model.hidden_size=512`). Values in overrides are parsed as YAML scalars, so
 `true`, `3` and `[a, b]` get their natural types; values are then checked against the field's
 type, so `lr: 1e-3` (a string to YAML 1.1, which wants `1.0e-3`) is still a float and
-`epochs: ten` is a one-line error instead of a crash deep inside training.
+`epochs: ten` is a one-line error instead of a crash deep inside training. Finally every
+config class with a `validate()` method checks its ranges (`epochs: 0`, `lr: -1`), so a bad
+value stops the command before any process group, file or model exists.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .atomic import atomic_write
 from .errors import CaptionerError
 
 T = TypeVar("T")
@@ -79,6 +82,22 @@ def from_dict(cls: type[T], data: dict, source: str = "config") -> T:
     return cls(**kwargs)
 
 
+def validate_config(obj) -> None:
+    """Call `validate()` on `obj` and on every config nested in it, innermost first."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            validate_config(value)
+    if hasattr(obj, "validate"):
+        obj.validate()
+
+
+def require(ok: bool, name: str, requirement: str, value) -> None:
+    """A config range check: `name must be REQUIREMENT, got VALUE` unless `ok`."""
+    if not ok:
+        raise CaptionerError(f"{name} must be {requirement}, got {value!r}")
+
+
 def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
 
@@ -128,8 +147,15 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None,
             raise CaptionerError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path,
                                  mark.line + 1 if mark else None) from None
         obj = from_dict(cls, data, str(path))
-    return apply_overrides(obj, overrides)
+    obj = apply_overrides(obj, overrides)
+    try:
+        validate_config(obj)
+    except CaptionerError as exc:
+        if exc.path is not None:
+            raise
+        raise CaptionerError(exc.reason, path if path is not None else "--set") from None
+    return obj
 
 
 def save_config(obj, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), encoding="utf-8")
+    atomic_write(path, yaml.safe_dump(to_dict(obj), sort_keys=False))

@@ -87,7 +87,10 @@ def _read_utf8(path: Path) -> str:
 
 
 def _add(captions: Captions, path: Path, line: int | None, vid: str, caption) -> None:
-    if not isinstance(caption, str) or not caption.strip():
+    if caption is not None and not isinstance(caption, str):  # None: a CSV row that lacks the field
+        raise CaptionerError(f"caption of {vid!r} must be a string, got {type(caption).__name__} {caption!r}",
+                             path, line)
+    if not caption or not caption.strip():
         raise CaptionerError(f"empty caption for {vid!r}", path, line)
     captions.setdefault(vid, []).append(" ".join(caption.split()))
 

@@ -35,6 +35,10 @@ CONSTANT = "constant caption"
 NEAREST = "nearest neighbour"
 CONCEPT_RETRIEVAL = "concept retrieval"
 _ID_KEYS = ("video_id", "image_id", "id")
+# `captioner evaluate` refuses to score predictions covering fewer reference ids than this
+# (unless --allow-partial): scores of a subset do not compare with scores of the whole set,
+# while a few undecodable videos out of hundreds should not block an evaluation.
+MIN_COVERAGE = 0.95
 
 
 # ----------------------------------------------------------------------------- reading
@@ -132,8 +136,12 @@ def read_references(path: str | os.PathLike, split: str | None = None) -> dict[s
 
 
 def match_ids(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]],
-              predictions_name: str = "predictions", references_name: str = "references") -> list[str]:
-    """Ids with both a prediction and references, in reference order; say what is left out."""
+              predictions_name: str = "predictions", references_name: str = "references",
+              min_coverage: float = 0.0) -> list[str]:
+    """Ids with both a prediction and references, in reference order; say what is left out.
+
+    Refuses when fewer than `min_coverage` of the reference ids have a prediction.
+    """
     common = [i for i in references if i in predictions]
     only_predicted = [i for i in predictions if i not in references]
     unpredicted = [i for i in references if i not in predictions]
@@ -146,6 +154,10 @@ def match_ids(predictions: Mapping[str, str], references: Mapping[str, Sequence[
         raise CaptionerError(f"no video id is in both {predictions_name} and {references_name} "
                              f"(predictions look like {next(iter(predictions))!r}, references like "
                              f"{next(iter(references))!r})")
+    if len(common) < min_coverage * len(references):
+        raise CaptionerError(f"predictions cover {len(common)} of {len(references)} reference ids "
+                             f"({len(common) / len(references):.0%}), below the {min_coverage:.0%} that makes "
+                             "scores comparable; pass --allow-partial to score these ids anyway", predictions_name)
     return common
 
 
@@ -171,6 +183,11 @@ class Evaluation:
     @property
     def model(self) -> SystemScores:
         return self.systems[0]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many ids were scored, and how many reference ids had no prediction."""
+        return {"scored": len(self.ids), "missing": self.excluded.get("references", 0)}
 
     def to_dict(self, per_video: bool = True) -> dict:
         out = {"videos": len(self.ids), "excluded": self.excluded, "metrics": list(self.metrics),
@@ -214,15 +231,17 @@ def evaluate(predictions: Mapping[str, str], references: Mapping[str, Sequence[s
              metrics: str | Iterable[str] = DEFAULT_METRICS,
              train_references: Mapping[str, Sequence[str]] | None = None, train_features=None,
              test_features=None, k: int = 10, scorer: Scorer | None = None,
-             predictions_name: str = "predictions", references_name: str = "references") -> Evaluation:
+             predictions_name: str = "predictions", references_name: str = "references",
+             min_coverage: float = 0.0) -> Evaluation:
     """Score the model's predictions and the baselines on the ids both files share.
 
     train_references enables the constant-caption baseline; with train_features (a store or its
     path; test_features defaults to the same store) also the nearest-neighbour baseline; with
     test features of a concept backbone, the concept-retrieval baseline (no training features needed).
-    Pass a `Scorer` to reuse its METEOR process across calls.
+    Pass a `Scorer` to reuse its METEOR process across calls. With `min_coverage` (a fraction,
+    e.g. MIN_COVERAGE) predictions covering fewer reference ids are refused before scoring.
     """
-    ids = match_ids(predictions, references, predictions_name, references_name)
+    ids = match_ids(predictions, references, predictions_name, references_name, min_coverage)
     refs = {i: list(references[i]) for i in ids}
     systems = {MODEL: {i: predictions[i] for i in ids},
                **baseline_captions(ids, train_references, train_features, test_features, k)}
@@ -245,7 +264,7 @@ def evaluate_files(predictions: str | os.PathLike, references: str | os.PathLike
                    metrics: str | Iterable[str] = DEFAULT_METRICS, train_references: str | os.PathLike | None = None,
                    train_split: str | None = None, train_features: str | os.PathLike | None = None,
                    test_features: str | os.PathLike | None = None, k: int = 10,
-                   scorer: Scorer | None = None) -> Evaluation:
+                   scorer: Scorer | None = None, min_coverage: float = 0.0) -> Evaluation:
     """`evaluate` on files: what `captioner evaluate` runs."""
     metrics = parse_metrics(metrics)  # a typo fails before any file is read or Java started
     predicted = read_predictions(predictions)
@@ -253,7 +272,7 @@ def evaluate_files(predictions: str | os.PathLike, references: str | os.PathLike
     train_refs = read_references(train_references, train_split) if train_references is not None else None
     return evaluate(predicted, refs, metrics=metrics, train_references=train_refs, train_features=train_features,
                     test_features=test_features, k=k, scorer=scorer, predictions_name=str(predictions),
-                    references_name=str(references))
+                    references_name=str(references), min_coverage=min_coverage)
 
 
 def format_table(evaluation: Evaluation) -> str:
@@ -262,7 +281,10 @@ def format_table(evaluation: Evaluation) -> str:
     header = "system".ljust(width) + "".join(f"{m:>9}" for m in evaluation.metrics)
     rows = [s.name.ljust(width) + "".join(f"{s.corpus[m]:>9.4f}" for m in evaluation.metrics)
             for s in evaluation.systems]
-    return "\n".join([f"{len(evaluation.ids)} videos", header, *rows])
+    missing = evaluation.counts["missing"]
+    scored = f"{len(evaluation.ids)} videos" + (f" ({missing} reference ids without a prediction not scored)"
+                                                if missing else "")
+    return "\n".join([scored, header, *rows])
 
 
 def write_results(evaluation: Evaluation, path: str | os.PathLike) -> Path:

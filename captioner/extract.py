@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_write
+from .atomic import atomic_write, check_output_path
 from .errors import CaptionerError, UsageError
 
 # Videos a decoding process handles before it is replaced (bounds decord's leak).
@@ -289,7 +289,7 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
     """
     from . import backbones
     from .store import open_features
-    from .video import Sampling, collect_inputs
+    from .video import Sampling, find_inputs
 
     config = config or ExtractConfig()
     log = log or sys.stderr
@@ -299,8 +299,13 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
         raise UsageError(f"--batch-size must be at least 1, got {config.batch_size}")
     if config.workers is not None and config.workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {config.workers}")
-    paths = collect_inputs(inputs)
+    check_output_path(store_path, folder=True, flag="--out")
+    paths, missing = find_inputs(inputs)
     if not paths:
+        for _, error in missing:
+            print(f"captioner: {error}", file=log)
+        if missing:
+            raise CaptionerError("nothing to extract: every input above is missing or holds no media")
         raise UsageError(f"no video or image files found in {', '.join(map(str, inputs))}")
     ids = video_ids(paths)
 
@@ -311,16 +316,16 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
     provenance = store_provenance(backbone, sampling, config.mirror)
     store = open_features(store_path, "a")
     try:
-        return _extract_into(store, paths, ids, backbone, provenance, sampling, config, device,
+        return _extract_into(store, paths, missing, ids, backbone, provenance, sampling, config, device,
                              failures_path or Path(store_path) / "failures.jsonl", progress, log, started)
     finally:
         store.close()
 
 
-def _extract_into(store, paths, ids, backbone, provenance, sampling, config, device, failures_path,
+def _extract_into(store, paths, missing, ids, backbone, provenance, sampling, config, device, failures_path,
                   progress, log, started) -> ExtractSummary:
     store.set_provenance(provenance)
-    summary = ExtractSummary(total=len(paths))
+    summary = ExtractSummary(total=len(paths) + len(missing))
     sources = {path: _source_or_none(path) for path in paths}
     todo = []
     for path in paths:
@@ -341,6 +346,10 @@ def _extract_into(store, paths, ids, backbone, provenance, sampling, config, dev
         _write_line(log, bar, f"captioner: {path}: {reason}")
 
     bar = _progress(len(todo), progress)
+    for path, error in missing:  # reported, and the batch goes on without them
+        reason = error.reason if error.path == str(path) else error.format()  # a list entry: where it was listed
+        summary.failures.append({"path": str(path), "id": path.stem, "reason": reason})
+        _write_line(log, bar, f"captioner: {error}")
     try:
         if config.ray_address:
             from .distributed import extract_on_ray

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_open
+from .config import require
 from .errors import CaptionerError
 from .text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
 
@@ -55,15 +56,20 @@ class ModelConfig:
     concept_heads: list = field(default_factory=list)
 
     def validate(self) -> None:
+        """Range checks that need no data (feature_dim 0 means: taken from the feature store)."""
+        for name in ("embed_size", "hidden_size", "num_layers"):
+            value = getattr(self, name)
+            require(value >= 1, f"model.{name}", "at least 1", value)
+        require(self.feature_dim >= 0, "model.feature_dim", "positive (or 0: from the feature store)",
+                self.feature_dim)
+        require(0 <= self.dropout < 1, "model.dropout", "at least 0 and below 1", self.dropout)
         if self.video_input not in ("every_step", "first_step"):
             raise CaptionerError(f"model.video_input must be every_step or first_step, not {self.video_input!r}")
         if self.tie_weights and self.embed_size != self.hidden_size:
             raise CaptionerError("model.tie_weights needs model.embed_size == model.hidden_size "
                                  f"(got {self.embed_size} and {self.hidden_size})")
-        if self.feature_dim <= 0:
-            raise CaptionerError("model.feature_dim must be positive")
         for start, end in self.concept_heads:
-            if not 0 <= start < end <= self.feature_dim:
+            if not 0 <= start < end <= (self.feature_dim or end):
                 raise CaptionerError(f"model.concept_heads: [{start}, {end}) is not inside the "
                                      f"{self.feature_dim}-d input")
 
@@ -101,6 +107,8 @@ class CaptionModel(nn.Module):
         """`concept_words`: with config.concept_heads, the word ids of every class (see ConceptInput)."""
         super().__init__()
         config.validate()
+        if config.feature_dim <= 0:
+            raise CaptionerError("model.feature_dim must be positive")
         self.config = config
         self.vocab_size = vocab_size
         self.every_step = config.video_input == "every_step"

@@ -16,6 +16,7 @@ RNG, so the following losses equal those of an uninterrupted run.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -30,8 +31,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .atomic import TMP_PREFIX, atomic_open, atomic_write
 from .concepts import class_word_table, heads
-from .config import load_config, save_config
+from .config import load_config, require, save_config, validate_config
 from .datasets import Captions, join_features, load_captions
 from .errors import CaptionerError
 from .model import (PROVENANCE_KEYS, SOURCES, CaptionModel, Checkpoint, ModelConfig, check_provenance,
@@ -65,6 +67,12 @@ class DataConfig:
     # view lacks keep their `features` vector. Validation, self-critical steps and captioning
     # use `features` only.
     augment_features: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        require(self.max_words >= 1, "data.max_words", "at least 1", self.max_words)
+        require(self.min_count >= 1, "data.min_count", "at least 1", self.min_count)
+        require(self.text_captions_per_video >= 0, "data.text_captions_per_video", "0 (all) or more",
+                self.text_captions_per_video)
 
 
 @dataclass
@@ -102,6 +110,34 @@ class TrainConfig:
     init_vocab: str = "extend"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> None:
+        """Every range a value of this class must lie in; the nested configs check their own."""
+        from .metrics import parse_metrics
+
+        require(self.epochs >= 1, "epochs", "at least 1", self.epochs)
+        require(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
+        require(math.isfinite(self.lr) and self.lr > 0, "lr", "a positive number", self.lr)
+        require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "0 or more",
+                self.weight_decay)
+        require(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "0 (off) or more",
+                self.grad_clip)
+        require(self.lr_schedule in ("cosine", "constant", "step"), "lr_schedule", "cosine, constant or step",
+                self.lr_schedule)
+        require(self.warmup_steps >= 0, "warmup_steps", "0 or more", self.warmup_steps)
+        require(self.lr_step_epochs >= 1, "lr_step_epochs", "at least 1", self.lr_step_epochs)
+        require(math.isfinite(self.lr_gamma) and self.lr_gamma > 0, "lr_gamma", "a positive number", self.lr_gamma)
+        require(0 <= self.label_smoothing < 1, "label_smoothing", "at least 0 and below 1", self.label_smoothing)
+        require(self.objective in ("xe", "scst"), "objective", "xe or scst", self.objective)
+        if self.objective == "scst":
+            require(self.scst_samples >= 2, "scst_samples", "at least 2 (the baseline is the other samples' "
+                    "mean reward)", self.scst_samples)
+        require(0 <= self.scheduled_sampling <= 1, "scheduled_sampling", "between 0 and 1", self.scheduled_sampling)
+        require(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda", self.device)
+        require(self.val_beam_size >= 1, "val_beam_size", "at least 1", self.val_beam_size)
+        require(self.init_vocab in ("extend", "keep"), "init_vocab", "extend or keep", self.init_vocab)
+        if self.val_metrics:
+            parse_metrics(self.val_metrics)
 
 
 # ----------------------------------------------------------------------------- data
@@ -416,19 +452,21 @@ def _load_pretrained_weights(model: CaptionModel, state: dict) -> None:
     model.load_state_dict(own)
 
 
-def _append_metrics(path: Path, row: dict, columns: list[str], keep_epochs_up_to: int) -> None:
-    """Append one epoch; on resume, first drop rows of epochs the checkpoint does not have."""
-    rows = []
-    if path.exists():
-        with path.open(newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= keep_epochs_up_to]
-    rows.append({k: ("" if row.get(k) is None else row[k]) for k in columns})
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+def _read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
+    """The rows of metrics.csv up to an epoch (rows of epochs the checkpoint lacks are dropped)."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return [r for r in csv.DictReader(fh) if int(r["epoch"]) <= up_to_epoch]
+
+
+def _write_metrics(path: Path, history: list[dict], columns: list[str]) -> None:
+    """metrics.csv from the rows last.pt holds: one per epoch, written atomically."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if row.get(k) is None else row[k]) for k in columns} for row in history)
+    atomic_write(path, text.getvalue())
 
 
 def _tensorboard(run_dir: Path):
@@ -441,17 +479,12 @@ def _tensorboard(run_dir: Path):
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """Train (or resume) the run in cfg.run_dir; returns the path of best.pt."""
+    validate_config(cfg)  # before any process group, file or model exists
     rank, world, device = _setup_distributed(cfg)
     if rank != 0:
         log.setLevel(logging.ERROR)  # one copy of every warning, from rank 0
-    if cfg.objective not in ("xe", "scst"):
-        raise CaptionerError(f"objective must be xe or scst, not {cfg.objective!r}")
     if cfg.objective == "scst" and world > 1:
         raise CaptionerError("objective scst runs in one process; start it without torchrun")
-    if cfg.objective == "scst" and cfg.scst_samples < 2:
-        raise CaptionerError("scst_samples must be at least 2 (the baseline is the other samples' mean reward)")
-    if cfg.init_vocab not in ("extend", "keep"):
-        raise CaptionerError(f"init_vocab must be extend or keep, not {cfg.init_vocab!r}")
     if cfg.batch_size < world:
         raise CaptionerError(f"batch_size {cfg.batch_size} is smaller than the {world} processes")
     run_dir = Path(cfg.run_dir)
@@ -518,7 +551,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         reward = CiderReward(train_data.references())
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed + rank)  # dropout and sampling differ between ranks
-    start_epoch, best_score = 0, None
+    start_epoch, best_score, best_epoch, history = 0, None, None, []
     if previous is not None:
         state = previous.train_state
         model.load_state_dict(previous.model.state_dict())
@@ -531,6 +564,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                                  last_path)
         _set_rng_state(state["rng"][rank], device)
         start_epoch, best_score = previous.epoch, state["best_score"]
+        # Checkpoints from before best_epoch and history were recorded: metrics.csv is all there is.
+        best_epoch = state.get("best_epoch")
+        history = state.get("history") or _read_metrics(run_dir / "metrics.csv", start_epoch)
         del previous
     ddp_model = model
     if world > 1:
@@ -542,6 +578,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     writer = None
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            _recover_run_files(run_dir, last_path, best_path, start_epoch, best_epoch, history, columns)
         save_config(cfg, run_dir / "config.yaml")
         writer = _tensorboard(run_dir)
         print(f"training on {len(train_data)} captions of {len(train_data.video_ids)} videos, vocabulary "
@@ -576,15 +614,19 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             higher_is_better = selection not in ("val_loss", "train_loss")
             improved = best_score is None or (current > best_score if higher_is_better else current < best_score)
             if improved:
-                best_score = current
+                best_score, best_epoch = current, epoch + 1
+            history.append(row)
+            # last.pt first: it records the best epoch and every row, so a kill during either
+            # write below is repaired by --resume (_recover_run_files).
             train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                            "scaler": scaler.state_dict(), "generator": generator.get_state(), "rng": rng,
-                           "world": world, "best_score": best_score}
+                           "world": world, "best_score": best_score, "best_epoch": best_epoch,
+                           "history": history}
             metrics = {k: v for k, v in row.items() if k != "epoch"}
             save_checkpoint(last_path, model, vocab, asdict(cfg), provenance, epoch + 1, metrics, train_state)
             if improved:
                 _copy_atomic(last_path, best_path)
-            _append_metrics(run_dir / "metrics.csv", row, columns, epoch)
+            _write_metrics(run_dir / "metrics.csv", history, columns)
             if writer is not None:
                 for key, value in metrics.items():
                     writer.add_scalar(key, value, epoch + 1)
@@ -609,9 +651,27 @@ def _metric_names(cfg: TrainConfig) -> list[str]:
 
 
 def _copy_atomic(source: Path, dest: Path) -> None:
-    tmp = dest.with_name(".tmp-" + dest.name)
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, dest)
+    with source.open("rb") as src, atomic_open(dest) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _recover_run_files(run_dir: Path, last_path: Path, best_path: Path, last_epoch: int, best_epoch: int | None,
+                       history: list[dict], columns: list[str]) -> None:
+    """Finish what a killed run left half done: best.pt and metrics.csv are rebuilt from last.pt.
+
+    A kill between writing last.pt and copying it to best.pt would otherwise lose the best
+    epoch for good: the resumed run already knows that score and never beats it by copying.
+    """
+    for stale in run_dir.glob(TMP_PREFIX + "*"):
+        if stale.is_file():
+            stale.unlink()
+    if best_epoch == last_epoch:
+        _copy_atomic(last_path, best_path)
+    elif best_epoch is not None and not best_path.is_file():
+        log.warning(f"warning: {best_path}: missing; epoch {best_epoch} was the best and only last.pt "
+                    f"(epoch {last_epoch}) remains, so best.pt will be the next epoch that beats it")
+    if history:
+        _write_metrics(run_dir / "metrics.csv", history, columns)
 
 
 def train_from_config(config_path: str | None, overrides: list[str] | None = None, resume: bool = False) -> Path:

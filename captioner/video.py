@@ -634,35 +634,54 @@ class _ImageReader(_Reader):
 
 
 # ----------------------------------------------------------------------------- inputs
-def collect_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
-    """The media files named by `inputs`, in order, without duplicates.
+def find_inputs(inputs: list[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, CaptionerError]]]:
+    """The media files named by `inputs`, in order, and every named path that is missing or empty.
 
     Each input is a file (taken as is, even with an unknown extension, so that decoding reports
     it), a folder (searched recursively for video and image files, sorted, hidden files skipped)
     or a .txt file listing one path per line (relative to the list's folder; blank lines and
-    '#' comments skipped; a listed path may be a file or a folder).
+    '#' comments skipped; a listed path may be a file or a folder). A path named twice is one
+    input; symlinks and hard links under other names are inputs of their own, as a glob would
+    make them. Problems come as (path, one-line error naming where it was given), so a batch can
+    report them all and go on with the rest.
     """
     found: list[Path] = []
+    problems: list[tuple[Path, CaptionerError]] = []
     for item in inputs:
         path = Path(item)
         if not path.exists():
-            raise CaptionerError("file not found", path)
-        if path.is_file() and path.suffix.lower() == ".txt":
-            for line_number, entry in _list_entries(path):
+            problems.append((path, CaptionerError("file not found", path)))
+        elif path.is_file() and path.suffix.lower() == ".txt":
+            try:
+                entries = list(_list_entries(path))
+            except CaptionerError as exc:
+                problems.append((path, exc))
+                continue
+            for line_number, entry in entries:
                 listed = path.parent / entry
                 if not listed.exists():
-                    raise CaptionerError(f"listed file not found: {listed}", path, line_number)
-                if listed.is_file() and listed.suffix.lower() == ".txt":
-                    raise CaptionerError(f"lists of lists are not supported: {listed}", path, line_number)
-                found += _expand(listed)
+                    problems.append((listed, CaptionerError(f"listed file not found: {listed}", path, line_number)))
+                elif listed.is_file() and listed.suffix.lower() == ".txt":
+                    problems.append((listed, CaptionerError(f"lists of lists are not supported: {listed}", path,
+                                                            line_number)))
+                else:
+                    found += _expand_reporting(listed, problems)
         else:
-            found += _expand(path)
-    unique: dict[Path, Path] = {}
+            found += _expand_reporting(path, problems)
+    unique: dict[str, Path] = {}
     for path in found:
-        unique.setdefault(path.resolve(), path)
-    if not unique:
+        unique.setdefault(os.path.abspath(path), path)
+    return list(unique.values()), problems
+
+
+def collect_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
+    """`find_inputs` for callers that need every input: the first missing path is an error."""
+    paths, problems = find_inputs(inputs)
+    if problems:
+        raise problems[0][1]
+    if not paths:
         raise CaptionerError("no video or image files found in " + ", ".join(str(i) for i in inputs))
-    return list(unique.values())
+    return paths
 
 
 def _list_entries(list_file: Path):
@@ -674,6 +693,13 @@ def _list_entries(list_file: Path):
         entry = line.strip()
         if entry and not entry.startswith("#"):
             yield line_number, entry
+
+
+def _expand_reporting(path: Path, problems: list) -> list[Path]:
+    media = _expand(path)
+    if not media:  # a folder without any: most likely the wrong folder
+        problems.append((path, CaptionerError("no video or image files in this folder", path)))
+    return media
 
 
 def _expand(path: Path) -> list[Path]:

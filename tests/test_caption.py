@@ -130,6 +130,45 @@ def test_bad_inputs_fail_alone(caption_model, msvd_clips, tmp_path):
     assert ok.returncode == 0
 
 
+def _short_clip(msvd_clips):
+    return min(msvd_clips, key=lambda p: p.stat().st_size)
+
+
+def test_missing_list_entries_do_not_drop_the_valid_clips(caption_model, msvd_clips, tmp_path):
+    """A list naming missing files used to be dropped whole, its valid clips included."""
+    clip = _short_clip(msvd_clips)
+    listing = tmp_path / "clips.txt"
+    listing.write_text(f"gone.avi\n{clip}\nalso_gone.avi\n")
+    subtitles = tmp_path / "subtitles"
+    result = _cli(listing, tmp_path / "nope.mp4", "--model", caption_model, "--segments", "5", "--srt", subtitles)
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"{clip}\t") and result.stdout.count("\n") == 1
+    assert result.stderr.splitlines() == [
+        f"captioner: {listing}:1: listed file not found: {tmp_path / 'gone.avi'}",
+        f"captioner: {listing}:3: listed file not found: {tmp_path / 'also_gone.avi'}",
+        f"captioner: {tmp_path / 'nope.mp4'}: file not found"]  # and no progress bar: stderr is a pipe
+    assert srt.parse((subtitles / f"{clip.stem}.srt").read_text())  # several inputs asked for: a folder
+
+
+def test_subtitle_paths_are_checked_before_any_work(caption_model, msvd_clips, tmp_path):
+    clip, other = _short_clip(msvd_clips), msvd_clips[0]
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    into_folder = _cli(clip, "--model", caption_model, "--segments", "5", "--srt", folder)
+    assert into_folder.returncode == 2 and into_folder.stdout == ""
+    assert into_folder.stderr == f"captioner: error: {folder}: --srt names a folder; give a file path\n"
+    existing = tmp_path / "old.vtt"
+    existing.write_text("WEBVTT\n")
+    two_into_file = _cli(clip, other, "--model", caption_model, "--segments", "5", "--vtt", existing)
+    assert two_into_file.returncode == 2 and two_into_file.stdout == "" and "Traceback" not in two_into_file.stderr
+    assert two_into_file.stderr.startswith(f"captioner: error: {existing}: --vtt names an existing file")
+    # One input and an existing file: replaced, as command-line tools do; --progress shows the segments.
+    replaced = _cli(clip, "--model", caption_model, "--segments", "5", "--vtt", existing, "--progress")
+    assert replaced.returncode == 0, replaced.stderr
+    cues = list(webvtt.read(str(existing)))
+    assert cues and f"{len(cues)}/{len(cues)} [" in replaced.stderr and "segment/s" in replaced.stderr
+
+
 def test_usage_errors(caption_model, msvd_clips, tmp_path):
     assert _cli(msvd_clips[0], "--srt", tmp_path / "x.srt").returncode == 2  # --srt needs --segments
     missing = _cli(msvd_clips[0], "--model", tmp_path / "nope.pt")

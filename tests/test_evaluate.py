@@ -11,7 +11,8 @@ import pytest
 
 from captioner.baselines import constant_caption, nearest_neighbour_captions
 from captioner.errors import CaptionerError
-from captioner.evaluate import CONSTANT, MODEL, NEAREST, evaluate, match_ids, read_predictions
+from captioner.evaluate import (CONSTANT, MIN_COVERAGE, MODEL, NEAREST, evaluate, match_ids, read_predictions,
+                                read_references)
 from captioner.store import open_features
 from eval_helpers import ROOT, assert_one_line_error, msvd_test_refs, run_cli, scorer  # noqa: F401  (fixtures)
 
@@ -80,6 +81,25 @@ def test_id_matching_reports_and_excludes(caplog):
     assert any("2 reference ids have no prediction in P" in m for m in messages)
     with pytest.raises(CaptionerError, match="no video id is in both P and R"):
         match_ids({"x": "y"}, references, "P", "R")
+
+
+def test_coverage_below_the_minimum_is_refused_before_scoring():
+    references = {f"v{i}": ["a dog runs"] for i in range(1, 21)}
+    with pytest.raises(CaptionerError, match=r"P: predictions cover 1 of 20 reference ids \(5%\), below the 95%"):
+        match_ids({"v1": "a dog runs"}, references, "P", "R", min_coverage=MIN_COVERAGE)
+    nineteen = {f"v{i}": "a dog runs" for i in range(1, 20)}
+    assert len(match_ids(nineteen, references, min_coverage=MIN_COVERAGE)) == 19  # 95%: a failed video or so
+    assert match_ids({"v1": "a dog runs"}, references) == ["v1"]  # the API scores any overlap unless told
+
+
+def test_references_that_are_not_strings_say_so(tmp_path):
+    refs = _write(tmp_path / "refs.json", json.dumps({"v1": [1, 2]}))
+    with pytest.raises(CaptionerError) as info:
+        read_references(refs)
+    assert str(info.value) == f"{refs}: caption of 'v1' must be a string, got int 1"
+    empty = _write(tmp_path / "empty.json", json.dumps({"v1": ["a dog", "  "]}))
+    with pytest.raises(CaptionerError, match="empty caption for 'v1'"):
+        read_references(empty)
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -163,7 +183,8 @@ def test_cli_json_matches_the_api_from_a_hostile_path_with_no_java_left(tmp_path
     assert proc.returncode == 0, proc.stderr
     assert leftovers == []
     result = json.loads(proc.stdout)
-    assert list(result) == KEYS
+    assert list(result) == KEYS + ["n"]
+    assert result.pop("n") == {"scored": 26, "missing": 0}
     assert result == scorer.score(predictions, references)
 
 
@@ -187,12 +208,20 @@ def test_cli_errors_are_one_line(tmp_path, msvd_test_refs):
 
     # Java missing: a one-line hint; (dropping METEOR does not help: the PTB tokenizer is Java too).
     proc, _ = run_cli("evaluate", "--predictions", str(good), "--references", str(refs), "--metrics", "BLEU,CIDEr",
-                      env={"PATH": str(tmp_path)})
+                      "--allow-partial", env={"PATH": str(tmp_path)})
     assert_one_line_error(proc, "Java not found", "apt-get install -y default-jre-headless")
 
-    # The partial overlap is reported on stderr and scored on stdout.
+    # Predictions for 1 of the 2 reference ids: refused (it used to print a score and exit 0)...
+    proc, _ = run_cli("evaluate", "--predictions", str(good), "--references", str(refs), "--metrics", "BLEU-1",
+                      "--json")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert f"captioner: error: {good}: predictions cover 1 of 2 reference ids (50%), below the 95%" in proc.stderr
+    assert "--allow-partial" in proc.stderr
+    # ...unless asked for: then the overlap is reported on stderr and scored, with its counts, on stdout.
     proc, leftovers = run_cli("evaluate", "--predictions", str(good), "--references", str(refs),
-                              "--metrics", "BLEU-1,CIDEr", "--json")
+                              "--metrics", "BLEU-1,CIDEr", "--json", "--allow-partial")
     assert proc.returncode == 0, proc.stderr
     assert "1 predicted ids have no references" in proc.stderr and "1 reference ids have no prediction" in proc.stderr
-    assert set(json.loads(proc.stdout)) == {"BLEU-1", "CIDEr"} and leftovers == []
+    result = json.loads(proc.stdout)
+    assert set(result) == {"BLEU-1", "CIDEr", "n"} and leftovers == []
+    assert result["n"] == {"scored": 1, "missing": 1}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import io
 import json
 import os
 import signal
@@ -148,6 +150,39 @@ def test_bad_inputs_fail_one_by_one_and_the_batch_goes_on(tmp_path, msvd_clips):
     assert len(store) == len(odd) + 1 + truncated_ok
     for path in odd:
         assert path.stem in store, f"{path} should have been extracted"
+
+
+@pytest.mark.slow
+def test_missing_inputs_are_each_reported_and_the_rest_extracted(tmp_path, data_dir):
+    """A missing path or list entry used to stop the whole batch before any work, naming only the first."""
+    clip = next((data_dir / "flickr8k" / "images").glob("*.jpg"))  # a one-frame video: quick to extract
+    links = tmp_path / "links"
+    links.mkdir()
+    for name in ("take1", "take2"):  # links to one clip: one input each, as a glob would give
+        (links / f"{name}.jpg").symlink_to(clip)
+    listing = tmp_path / "inputs.txt"
+    listing.write_text(f"{clip}\ngone.avi\nalso_gone.avi\n")
+    log = io.StringIO()
+    summary = extract([listing, tmp_path / "nope.mp4", links], tmp_path / "store",
+                      dataclasses.replace(FAST, workers=0), progress=False, log=log)
+    assert (summary.total, summary.done, summary.failed) == (6, 3, 3)
+    assert sorted(open_features(tmp_path / "store").ids()) == sorted([clip.stem, "take1", "take2"])
+    lines = log.getvalue().splitlines()
+    assert lines[:3] == [f"captioner: {listing}:2: listed file not found: {tmp_path / 'gone.avi'}",
+                         f"captioner: {listing}:3: listed file not found: {tmp_path / 'also_gone.avi'}",
+                         f"captioner: {tmp_path / 'nope.mp4'}: file not found"]
+    failures = [json.loads(line) for line in (tmp_path / "store" / "failures.jsonl").read_text().splitlines()]
+    assert [f["path"] for f in failures] == [str(tmp_path / n) for n in ("gone.avi", "also_gone.avi", "nope.mp4")]
+
+
+def test_an_output_path_that_is_a_file_is_refused_before_any_work(tmp_path, msvd_clips, capsys):
+    taken = tmp_path / "features.npz"
+    taken.write_bytes(b"not a store")
+    for out in (taken, taken / "store"):
+        assert cli_main(["extract", str(msvd_clips[0]), "--out", str(out), "--backbone", "efficientnet_lite0"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"captioner: error: {out}: --out") and err.count("\n") == 1, err
+    assert taken.read_bytes() == b"not a store"
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -272,6 +273,50 @@ def test_resume_continues_exactly(random_store, data_dir, tmp_path, monkeypatch)
         assert torch.equal(x, y), name
 
 
+KILL_WHILE_WRITING_BEST = """
+import os, signal, sys
+from pathlib import Path
+
+real_replace, best_writes = os.replace, []
+
+def replace(source, dest, *args, **kwargs):
+    if Path(dest).name == "best.pt":
+        best_writes.append(dest)
+        if len(best_writes) == int(sys.argv[2]):  # the copy is written, not yet renamed into place
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(source, dest, *args, **kwargs)
+
+os.replace = replace
+from captioner.train import train_from_config
+train_from_config(sys.argv[1])
+"""
+
+
+def test_a_kill_while_best_pt_is_written_is_repaired_by_resume(random_store, data_dir, tmp_path):
+    """SIGKILL between last.pt and best.pt of the best epoch: --resume must rebuild best.pt and
+    metrics.csv (before, best.pt kept the previous best for good and metrics.csv lost a row)."""
+    settings = dict(epochs=3, lr_schedule="constant", warmup_steps=0, data=_data(random_store, data_dir))
+    straight = _config(tmp_path / "a", **settings)
+    train(straight)
+    rows = _metrics(straight.run_dir)
+    # Chosen by training loss, which falls every epoch here: each epoch writes best.pt, the 3rd last.
+    assert [float(r["train_loss"]) for r in rows] == sorted((float(r["train_loss"]) for r in rows), reverse=True)
+
+    killed = _config(tmp_path / "b", **settings)
+    run = Path(killed.run_dir)
+    proc = subprocess.run([sys.executable, "-c", KILL_WHILE_WRITING_BEST, str(tmp_path / "b" / "config.yaml"), "3"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert load_checkpoint(run / "last.pt").epoch == 3 and load_checkpoint(run / "best.pt").epoch == 2
+    assert list(run.glob(".tmp-*"))  # the half-done copy a SIGKILL leaves behind
+
+    train(killed, resume=True)
+    assert load_checkpoint(run / "best.pt").epoch == 3
+    assert _metrics(run) == rows
+    assert not list(run.glob(".tmp-*"))
+
+
 def test_fine_tune_extends_the_vocabulary_and_checks_the_backbone(random_store, data_dir, tmp_path,
                                                                   msvd_train_captions):
     pre = _config(tmp_path / "pre", epochs=1, data=_data(random_store, data_dir))
@@ -322,6 +367,47 @@ def test_cli_train_errors_are_one_line(tmp_path, random_store, data_dir):
     assert nothing.returncode == 1 and "nothing to resume" in nothing.stderr
     bad_value = _cli("train", str(config), "--set", "epochs=ten")
     assert bad_value.returncode == 1 and "epochs must be a whole number, got 'ten'" in bad_value.stderr
+    no_epochs = _cli("train", str(config), "--set", "epochs=0")  # used to exit 0 without training
+    assert no_epochs.returncode == 1 and no_epochs.stderr.strip().count("\n") == 0
+    assert f"{config}: epochs must be at least 1, got 0" in no_epochs.stderr
+    no_units = _cli("train", str(config), "--set", "model.hidden_size=0")  # used to be a torch traceback
+    assert no_units.returncode == 1 and no_units.stderr.strip().count("\n") == 0
+    assert "model.hidden_size must be at least 1, got 0" in no_units.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("epochs=0", "epochs must be at least 1, got 0"),
+    ("epochs=-3", "epochs must be at least 1, got -3"),
+    ("lr=-1", "lr must be a positive number, got -1"),
+    ("lr=.nan", "lr must be a positive number, got nan"),
+    ("batch_size=0", "batch_size must be at least 1"),
+    ("model.hidden_size=0", "model.hidden_size must be at least 1, got 0"),
+    ("model.embed_size=-4", "model.embed_size must be at least 1"),
+    ("model.num_layers=0", "model.num_layers must be at least 1"),
+    ("model.dropout=1.5", "model.dropout must be at least 0 and below 1"),
+    ("label_smoothing=1", "label_smoothing must be at least 0 and below 1"),
+    ("scheduled_sampling=2", "scheduled_sampling must be between 0 and 1"),
+    ("warmup_steps=-1", "warmup_steps must be 0 or more"),
+    ("lr_schedule=linear", "lr_schedule must be cosine, constant or step"),
+    ("val_metrics=[BLUE]", "unknown metric 'BLUE'"),
+    ("data.max_words=0", "data.max_words must be at least 1"),
+    ("data.min_count=0", "data.min_count must be at least 1"),
+    ("device=gpu", "device must be auto, cpu or cuda"),
+])
+def test_every_config_value_is_checked_before_anything_runs(tmp_path, random_store, data_dir, override, message):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "data": _data(random_store, data_dir)}))
+    with pytest.raises(CaptionerError, match=re.escape(f"{config_file}: {message}")):
+        load_config(TrainConfig, config_file, [override])
+    # The API checks a config built in code as well, before creating anything.
+    key, value = override.split("=", 1)
+    cfg = load_config(TrainConfig, config_file)
+    section = cfg.model if key.startswith("model.") else cfg.data if key.startswith("data.") else cfg
+    setattr(section, key.rsplit(".", 1)[-1], yaml.safe_load(value) if key != "lr_schedule" else value)
+    with pytest.raises(CaptionerError, match=re.escape(message)):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
 
 
 def test_config_values_take_their_field_types(tmp_path):

@@ -18,8 +18,8 @@ from PIL import Image
 import media
 from captioner import video
 from captioner.errors import CaptionerError, UsageError
-from captioner.video import (DecodedVideo, Sampling, VideoInfo, clip_windows, collect_inputs, decode, probe,
-                             sample_indices, scaled_size)
+from captioner.video import (DecodedVideo, Sampling, VideoInfo, clip_windows, collect_inputs, decode, find_inputs,
+                             probe, sample_indices, scaled_size)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -400,8 +400,33 @@ def test_collect_inputs_errors_name_the_missing_path(tmp_path):
         collect_inputs([listing])
     assert str(error.value) == f"{listing}:3: listed file not found: {tmp_path / 'gone.mp4'}"
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CaptionerError, match="no video or image files found"):
+    with pytest.raises(CaptionerError, match="empty: no video or image files in this folder"):
         collect_inputs([tmp_path / "empty"])
+
+
+def test_find_inputs_reports_every_missing_entry_and_keeps_the_rest(tmp_path):
+    there = touch(tmp_path / "there.mp4")
+    (tmp_path / "empty").mkdir()
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("there.mp4\ngone.mp4\nalso_gone.mp4\n")
+    paths, missing = find_inputs([listing, tmp_path / "nope.mp4", tmp_path / "empty"])
+    assert paths == [there]
+    assert [(path, str(error)) for path, error in missing] == [
+        (tmp_path / "gone.mp4", f"{listing}:2: listed file not found: {tmp_path / 'gone.mp4'}"),
+        (tmp_path / "also_gone.mp4", f"{listing}:3: listed file not found: {tmp_path / 'also_gone.mp4'}"),
+        (tmp_path / "nope.mp4", f"{tmp_path / 'nope.mp4'}: file not found"),
+        (tmp_path / "empty", f"{tmp_path / 'empty'}: no video or image files in this folder")]
+
+
+def test_symlinks_to_one_file_are_inputs_of_their_own(tmp_path):
+    """As a glob over them would be: a folder of links is not silently merged into one input."""
+    clip = touch(tmp_path / "clip.mp4")
+    links = [tmp_path / "links" / f"take{i}.mp4" for i in range(3)]
+    links[0].parent.mkdir()
+    for link in links:
+        link.symlink_to(clip)
+    assert collect_inputs([tmp_path / "links", clip]) == [*links, clip]
+    assert collect_inputs([clip, tmp_path / "." / "clip.mp4", tmp_path / "links" / ".." / "clip.mp4"]) == [clip]
 
 
 # ----------------------------------------------------------------------------- memory
