@@ -254,7 +254,8 @@ def step_evaluate(args) -> None:
     results = WORK / "msvd_test_results.json"
     _run(["evaluate", "--predictions", msvd_preds, "--references", DATA / "msvd" / "captions" / "MSVD_test.tsv",
           "--train-references", DATA / "msvd" / "captions" / "MSVD_train.tsv",
-          "--train-features", TRAIN_STORE, "--test-features", TEST_STORE, "--out", results])
+          "--train-features", CLIP_STORE, "--test-features", TEST_STORE, "--out", results,
+          "--allow-partial"])  # 9 of the 670 test-split videos have video here
     scores["msvd_test"] = json.loads(results.read_text())
     (WORK / "scores.json").write_text(json.dumps(scores, indent=2))
     print(json.dumps(scores["flickr8k_test"], indent=2))
