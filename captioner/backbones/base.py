@@ -20,6 +20,7 @@ import torchvision.transforms.v2.functional as TF
 
 from ..atomic import atomic_write
 from ..errors import CaptionerError
+from ..runtime import cache_dir as _cache_dir
 
 
 class Backbone(torch.nn.Module):
@@ -138,6 +139,21 @@ def normalize(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- weight files
 
+_RECORDING: list[set[Path]] = []
+
+
+@contextlib.contextmanager
+def recording_weight_files():
+    """Collects every weight file checksummed while backbones are built in this block: the
+    files whose change must invalidate anything made from those backbones (the OpenVINO cache)."""
+    files: set[Path] = set()
+    _RECORDING.append(files)
+    try:
+        yield files
+    finally:
+        _RECORDING.remove(files)
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """The SHA-256 of a file, cached on disk by (path, mtime, size).
 
@@ -145,6 +161,8 @@ def file_sha256(path: str | os.PathLike) -> str:
     cost more than building the network.
     """
     path = Path(path).resolve()
+    for files in _RECORDING:
+        files.add(path)
     stat = path.stat()
     key = f"{path}|{stat.st_mtime_ns}|{stat.st_size}"
     cache_file = _cache_dir() / "sha256.json"
@@ -161,11 +179,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     cache[key] = digest.hexdigest()
     _write_json_atomic(cache_file, cache)  # best effort: a read-only home only costs time
     return cache[key]
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "captioner"
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
