@@ -13,6 +13,7 @@ import sys
 
 from . import __version__
 from .errors import CaptionerError, UsageError
+from .runtime import add_runtime_arguments
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,10 +36,12 @@ def _add_extract(sub) -> None:
     p.add_argument("--frames", default="uniform:16", metavar="SAMPLING",
                    help="uniform:N (default uniform:16), fps:F or all")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="frames per backbone batch (default: 4 on CPU, where small batches run faster, 64 on CUDA)")
+                   help="frames per backbone batch (default: 16 with OpenVINO, 4 with PyTorch on CPU, "
+                        "where small batches run faster, 64 on CUDA)")
     p.add_argument("--workers", type=int, default=None,
                    help="decoding processes (default: one per spare core, at least 1)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_runtime_arguments(p)
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="distribute videos over a Ray cluster ('auto' or host:port)")
     p.add_argument("--failures", default=None, metavar="FILE",
@@ -54,8 +57,8 @@ def _run_extract(args) -> int:
     from .extract import ExtractConfig, extract
 
     config = ExtractConfig(backbone=args.backbone, frames=args.frames, batch_size=args.batch_size,
-                           workers=args.workers, device=args.device, ray_address=args.ray_address,
-                           mirror=args.mirror)
+                           workers=args.workers, device=args.device, runtime=args.runtime,
+                           precision=args.precision, ray_address=args.ray_address, mirror=args.mirror)
     summary = extract(args.inputs, args.out, config, failures_path=args.failures,
                       progress=not args.quiet)
     return 0 if summary.failed == 0 else 1

@@ -32,6 +32,9 @@ FORMAT = "captioner-features"
 FORMAT_VERSION = 1
 _SUFFIX = ".npz"
 _GROUP_LEAVES = ("features", "frames", "feats")
+# How features were computed, not which: one backbone's features agree to cosine >= 0.999
+# whatever runtime and precision ran it (tests/test_runtime.py), so a store may mix them.
+EXECUTION_KEYS = ("runtime", "precision")
 
 
 class MissingFeatures(CaptionerError, KeyError):
@@ -115,9 +118,20 @@ class FeatureStore:
         return self.info.get("provenance")
 
     def set_provenance(self, provenance: dict) -> None:
-        """Record the extraction settings; refuse to mix features of different extractors."""
+        """Record the extraction settings; refuse to mix features of different extractors.
+
+        Runtime and precision (EXECUTION_KEYS) may differ between runs into one store: the store
+        lists every "runtime/precision" used under `runtimes`, each video's meta says its own.
+        """
         self._require_writable()
+        provenance = dict(provenance)
+        execution = [provenance.pop(k) for k in EXECUTION_KEYS if k in provenance]
         current = self.provenance
+        runtimes = set((current or {}).get("runtimes", [])) if len(self) > 0 else set()
+        if current is not None:
+            current = {k: v for k, v in current.items() if k != "runtimes"}
+        if execution:
+            runtimes.add("/".join(map(str, execution)))
         if current is not None and current != provenance and len(self) > 0:
             differing = sorted(k for k in set(current) | set(provenance)
                                if current.get(k) != provenance.get(k))
@@ -125,7 +139,7 @@ class FeatureStore:
                 "store already holds features extracted with other settings "
                 f"({', '.join(differing)} differ); use another --out or delete the store",
                 self.path)
-        self.info["provenance"] = provenance
+        self.info["provenance"] = {**provenance, **({"runtimes": sorted(runtimes)} if runtimes else {})}
         self._write_info(self.info)
 
     def _remove_stale_temporaries(self) -> None:

@@ -154,7 +154,8 @@ def _extract_stage(config: PipelineConfig, name: str, progress: bool) -> Stage:
                                  f"raise videos.max_failures")
 
     # Where and how fast extraction runs does not change the features, so batch size, workers,
-    # device and the Ray address are not part of the key.
+    # device, runtime, precision (features agree to cosine 0.999; see captioner.store) and the
+    # Ray address are not part of the key.
     params = {"backbone": extract_config.backbone, "frames": extract_config.frames}
     return Stage(stage_name, run, params=params, inputs=paths, outputs=[f"{STORE}/store.json"], dir_params=params)
 
