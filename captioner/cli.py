@@ -240,6 +240,7 @@ def _add_caption(sub) -> None:
     out.add_argument("--vtt", default=None, metavar="FILE",
                      help="write segment captions as WebVTT (a folder when several inputs are given)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_runtime_arguments(p)
     p.add_argument("--verbose", action="store_true", help="print the time split per input on stderr")
     p.set_defaults(handler=_run_caption)
 
@@ -286,7 +287,9 @@ def _run_caption(args) -> int:
         raise UsageError("--beam, --n-best and --max-len must be at least 1")
     if args.segments is not None and not args.segments > 0:
         raise UsageError("--segments must be a positive number of seconds")
-    from . import backbones, model  # noqa: F401  torch and timm: library start-up, timed as such
+    from .runtime import check_options
+
+    check_options(args.runtime, args.precision)
     from .caption import Captioner, write_subtitles
     from .video import collect_inputs
 
@@ -306,7 +309,7 @@ def _run_caption(args) -> int:
             failed += 1
     if not paths:
         return 1 if failed else 2
-    captioner = Captioner.load(args.model, device=args.device)
+    captioner = Captioner.load(args.model, device=args.device, runtime=args.runtime, precision=args.precision)
     if args.length_penalty is not None:
         captioner.length_penalty = args.length_penalty
     subtitle_target = args.srt or args.vtt
@@ -404,6 +407,7 @@ def _add_serve(sub) -> None:
                    help="requests admitted at once, captioning or waiting (default %(default)s); "
                         "more get HTTP 503")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_runtime_arguments(p)
     p.set_defaults(handler=_run_serve)
 
 
@@ -412,10 +416,13 @@ def _run_serve(args) -> int:
         raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
     if not args.max_upload_mb > 0 or args.queue < 1:
         raise UsageError("--max-upload-mb must be positive and --queue at least 1")
+    from .runtime import check_options
+
+    check_options(args.runtime, args.precision)
     from .serve import serve
 
     serve(model=args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, queue=args.queue,
-          device=args.device)
+          device=args.device, runtime=args.runtime, precision=args.precision)
     return 0
 
 

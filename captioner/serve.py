@@ -374,6 +374,7 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
     def health() -> dict:
         """Which model answers, and how many jobs are admitted out of how many."""
         return {"status": "ok", "model": captioner.model_id, "device": captioner.device,
+                "runtime": captioner.backbone.runtime, "precision": captioner.backbone.precision,
                 "jobs": slots.active, "queue": slots.limit, "max_upload_mb": limits.max_upload_mb}
 
     @app.post("/api/caption", responses=_ERRORS, openapi_extra=_UPLOAD_SCHEMA)
@@ -420,11 +421,11 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
 
 
 def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 100.0,
-          queue: int = 4, device: str = "auto") -> None:
+          queue: int = 4, device: str = "auto", runtime: str = "auto", precision: str = "auto") -> None:
     """Load the model, then serve the page and the API until interrupted."""
     import uvicorn
 
-    captioner = Captioner.load(model, device=device)
+    captioner = Captioner.load(model, device=device, runtime=runtime, precision=precision)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: anyone who can reach this machine can upload videos", host)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner")
