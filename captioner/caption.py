@@ -161,13 +161,17 @@ class Captioner:
         if info.is_image or info.duration <= 0:  # one segment: the caption of the whole input
             return [Segment(0.0, max(info.duration, 0.0), *whole)]
         result = []
-        # The next windows are decoded while the backbone and the decoder work on this one:
-        # both halves release the GIL, so on 2 cores they overlap instead of taking turns.
+        # The next window is decoded while the backbone and the decoder work on this one (both
+        # release the GIL, so on 2 cores they overlap); one ahead only, so a long video's
+        # windows never pile up in memory.
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner-decode")
         try:
-            pending = [pool.submit(self._decoded, path, start, end) for start, end in windows]
-            for (start, end), future in zip(windows, pending):
-                pooled = self._pooled(*future.result(), timing)
+            upcoming = pool.submit(self._decoded, path, *windows[0])
+            for k, (start, end) in enumerate(windows):
+                decoded = upcoming.result()
+                if k + 1 < len(windows):
+                    upcoming = pool.submit(self._decoded, path, *windows[k + 1])
+                pooled = self._pooled(*decoded, timing)
                 caption, score = self._describe(pooled, "video", beam, 1, max_len, timing)[0]
                 result.append(Segment(start, end, caption, score))
         finally:
