@@ -32,9 +32,6 @@ FORMAT = "captioner-features"
 FORMAT_VERSION = 1
 _SUFFIX = ".npz"
 _GROUP_LEAVES = ("features", "frames", "feats")
-# How features were computed, not which: one backbone's features agree to cosine >= 0.999
-# whatever runtime and precision ran it (tests/test_runtime.py), so a store may mix them.
-EXECUTION_KEYS = ("runtime", "precision")
 
 
 class MissingFeatures(CaptionerError, KeyError):
@@ -120,18 +117,20 @@ class FeatureStore:
     def set_provenance(self, provenance: dict) -> None:
         """Record the extraction settings; refuse to mix features of different extractors.
 
-        Runtime and precision (EXECUTION_KEYS) may differ between runs into one store: the store
-        lists every "runtime/precision" used under `runtimes`, each video's meta says its own.
+        The runtime that ran the backbone may differ between runs into one store (in one
+        precision, PyTorch and OpenVINO features agree to cosine 0.9999; tests/test_runtime.py):
+        the store lists every runtime under `runtimes`, each video's meta says its own. The
+        precision may not (bf16 vs fp32 features differ more: 0.997 per video for Lite2).
         """
         self._require_writable()
         provenance = dict(provenance)
-        execution = [provenance.pop(k) for k in EXECUTION_KEYS if k in provenance]
+        runtimes = {provenance.pop("runtime")} if "runtime" in provenance else set()
         current = self.provenance
-        runtimes = set((current or {}).get("runtimes", [])) if len(self) > 0 else set()
         if current is not None:
             current = {k: v for k, v in current.items() if k != "runtimes"}
-        if execution:
-            runtimes.add("/".join(map(str, execution)))
+            runtimes |= set(self.provenance.get("runtimes", [])) if len(self) > 0 else set()
+            if "precision" not in current and "precision" in provenance:
+                current["precision"] = provenance["precision"]  # written before precisions were recorded
         if current is not None and current != provenance and len(self) > 0:
             differing = sorted(k for k in set(current) | set(provenance)
                                if current.get(k) != provenance.get(k))
