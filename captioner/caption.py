@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -206,6 +207,8 @@ def _inference_model(path: Path, digest: str) -> InferenceExport:
             return export
     except CaptionerError:
         pass
+    if not zipfile.is_zipfile(path):  # what torch.save writes; anything else fails without importing torch
+        raise CaptionerError("not a readable checkpoint (not a PyTorch zip archive)", path)
     from .model import export_inference, inference_export
 
     try:

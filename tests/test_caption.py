@@ -210,6 +210,20 @@ def test_bad_runtime_or_precision_is_a_usage_error(command, flags, msvd_clips):
     assert "Traceback" not in result.stderr
 
 
+def test_error_paths_do_not_import_torch(msvd_clips, tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    runs = [["caption", str(tmp_path / "missing.mp4")], ["caption", str(msvd_clips[0]), "--model", str(garbage)],
+            ["caption", str(msvd_clips[0]), "--model", str(tmp_path / "nope.pt")],
+            ["caption", str(msvd_clips[0]), "--runtime", "nope"]]
+    code = ("import sys\nfrom captioner.cli import main\n"
+            f"codes = [main(args) for args in {runs!r}]\n"
+            "print(codes, sorted({'torch', 'timm'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[1, 1, 1, 2] []", result.stdout + result.stderr
+    assert "garbage.pt: not a readable checkpoint" in result.stderr
+
+
 def test_help_does_not_import_torch():
     code = "import sys; from captioner.cli import main\ntry:\n    main(['caption', '--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
