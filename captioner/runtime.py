@@ -141,7 +141,7 @@ def load_backbone(provenance_or_name: str | dict, runtime: str = "auto", precisi
         if asked == "openvino":
             raise CaptionerError(f"backbone {spec} cannot run on OpenVINO: {exc}") from None
         warnings.warn(f"backbone {spec} runs on PyTorch: OpenVINO cannot convert it ({exc})", stacklevel=2)
-        return TorchFeatures(_create_torch(spec, device), "fp32")
+        return TorchFeatures(_create_torch(spec, device), precision)
 
 
 def _create_torch(spec: str, device: str):
