@@ -17,6 +17,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -143,8 +144,36 @@ class Captioner:
         """Caption one video or image; with `segments`, also each window of that many seconds."""
         if beam < 1:
             raise CaptionerError(f"beam size must be at least 1, got {beam}")
+        return self._caption_decoded(path, self._decoded(path), beam, n_best, max_len, segments)
+
+    def caption_many(self, paths, beam: int = 3, n_best: int = 3, max_len: int = 20,
+                     segments: float | None = None) -> Iterator[tuple[str, Caption | CaptionerError]]:
+        """Caption inputs in order: (path, its Caption, or the CaptionerError it failed with).
+
+        Each input's frames are decoded while the one before runs through the backbone and the
+        decoder (one ahead), so on 2 cores decoding and inference overlap.
+        """
+        if beam < 1:
+            raise CaptionerError(f"beam size must be at least 1, got {beam}")
+        paths = list(paths)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner-decode")
+        try:
+            upcoming = pool.submit(self._decoded, paths[0]) if paths else None
+            for k, path in enumerate(paths):
+                current = upcoming
+                if k + 1 < len(paths):
+                    upcoming = pool.submit(self._decoded, paths[k + 1])
+                try:
+                    yield path, self._caption_decoded(path, current.result(), beam, n_best, max_len, segments)
+                except CaptionerError as error:
+                    yield path, error
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _caption_decoded(self, path, decoded_and_seconds, beam: int, n_best: int, max_len: int,
+                         segments: float | None) -> Caption:
         timing: dict = {}
-        decoded, seconds = self._decoded(path)
+        decoded, seconds = decoded_and_seconds
         info = decoded.info
         pooled = self._pooled(decoded, seconds, timing)
         nbest = self._describe(pooled, source_name(info.is_image), beam, max(1, min(n_best, beam)), max_len, timing)

@@ -314,24 +314,27 @@ def _run_caption(args) -> int:
         captioner.length_penalty = args.length_penalty
     subtitle_target = args.srt or args.vtt
     many = len(paths) > 1
-    for path in paths:
-        started = time.perf_counter()
-        try:
-            result = captioner.caption(path, beam=args.beam, n_best=args.n_best, max_len=args.max_len,
-                                       segments=args.segments)
-            if subtitle_target:
-                fmt = "srt" if args.srt else "vtt"
-                target = Path(subtitle_target) / f"{Path(path).stem}.{fmt}" if many else Path(subtitle_target)
+    started = time.perf_counter()  # each input's total runs from the previous input's output
+    for path, result in captioner.caption_many(paths, beam=args.beam, n_best=args.n_best, max_len=args.max_len,
+                                               segments=args.segments):
+        if subtitle_target and not isinstance(result, CaptionerError):
+            fmt = "srt" if args.srt else "vtt"
+            target = Path(subtitle_target) / f"{Path(path).stem}.{fmt}" if many else Path(subtitle_target)
+            try:
                 write_subtitles(result.segments, target, fmt)
-        except CaptionerError as exc:
-            print(f"captioner: {exc if exc.path else f'{path}: {exc}'}", file=sys.stderr)
+            except CaptionerError as exc:
+                result = exc
+        if isinstance(result, CaptionerError):
+            print(f"captioner: {result if result.path else f'{path}: {result}'}", file=sys.stderr)
             failed += 1
+            started = time.perf_counter()
             continue
         result.timing = {"startup": round(startup, 4), "model_load": round(captioner.load_seconds, 4),
                          **result.timing, "total": round(startup + captioner.load_seconds
                                                           + time.perf_counter() - started, 4)}
         startup = 0.0  # paid once, by the first input
         captioner.load_seconds = 0.0
+        started = time.perf_counter()
         if args.json:
             print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
         else:

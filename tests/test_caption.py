@@ -66,6 +66,17 @@ def test_api_caption_is_deterministic(captioner, msvd_clips):
     assert len(greedy.alternatives) == 1 and greedy.caption
 
 
+def test_caption_many_decodes_ahead_with_the_same_results(captioner, msvd_clips, tmp_path):
+    bad = media.empty_file(tmp_path)
+    paths = [msvd_clips[0], bad, msvd_clips[1]]
+    results = list(captioner.caption_many(paths, beam=3))
+    assert [path for path, _ in results] == paths
+    assert isinstance(results[1][1], CaptionerError) and bad.name in str(results[1][1])
+    for path, result in (results[0], results[2]):
+        alone = captioner.caption(path, beam=3)
+        assert (result.caption, result.alternatives) == (alone.caption, alone.alternatives)
+
+
 def test_images_are_one_frame_videos(captioner, data_dir):
     image = next((data_dir / "flickr8k" / "images").glob("*.jpg"))
     assert captioner.caption(image).caption
