@@ -212,16 +212,15 @@ class Captioner:
 def _training_precision(provenance: dict, runtime: str, device: str) -> str:
     """What precision="auto" means for captioning: the one the training features were computed in.
 
-    A model fed features computed as in training says what it was validated to say; bf16
-    features of fp32-trained models changed 2 of the 18 test clips' captions (measured).
-    Features from before stores recorded their runtimes came from PyTorch fp32.
+    A model fed features computed as in training says what it was validated to say; OpenVINO
+    bf16 features changed 2 of the 18 test clips' captions of the fp32-trained default model
+    (measured). Stores record their precision; older ones were PyTorch fp32.
     """
     from .runtime import cpu_has_bf16, resolve
 
     if resolve(runtime, "auto", device)[0] != "openvino":
         return "auto"
-    precisions = {entry.rsplit("/", 1)[-1] for entry in provenance.get("runtimes", [])}
-    if precisions == {"bf16"} and cpu_has_bf16():
+    if provenance.get("precision") == "bf16" and cpu_has_bf16():
         return "bf16"
     return "fp32"
 

@@ -191,11 +191,11 @@ def test_auto_precision_is_the_one_the_training_features_had():
     from captioner.caption import _training_precision
     from captioner.runtime import cpu_has_bf16
 
-    assert _training_precision({"backbone": "efficientnet_lite2"}, "auto", "cpu") == "fp32"  # before runtimes
-    assert _training_precision({"runtimes": ["openvino/bf16"]}, "openvino", "cpu") == \
+    assert _training_precision({"backbone": "efficientnet_lite2"}, "auto", "cpu") == "fp32"  # before precisions
+    assert _training_precision({"precision": "bf16", "runtimes": ["openvino"]}, "openvino", "cpu") == \
         ("bf16" if cpu_has_bf16() else "fp32")
-    assert _training_precision({"runtimes": ["openvino/bf16", "torch/fp32"]}, "auto", "cpu") == "fp32"
-    assert _training_precision({"runtimes": ["openvino/bf16"]}, "torch", "cpu") == "auto"  # torch's own rule
+    assert _training_precision({"precision": "fp32", "runtimes": ["openvino", "torch"]}, "auto", "cpu") == "fp32"
+    assert _training_precision({"precision": "bf16"}, "torch", "cpu") == "auto"  # torch's own rule
 
 
 def test_a_checkpoint_without_a_current_export_gets_one(caption_model, tmp_path):
