@@ -299,7 +299,7 @@ class OpenVINOFeatures:
         self.clip_len = provenance["clip_len"]
         self.decode_short_side = entry["decode_short_side"]
         self.feature_dim = provenance["feature_dim"]
-        self.cache_hit = cache_hit  # True when nothing was converted (tests and --verbose read it)
+        self.cache_hit = cache_hit  # True when nothing was converted
 
     def class_names(self) -> list[str]:
         if self._class_names is None:
