@@ -10,17 +10,20 @@ model is always fed features made exactly like the ones it was trained on.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
-from collections.abc import Callable
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+import numpy as np
 
 from .atomic import atomic_write
 from .errors import CaptionerError
+from .numpy_decoder import InferenceExport, export_path, read_export, source_name
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS / "default" / "model.pt"
@@ -51,83 +54,89 @@ class Caption:
         return asdict(self)
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class Captioner:
-    """A caption model together with the backbone and frame sampling it was trained with."""
+    """A caption model together with the backbone and frame sampling it was trained with.
 
-    def __init__(self, checkpoint, backbone, device: str, model_id: str, load_seconds: float = 0.0,
+    The decoder is the torch-free one (captioner.numpy_decoder), read from the inference export
+    beside the checkpoint; with the OpenVINO runtime nothing here imports torch.
+    """
+
+    def __init__(self, model: InferenceExport, backbone, device: str, model_id: str, load_seconds: float = 0.0,
                  length_penalty: float = DEFAULT_LENGTH_PENALTY):
-        self.checkpoint = checkpoint
+        self.model = model
         self.length_penalty = length_penalty
         self.backbone = backbone
         self.device = device
         self.model_id = model_id
         self.load_seconds = load_seconds
-        provenance = checkpoint.provenance or {}
+        provenance = model.provenance or {}
         self.sampling = provenance.get("frames", "uniform:16")
 
     @classmethod
-    def load(cls, model: str | os.PathLike = "default", device: str = "auto") -> "Captioner":
-        """Load a checkpoint ("default" is the model inside the package) and its backbone."""
-        from . import backbones
-        from .extract import resolve_device
-        from .model import load_checkpoint
+    def load(cls, model: str | os.PathLike = "default", device: str = "auto", runtime: str = "auto",
+             precision: str = "auto") -> "Captioner":
+        """Load a checkpoint ("default" is the model inside the package) and its backbone.
+
+        `runtime` and `precision` choose how the backbone runs (captioner.runtime): "auto" is
+        OpenVINO on a CPU, where a warm compiled-model cache makes loading torch-free. The
+        precision "auto" is the one the checkpoint's training features were computed in.
+        """
+        from .numpy_decoder import file_sha256
+        from .runtime import check_options, load_backbone, resolve_device
 
         started = time.perf_counter()
+        check_options(runtime, precision)  # a mistyped flag is reported before any model is read
         device = resolve_device(device)
         path = DEFAULT_MODEL if str(model) == "default" else Path(model)
         if str(model) == "default" and not path.is_file():
             raise CaptionerError("the default model is missing from the installed package; "
                                  "reinstall video-captioner", path)
-        checkpoint = load_checkpoint(path, device=device)
-        provenance = checkpoint.provenance or {}
+        if not path.is_file():
+            raise CaptionerError("checkpoint not found", path)
+        digest = file_sha256(path)
+        inference = _inference_model(path, digest)
+        provenance = inference.provenance or {}
         if "backbone" not in provenance:
             raise CaptionerError("checkpoint does not record which backbone made its training features", path)
-        backbone = backbones.create(provenance["backbone"], device=device)
-        checkpoint.check_features({**backbone.provenance(), "frames": provenance.get("frames")}, path)
+        if precision == "auto":
+            precision = _training_precision(provenance, runtime, device)
+        backbone = load_backbone(provenance, runtime=runtime, precision=precision, device=device)
+        inference.check_features({**backbone.provenance(), "frames": provenance.get("frames")}, path)
         name = "default" if str(model) == "default" else path.stem
-        model_id = f"{name}:{provenance['backbone']}:{_file_digest(path)[:12]}"
-        return cls(checkpoint, backbone, device, model_id, time.perf_counter() - started)
+        model_id = f"{name}:{provenance['backbone']}:{digest[:12]}"
+        return cls(inference, backbone, device, model_id, time.perf_counter() - started)
 
     # ------------------------------------------------------------------ features
-    def _pooled(self, path, start: float | None = None, end: float | None = None, timing: dict | None = None):
-        import torch
-
+    def _decoded(self, path, start: float | None = None, end: float | None = None):
+        """(the sampled frames of `path` or of its window start..end, seconds spent decoding)."""
         from .video import Sampling, decode
 
-        timing = {} if timing is None else timing
         t0 = time.perf_counter()
         sampling = Sampling.parse(self.sampling, start=start, end=end)
         decoded = decode(path, sampling, short_side=self.backbone.decode_short_side,
                          clip_len=self.backbone.clip_len)
-        t1 = time.perf_counter()
-        frames = torch.from_numpy(decoded.frames).to(self.device)
-        features = self.backbone.features(frames, still=decoded.info.is_image).float().mean(0)
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        t2 = time.perf_counter()
-        timing["decode"] = timing.get("decode", 0.0) + t1 - t0
-        timing["backbone"] = timing.get("backbone", 0.0) + t2 - t1
-        return features, decoded.info
+        return decoded, time.perf_counter() - t0
+
+    def _pooled(self, decoded, decode_seconds: float, timing: dict):
+        """The time-mean of the backbone's features of decoded frames; adds to `timing`."""
+        t0 = time.perf_counter()
+        features = np.asarray(self.backbone.features(decoded.frames, still=decoded.info.is_image), dtype=np.float32)
+        timing["decode"] = timing.get("decode", 0.0) + decode_seconds
+        timing["backbone"] = timing.get("backbone", 0.0) + time.perf_counter() - t0
+        return features.mean(0)
 
     def _describe(self, pooled, source: str, beam: int, n_best: int, max_len: int,
                   timing: dict) -> list[tuple[str, float]]:
-        from .model import source_ids
+        from threadpoolctl import threadpool_limits
 
         t0 = time.perf_counter()
-        model = self.checkpoint.model
-        device = next(model.parameters()).device
-        hyps = model.generate(pooled[None].to(device), beam_size=beam, max_len=max_len, n_best=n_best,
-                              length_penalty=self.length_penalty, sources=source_ids([source], device))[0]
+        # A few (beam, 512) x (512, 2560) products per word: BLAS threads only add overhead
+        # here, and on a busy 2-core machine they made decoding 10-20x slower (measured).
+        with threadpool_limits(1, user_api="blas"):
+            hyps = self.model.decoder.generate(pooled[None], beam_size=beam, max_len=max_len, n_best=n_best,
+                                               length_penalty=self.length_penalty, sources=[source])[0]
         timing["caption"] = timing.get("caption", 0.0) + time.perf_counter() - t0
-        return [(self.checkpoint.decode(tokens), float(score)) for tokens, score in hyps]
+        return [(self.model.vocab.decode(tokens), float(score)) for tokens, score in hyps]
 
     # ------------------------------------------------------------------ public
     def caption(self, path: str | os.PathLike, beam: int = 3, n_best: int = 3, max_len: int = 20,
@@ -137,21 +146,51 @@ class Captioner:
         progress(windows done, windows in all) is called before the first segment window and after
         each; an exception raised from it stops the work there.
         """
-        import torch
-
-        from .model import source_name
-
         if beam < 1:
             raise CaptionerError(f"beam size must be at least 1, got {beam}")
+        return self._caption_decoded(path, self._decoded(path), beam, n_best, max_len, segments, progress)
+
+    def caption_many(self, paths, beam: int = 3, n_best: int = 3, max_len: int = 20,
+                     segments: float | None = None,
+                     progress: Callable[[str, int, int], None] | None = None
+                     ) -> Iterator[tuple[str, Caption | CaptionerError]]:
+        """Caption inputs in order: (path, its Caption, or the CaptionerError it failed with).
+
+        `progress(path, windows done, windows in all)` follows each input's segment windows.
+
+        Each input's frames are decoded while the one before runs through the backbone and the
+        decoder (one ahead), so on 2 cores decoding and inference overlap.
+        """
+        if beam < 1:
+            raise CaptionerError(f"beam size must be at least 1, got {beam}")
+        paths = list(paths)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner-decode")
+        try:
+            upcoming = pool.submit(self._decoded, paths[0]) if paths else None
+            for k, path in enumerate(paths):
+                current = upcoming
+                if k + 1 < len(paths):
+                    upcoming = pool.submit(self._decoded, paths[k + 1])
+                try:
+                    follow = None if progress is None else (lambda done, total, p=path: progress(p, done, total))
+                    yield path, self._caption_decoded(path, current.result(), beam, n_best, max_len, segments,
+                                                      follow)
+                except CaptionerError as error:
+                    yield path, error
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _caption_decoded(self, path, decoded_and_seconds, beam: int, n_best: int, max_len: int,
+                         segments: float | None, progress: Callable[[int, int], None] | None = None) -> Caption:
         timing: dict = {}
-        with torch.inference_mode():
-            pooled, info = self._pooled(path, timing=timing)
-            nbest = self._describe(pooled, source_name(info.is_image), beam, max(1, min(n_best, beam)), max_len,
-                                   timing)
-            windows = None
-            if segments is not None:
-                windows = self._segments(path, info, segments, beam, max_len, timing, whole=nbest[0],
-                                         progress=progress)
+        decoded, seconds = decoded_and_seconds
+        info = decoded.info
+        pooled = self._pooled(decoded, seconds, timing)
+        nbest = self._describe(pooled, source_name(info.is_image), beam, max(1, min(n_best, beam)), max_len, timing)
+        windows = None
+        if segments is not None:
+            windows = self._segments(path, info, segments, beam, max_len, timing, whole=nbest[0],
+                                     progress=progress)
         caption, score = nbest[0]
         return Caption(path=str(path), id=Path(path).stem, caption=caption, score=score,
                        alternatives=[{"caption": c, "score": s} for c, s in nbest], model=self.model_id,
@@ -163,15 +202,62 @@ class Captioner:
         if info.is_image or info.duration <= 0:  # one segment: the caption of the whole input
             return [Segment(0.0, max(info.duration, 0.0), *whole)]
         result = []
+        # The next window is decoded while the backbone and the decoder work on this one (both
+        # release the GIL, so on 2 cores they overlap); one ahead only, so a long video's
+        # windows never pile up in memory.
         if progress is not None:
             progress(0, len(windows))
-        for start, end in windows:
-            pooled, _ = self._pooled(path, start=start, end=end, timing=timing)
-            caption, score = self._describe(pooled, "video", beam, 1, max_len, timing)[0]
-            result.append(Segment(start, end, caption, score))
-            if progress is not None:
-                progress(len(result), len(windows))
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner-decode")
+        try:
+            upcoming = pool.submit(self._decoded, path, *windows[0])
+            for k, (start, end) in enumerate(windows):
+                decoded = upcoming.result()
+                if k + 1 < len(windows):
+                    upcoming = pool.submit(self._decoded, path, *windows[k + 1])
+                pooled = self._pooled(*decoded, timing)
+                caption, score = self._describe(pooled, "video", beam, 1, max_len, timing)[0]
+                result.append(Segment(start, end, caption, score))
+                if progress is not None:
+                    progress(len(result), len(windows))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return result
+
+
+def _training_precision(provenance: dict, runtime: str, device: str) -> str:
+    """What precision="auto" means for captioning: the one the training features were computed in.
+
+    A model fed features computed as in training says what it was validated to say; OpenVINO
+    bf16 features changed 2 of the 18 test clips' captions of the fp32-trained default model
+    (measured). Stores record their precision; older ones were PyTorch fp32.
+    """
+    from .runtime import cpu_has_bf16, resolve
+
+    if resolve(runtime, "auto", device)[0] != "openvino":
+        return "auto"
+    if provenance.get("precision") == "bf16" and cpu_has_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def _inference_model(path: Path, digest: str) -> InferenceExport:
+    """The checkpoint's decoder from its inference export; a missing, outdated or damaged export
+    is made again from the checkpoint (with torch, once) and saved beside it for the next start."""
+    beside = export_path(path)
+    try:
+        export = read_export(beside)
+        if export.checkpoint_sha256 == digest:
+            return export
+    except CaptionerError:
+        pass
+    if not zipfile.is_zipfile(path):  # what torch.save writes; anything else fails without importing torch
+        raise CaptionerError("not a readable checkpoint (not a PyTorch zip archive)", path)
+    from .model import export_inference, inference_export
+
+    try:
+        return read_export(export_inference(path, beside))
+    except OSError:  # a read-only folder: decode from memory this time
+        return inference_export(path)
 
 
 # ---------------------------------------------------------------------- subtitles

@@ -13,6 +13,7 @@ import sys
 
 from . import __version__
 from .errors import CaptionerError, UsageError
+from .runtime import add_runtime_arguments
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,10 +36,12 @@ def _add_extract(sub) -> None:
     p.add_argument("--frames", default="uniform:16", metavar="SAMPLING",
                    help="uniform:N (default uniform:16), fps:F or all")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="frames per backbone batch (default: 4 on CPU, where small batches run faster, 64 on CUDA)")
+                   help="frames per backbone batch (default: 16 with OpenVINO, 4 with PyTorch on CPU, "
+                        "where small batches run faster, 64 on CUDA)")
     p.add_argument("--workers", type=int, default=None,
                    help="decoding processes (default: one per spare core, at least 1)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_runtime_arguments(p)
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="distribute videos over a Ray cluster ('auto' or host:port)")
     p.add_argument("--failures", default=None, metavar="FILE",
@@ -54,8 +57,8 @@ def _run_extract(args) -> int:
     from .extract import ExtractConfig, extract
 
     config = ExtractConfig(backbone=args.backbone, frames=args.frames, batch_size=args.batch_size,
-                           workers=args.workers, device=args.device, ray_address=args.ray_address,
-                           mirror=args.mirror)
+                           workers=args.workers, device=args.device, runtime=args.runtime,
+                           precision=args.precision, ray_address=args.ray_address, mirror=args.mirror)
     summary = extract(args.inputs, args.out, config, failures_path=args.failures,
                       progress=not args.quiet)
     return 0 if summary.failed == 0 else 1
@@ -243,6 +246,7 @@ def _add_caption(sub) -> None:
     out.add_argument("--vtt", default=None, metavar="FILE",
                      help="write segment captions as WebVTT (a folder when several inputs are given)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_runtime_arguments(p)
     p.add_argument("--verbose", action="store_true", help="print the time split per input on stderr")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar over each input's segments on stderr (default: when stderr is a terminal)")
@@ -310,8 +314,10 @@ def _run_caption(args) -> int:
         raise UsageError("--beam, --n-best and --max-len must be at least 1")
     if args.segments is not None and not args.segments > 0:
         raise UsageError("--segments must be a positive number of seconds")
-    from . import backbones, model  # noqa: F401  torch and timm: library start-up, timed as such
     from .atomic import check_output_path
+    from .runtime import check_options
+
+    check_options(args.runtime, args.precision)
     from .caption import Captioner, write_subtitles
     from .video import find_inputs
 
@@ -333,28 +339,32 @@ def _run_caption(args) -> int:
     many = len(paths) + len(missing) + len(unmatched) > 1
     if subtitle_target:
         check_output_path(subtitle_target, folder=many, flag="--srt" if args.srt else "--vtt")
-    show_progress = sys.stderr.isatty() if args.progress is None else args.progress
-    captioner = Captioner.load(args.model, device=args.device)
+    show_progress = (sys.stderr.isatty() if args.progress is None else args.progress) and args.segments is not None
+    captioner = Captioner.load(args.model, device=args.device, runtime=args.runtime, precision=args.precision)
     if args.length_penalty is not None:
         captioner.length_penalty = args.length_penalty
-    for path in paths:
-        started = time.perf_counter()
-        bar = _SegmentBar(Path(path).name) if show_progress and args.segments is not None else None
-        try:
-            result = captioner.caption(path, beam=args.beam, n_best=args.n_best, max_len=args.max_len,
-                                       segments=args.segments, progress=bar)
-        except CaptionerError as exc:
-            print(f"captioner: {exc if exc.path else f'{path}: {exc}'}", file=sys.stderr)
+    bars: dict = {}
+
+    def follow(path, done: int, total: int) -> None:
+        bars.setdefault(path, _SegmentBar(Path(path).name))(done, total)
+
+    started = time.perf_counter()  # each input's total runs from the previous input's output
+    for path, result in captioner.caption_many(paths, beam=args.beam, n_best=args.n_best, max_len=args.max_len,
+                                               segments=args.segments, progress=follow if show_progress else None):
+        bar = bars.pop(path, None)
+        if bar is not None:
+            bar.close()
+        if isinstance(result, CaptionerError):
+            print(f"captioner: {result if result.path else f'{path}: {result}'}", file=sys.stderr)
             failed += 1
+            started = time.perf_counter()
             continue
-        finally:
-            if bar is not None:
-                bar.close()
         result.timing = {"startup": round(startup, 4), "model_load": round(captioner.load_seconds, 4),
                          **result.timing, "total": round(startup + captioner.load_seconds
                                                           + time.perf_counter() - started, 4)}
         startup = 0.0  # paid once, by the first input
         captioner.load_seconds = 0.0
+        started = time.perf_counter()
         if args.json:
             print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
         else:
@@ -367,6 +377,9 @@ def _run_caption(args) -> int:
             target = Path(subtitle_target) / f"{Path(path).stem}.{fmt}" if many else Path(subtitle_target)
             try:
                 write_subtitles(result.segments, target, fmt)
+            except CaptionerError as exc:
+                print(f"captioner: {exc}", file=sys.stderr)
+                failed += 1
             except OSError as exc:
                 print(f"captioner: {target}: cannot write subtitles ({exc.strerror or exc})", file=sys.stderr)
                 failed += 1
@@ -446,6 +459,7 @@ def _add_serve(sub) -> None:
                    help="a web origin (e.g. https://example.org) whose pages may post videos here; repeatable. "
                         "Posts from other sites' pages get HTTP 403")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_runtime_arguments(p)
     p.set_defaults(handler=_run_serve)
 
 
@@ -463,12 +477,16 @@ def _run_serve(args) -> int:
         if parts.scheme not in ("http", "https") or not parts.netloc or origin != f"{parts.scheme}://{parts.netloc}":
             raise UsageError(f"--allow-origin takes an origin such as https://example.org:8443 "
                              f"(scheme, host and port only), got {origin!r}")
+    from .runtime import check_options
+
+    check_options(args.runtime, args.precision)
     from .serve import ServeLimits, serve
 
     limits = ServeLimits(max_upload_mb=args.max_upload_mb, queue=args.queue, uploads=args.uploads,
                          upload_timeout=args.upload_timeout, idle_timeout=args.idle_timeout,
                          allow_origins=tuple(args.allow_origin))
-    serve(model=args.model, host=args.host, port=args.port, limits=limits, device=args.device)
+    serve(model=args.model, host=args.host, port=args.port, limits=limits, device=args.device,
+          runtime=args.runtime, precision=args.precision)
     return 0
 
 

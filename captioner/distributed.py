@@ -10,22 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from .errors import CaptionerError
 
-_BACKBONES: dict[tuple[str, str], object] = {}  # per Ray worker process: load weights once
+_BACKBONES: dict[tuple[str, ...], object] = {}  # per Ray worker process: load weights once
 
 
 def _embed_chunk(paths: list[str], backbone_name: str, sampling: str, device: str, batch_size: int,
-                 mirror: bool = False):
-    import torch
-
-    from . import backbones
+                 mirror: bool = False, runtime: str = "auto", precision: str = "auto"):
     from .extract import _video_meta, mirrored, store_provenance
+    from .runtime import load_backbone
     from .video import decode
 
-    key = (backbone_name, device)
+    key = (backbone_name, device, runtime, precision)
     if key not in _BACKBONES:
-        _BACKBONES[key] = backbones.create(backbone_name, device=device)
+        # Each worker resolves `auto` for its own node: its CPU decides OpenVINO's precision.
+        _BACKBONES[key] = load_backbone(backbone_name, runtime, precision, device)
     backbone = _BACKBONES[key]
     provenance = store_provenance(backbone, sampling, mirror)
     results = []
@@ -39,9 +40,9 @@ def _embed_chunk(paths: list[str], backbone_name: str, sampling: str, device: st
         except Exception as exc:
             results.append((path, f"cannot decode ({type(exc).__name__}: {exc})"))
             continue
-        frames = torch.from_numpy(mirrored(decoded.frames).copy() if mirror else decoded.frames)
-        features = torch.cat([backbone.features(frames[i:i + batch_size].to(device))
-                              for i in range(0, len(frames), batch_size)]).float().cpu().numpy()
+        frames = mirrored(decoded.frames) if mirror else decoded.frames
+        features = np.concatenate([backbone.features(frames[i:i + batch_size], still=decoded.info.is_image)
+                                   for i in range(0, len(frames), batch_size)])
         results.append((path, (features, _video_meta(decoded, Path(path), provenance, sampling))))
     return results
 
@@ -75,7 +76,8 @@ def extract_on_ray(paths: list[Path], config, sampling: str, device: str, addres
             return [(path, reason) for path in chunk]
 
     for chunk in chunks:
-        pending[remote.remote(chunk, config.backbone, sampling, device, config.batch_size, config.mirror)] = chunk
+        pending[remote.remote(chunk, config.backbone, sampling, device, config.batch_size, config.mirror,
+                              config.runtime, config.precision)] = chunk
         if len(pending) >= window:
             done, _ = ray.wait(list(pending), num_returns=1)
             yield from collect(done[0])

@@ -46,6 +46,8 @@ class ExtractConfig:
     batch_size: int | None = None  # frames per backbone batch; None: by device (see default_batch_size)
     workers: int | None = None  # decoding processes (0: decode inline); None: by device and cores
     device: str = "auto"  # auto | cpu | cuda
+    runtime: str = "auto"  # auto | torch | openvino (see captioner.runtime)
+    precision: str = "auto"  # auto | fp32 | bf16
     ray_address: str | None = None
     ray_videos_per_task: int = 8
     # Mirror every frame left-right: a second view of a training set, for data.augment_features.
@@ -91,21 +93,18 @@ def video_ids(paths: list[Path]) -> dict[Path, str]:
 
 
 def resolve_device(device: str) -> str:
-    import torch
+    from .runtime import resolve_device as resolve
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but torch sees no CUDA device")
-    if device not in ("cpu", "cuda"):
-        raise UsageError(f"unknown device {device!r} (cpu, cuda or auto)")
-    return device
+    return resolve(device)
 
 
-def default_batch_size(device: str) -> int:
-    # Measured with EfficientNet-Lite2 on 2 CPU cores: 25 frames/s at batch 1-4 against 15 at
-    # batch 32 (small batches stay in cache). GPUs want large batches.
-    return 64 if device == "cuda" else 4
+def default_batch_size(device: str, runtime: str = "torch") -> int:
+    # Measured with EfficientNet-Lite2 on 2 CPU cores: PyTorch 25 frames/s at batch 1-4 against
+    # 15 at batch 32 (small batches stay in cache); OpenVINO gains up to batch 16.
+    # GPUs want large batches.
+    if device == "cuda":
+        return 64
+    return 16 if runtime == "openvino" else 4
 
 
 def default_workers(device: str) -> int:
@@ -208,34 +207,30 @@ class _Decoder:
 class _Batcher:
     """Packs the frames of consecutive videos into fixed-size backbone batches.
 
-    Frames are preprocessed per video (videos differ in size) on the backbone's device, so a
-    GPU receives compact uint8 frames and resizes them itself.
+    Frames are prepared per video (videos differ in size: resized and cropped, on a GPU after
+    the compact uint8 frames were moved there), then batched across videos.
     """
 
-    def __init__(self, backbone, batch_size: int, device: str):
-        import torch
-
-        self.backbone = backbone
+    def __init__(self, extractor, batch_size: int):
+        self.extractor = extractor  # a captioner.runtime feature extractor
         self.batch_size = batch_size
-        self._pin = device == "cuda"
-        self._pending: list[tuple[str, object]] = []  # (video id, preprocessed frames)
+        self._pending: list[tuple[str, int, object]] = []  # (video id, frames, prepared inputs)
         self._pending_frames = 0
         self._outputs: dict[str, list] = collections.defaultdict(list)
         self._missing: dict[str, int] = {}  # video id -> frames still without features
-        self._torch = torch
 
-    def add(self, video_id: str, frames: np.ndarray) -> list[tuple[str, np.ndarray]]:
-        """Queue one video's frames; returns the videos whose features are complete."""
-        tensor = self._torch.from_numpy(np.ascontiguousarray(frames))
-        if self._pin:
-            tensor = tensor.pin_memory()
-        with self._torch.inference_mode():
-            inputs = self.backbone.preprocess(tensor)
-        self._missing[video_id] = len(inputs)
+    def add(self, video_id: str, frames: np.ndarray, still: bool = False) -> list[tuple[str, np.ndarray]]:
+        """Queue one video's frames; returns the videos whose features are complete. A still
+        image skips the clip members of a combination (their part is zeros), so it is not batched."""
+        if still and self.extractor.has_clip_members:
+            return [(video_id, self.extractor.features(frames, still=True))]
+        inputs = self.extractor.prepare(frames)
+        count = len(frames)
+        self._missing[video_id] = count
         start, finished = 0, []
-        while start < len(inputs):
-            take = min(self.batch_size - self._pending_frames, len(inputs) - start)
-            self._pending.append((video_id, inputs[start:start + take]))
+        while start < count:
+            take = min(self.batch_size - self._pending_frames, count - start)
+            self._pending.append((video_id, take, _rows(inputs, start, start + take)))
             self._pending_frames += take
             start += take
             if self._pending_frames == self.batch_size:
@@ -245,19 +240,24 @@ class _Batcher:
     def flush(self) -> list[tuple[str, np.ndarray]]:
         if not self._pending:
             return []
-        torch = self._torch
-        with torch.inference_mode(), self.backbone.autocast():
-            features = self.backbone(torch.cat([x for _, x in self._pending])).float().cpu().numpy()
+        features = self.extractor.infer(self.extractor.concat([x for _, _, x in self._pending]))
         finished, offset = [], 0
-        for video_id, inputs in self._pending:
-            self._outputs[video_id].append(features[offset:offset + len(inputs)])
-            offset += len(inputs)
-            self._missing[video_id] -= len(inputs)
+        for video_id, count, _ in self._pending:
+            self._outputs[video_id].append(features[offset:offset + count])
+            offset += count
+            self._missing[video_id] -= count
             if self._missing[video_id] == 0:
                 del self._missing[video_id]
                 finished.append((video_id, np.concatenate(self._outputs.pop(video_id))))
         self._pending, self._pending_frames = [], 0
         return finished
+
+
+def _rows(inputs, start: int, stop: int):
+    """Rows of prepared inputs: one array, or a tuple of them (one per member of a combination)."""
+    if isinstance(inputs, tuple):
+        return tuple(x[start:stop] for x in inputs)
+    return inputs[start:stop]
 
 
 def store_provenance(backbone, sampling: str, mirror: bool) -> dict:
@@ -287,7 +287,7 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
     Videos already in the store are skipped; videos that fail are reported (one line each on
     `log`, default stderr, and in the failure list) while the rest are still extracted.
     """
-    from . import backbones
+    from .runtime import check_options, load_backbone
     from .store import open_features
     from .video import Sampling, find_inputs
 
@@ -299,6 +299,7 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
         raise UsageError(f"--batch-size must be at least 1, got {config.batch_size}")
     if config.workers is not None and config.workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {config.workers}")
+    check_options(config.runtime, config.precision)
     check_output_path(store_path, folder=True, flag="--out")
     paths, missing = find_inputs(inputs)
     if not paths:
@@ -310,9 +311,9 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
     ids = video_ids(paths)
 
     device = resolve_device(config.device)
+    backbone = load_backbone(config.backbone, config.runtime, config.precision, device)
     if config.batch_size is None:
-        config = dataclasses.replace(config, batch_size=default_batch_size(device))
-    backbone = backbones.create(config.backbone, device=device)
+        config = dataclasses.replace(config, batch_size=default_batch_size(device, backbone.runtime))
     provenance = store_provenance(backbone, sampling, config.mirror)
     store = open_features(store_path, "a")
     try:
@@ -424,7 +425,7 @@ def _extract_local(todo, ids, sources, backbone, config, sampling, device, prove
                    fail):
     workers = default_workers(device) if config.workers is None else config.workers
     decoder = _Decoder(todo, workers, sampling, backbone.decode_short_side, backbone.clip_len)
-    batcher = _Batcher(backbone, config.batch_size, device)
+    batcher = _Batcher(backbone, config.batch_size)
     in_flight: dict[str, tuple[Path, dict]] = {}
 
     def store_finished(finished) -> None:
@@ -440,7 +441,8 @@ def _extract_local(todo, ids, sources, backbone, config, sampling, device, prove
         video_id = ids[Path(path)]
         meta = {**_video_meta(outcome, Path(path), provenance, sampling), "source": sources[Path(path)]}
         in_flight[video_id] = (Path(path), meta)
-        store_finished(batcher.add(video_id, mirrored(outcome.frames) if config.mirror else outcome.frames))
+        frames = mirrored(outcome.frames) if config.mirror else outcome.frames
+        store_finished(batcher.add(video_id, frames, still=outcome.info.is_image))
     store_finished(batcher.flush())
 
 

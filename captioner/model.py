@@ -31,14 +31,13 @@ from torch import nn
 from .atomic import atomic_open
 from .config import require
 from .errors import CaptionerError
+from .numpy_decoder import (PROVENANCE_KEYS, SOURCES, InferenceExport, check_provenance,  # noqa: F401
+                            export_path, file_sha256, provenance_differences, source_name,
+                            write_export)
 from .text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
 
 CHECKPOINT_FORMAT = "captioner-checkpoint"
 CHECKPOINT_VERSION = 1
-# The kinds of input a source-conditioned model tells apart, by index.
-SOURCES = ("image", "video")
-# What must agree between a checkpoint's training features and the features it is given.
-PROVENANCE_KEYS = ("backbone", "feature_dim", "weights_sha256")
 
 
 @dataclass
@@ -311,11 +310,6 @@ class CaptionModel(nn.Module):
         return [sorted(f, key=lambda hyp: -hyp[1])[:n_best] for f in finished]
 
 
-def source_name(is_image: bool) -> str:
-    """The source of an input: a still image or a video (a store entry's meta["is_image"])."""
-    return "image" if is_image else "video"
-
-
 def source_ids(sources, device=None) -> torch.Tensor:
     """Indices into SOURCES for a sequence of "image"/"video" names."""
     unknown = set(sources) - set(SOURCES)
@@ -325,22 +319,6 @@ def source_ids(sources, device=None) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- checkpoints
-def provenance_differences(expected: dict | None, given: dict | None, keys=PROVENANCE_KEYS) -> list[str]:
-    """The keys both provenances record with different values."""
-    expected, given = expected or {}, given or {}
-    return [k for k in keys if k in expected and k in given and expected[k] != given[k]]
-
-
-def check_provenance(trained_on: dict | None, given: dict | None, checkpoint_path, features_path) -> None:
-    """Refuse features extracted differently from the ones a checkpoint was trained on."""
-    differing = provenance_differences(trained_on, given)
-    if differing:
-        what = ", ".join(f"{k} {given[k]!r} (checkpoint {checkpoint_path} expects {trained_on[k]!r})"
-                         for k in differing)
-        raise CaptionerError(f"features were extracted with a different backbone: {what}; re-extract "
-                             f"with --backbone {trained_on.get('backbone')}", features_path)
-
-
 def save_checkpoint(path: str | os.PathLike, model: CaptionModel, vocab: Vocabulary, config: dict,
                     provenance: dict | None, epoch: int, metrics: dict, train_state: dict | None = None) -> None:
     """Write atomically (temporary file + rename): a crash never leaves half a checkpoint."""
@@ -403,9 +381,8 @@ def export_checkpoint(source: str | os.PathLike, dest: str | os.PathLike, *, hal
     return dest
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
-    """A trained model in eval mode with its vocabulary, config and feature provenance."""
-    path = Path(path)
+def _read_payload(path: Path, device: str | torch.device = "cpu") -> dict:
+    """A checkpoint file's contents, checked to be one this captioner understands."""
     if not path.is_file():
         raise CaptionerError("checkpoint not found", path)
     try:
@@ -417,6 +394,13 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if payload.get("version", 0) > CHECKPOINT_VERSION:
         raise CaptionerError(f"checkpoint version {payload['version']} is newer than this captioner "
                              "understands; upgrade captioner", path)
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """A trained model in eval mode with its vocabulary, config and feature provenance."""
+    path = Path(path)
+    payload = _read_payload(path, device)
     vocab = Vocabulary(payload["vocab"])
     model = CaptionModel(ModelConfig(**payload["model_config"]), len(vocab),
                          payload["model"].get("concepts.concept_words")).to(device)
@@ -425,3 +409,30 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return Checkpoint(model=model, vocab=vocab, config=payload["config"], provenance=payload["provenance"],
                       path=path, epoch=payload["epoch"], metrics=payload["metrics"],
                       train_state=payload.get("train_state"))
+
+
+# ---------------------------------------------------------------------- inference export
+def _export_arrays(payload: dict, path: Path) -> tuple[dict, dict]:
+    # The weights keep the checkpoint's dtype (float16 after `export_checkpoint(half=True)`),
+    # so the torch and numpy decoders compute with exactly the same numbers.
+    weights = {k: v.detach().cpu().numpy() for k, v in payload["model"].items() if v.is_floating_point()}
+    if payload["model_config"].get("tie_weights"):
+        weights.pop("head.weight", None)  # the word embedding again: stored once
+    meta = {"model_config": payload["model_config"], "vocab": payload["vocab"],
+            "provenance": payload["provenance"], "epoch": payload.get("epoch", 0),
+            "metrics": payload.get("metrics", {}), "checkpoint_sha256": file_sha256(path)}
+    return weights, meta
+
+
+def inference_export(path: str | os.PathLike) -> InferenceExport:
+    """The torch-free decoder (captioner.numpy_decoder) of any checkpoint, built in memory."""
+    path = Path(path)
+    weights, meta = _export_arrays(_read_payload(path), path)
+    return InferenceExport.from_arrays(weights, meta, path)
+
+
+def export_inference(path: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
+    """Write a checkpoint's inference export (default: beside it, `model.inference.npz`)."""
+    path = Path(path)
+    weights, meta = _export_arrays(_read_payload(path), path)
+    return write_export(dest or export_path(path), weights, meta)

@@ -469,6 +469,7 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
     def health() -> dict:
         """Which model answers, and how many jobs are admitted out of how many."""
         return {"status": "ok", "model": captioner.model_id, "device": captioner.device,
+                "runtime": captioner.backbone.runtime, "precision": captioner.backbone.precision,
                 "jobs": slots.active, "queue": slots.limit, "uploads": upload_slots.active,
                 "max_uploads": upload_slots.limit, "max_upload_mb": limits.max_upload_mb}
 
@@ -538,11 +539,11 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
 
 
 def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None,
-          device: str = "auto") -> None:
+          device: str = "auto", runtime: str = "auto", precision: str = "auto") -> None:
     """Load the model, then serve the page and the API until interrupted."""
     import uvicorn
 
-    captioner = Captioner.load(model, device=device)
+    captioner = Captioner.load(model, device=device, runtime=runtime, precision=precision)
     loopback = host in LOOPBACK_HOSTS
     if not loopback:
         log.warning("listening on %s: anyone who can reach this machine can upload videos", host)

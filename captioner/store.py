@@ -71,7 +71,9 @@ def _normalized(provenance: dict) -> dict:
 
 
 def _differing(recorded: dict, expected: dict) -> list[str]:
-    return sorted(k for k in set(recorded) | set(expected) if recorded.get(k) != expected.get(k))
+    # "runtimes" lists every runtime that wrote into the store: it grows, and may (see set_provenance).
+    return sorted(k for k in set(recorded) | set(expected) - {"runtimes"}
+                  if k != "runtimes" and recorded.get(k) != expected.get(k))
 
 
 # Writer locks this process holds: store directory -> [lock file, number of open writers].
@@ -219,10 +221,22 @@ class FeatureStore:
         return self.info.get("provenance")
 
     def set_provenance(self, provenance: dict) -> None:
-        """Record the extraction settings; refuse to mix features of different extractors."""
+        """Record the extraction settings; refuse to mix features of different extractors.
+
+        The runtime that ran the backbone may differ between runs into one store (in one
+        precision, PyTorch and OpenVINO features agree to cosine 0.9999; tests/test_runtime.py):
+        the store lists every runtime under `runtimes`, each video's meta says its own. The
+        precision may not (bf16 vs fp32 features differ more: 0.997 per video for Lite2).
+        """
         self._require_writable()
         provenance = _normalized(provenance)
+        runtimes = {provenance.pop("runtime")} if "runtime" in provenance else set()
         current = self.provenance
+        if current is not None:
+            current = {k: v for k, v in current.items() if k != "runtimes"}
+            runtimes |= set(self.provenance.get("runtimes", [])) if len(self) > 0 else set()
+            if "precision" not in current and "precision" in provenance:
+                current["precision"] = provenance["precision"]  # written before precisions were recorded
         if current is not None and current != provenance and len(self) > 0:
             raise UsageError(
                 "store already holds features extracted with other settings "
@@ -241,7 +255,7 @@ class FeatureStore:
                         f"store.json is missing and the stored videos were extracted with other "
                         f"settings ({', '.join(differing)} differ, e.g. video {video_id!r}); use "
                         "another --out or delete the store", self.path)
-        self.info["provenance"] = provenance
+        self.info["provenance"] = {**provenance, **({"runtimes": sorted(runtimes)} if runtimes else {})}
         self._write_info(self.info)
         self._videos_without_index = False
 

@@ -154,8 +154,12 @@ def _extract_stage(config: PipelineConfig, name: str, progress: bool) -> Stage:
                                  f"raise videos.max_failures")
 
     # Where and how fast extraction runs does not change the features, so batch size, workers,
-    # device and the Ray address are not part of the key.
+    # device, runtime (see captioner.store) and the Ray address are not part of the key. bf16
+    # does change them a little; it is keyed only when asked for, so the keys of fp32 stores
+    # made before precisions existed stay what they were.
     params = {"backbone": extract_config.backbone, "frames": extract_config.frames}
+    if extract_config.precision == "bf16":
+        params["precision"] = "bf16"
     return Stage(stage_name, run, params=params, inputs=paths, outputs=[f"{STORE}/store.json"], dir_params=params)
 
 

@@ -2,15 +2,22 @@
 """Extraction throughput on the real MSVD clips, every figure from this one run.
 
   decode-only    captioner.video.decode of every clip, one process, frames/s
-  backbone-only  the backbone on already-decoded frames, same batch size, frames/s
+  backbone-only  the backbone on already-decoded frames (resize, crop, network), in the batch
+                 size extraction uses, on the runtime and precision in use, frames/s
   end-to-end     captioner.extract.extract into a fresh store, frames/s
   naive          OpenCV reads every frame in order, keeps the same sampled frames, runs the
-                 network as published (timm's module; no batch-norm folding) one frame at a
-                 time and averages: what glue scripts usually do
+                 network as published (timm's module in PyTorch fp32; no batch-norm folding)
+                 one frame at a time and averages: what glue scripts usually do
 
-The bound is what a perfect pipeline could reach from the two measured halves: on CPU they
-compete for the same cores, so 1/(1/decode + 1/backbone); on a GPU they overlap, so
-min(decode, backbone). The last line is `ratio_vs_naive=X.XX ratio_vs_bound=Y.YY`.
+The bound is what a perfect pipeline could reach from the two measured halves of the runtime
+in use: on CPU they compete for the same cores, so 1/(1/decode + 1/backbone); on a GPU they
+overlap, so min(decode, backbone). Unless --no-table, a table follows with backbone-only and
+end-to-end frames/s and the features' least cosine to PyTorch fp32 for each runtime and
+precision (torch fp32, torch bf16, openvino fp32, openvino bf16). The last line is
+`ratio_vs_naive=X.XX ratio_vs_bound=Y.YY` for the runtime in use.
+
+Clips: by default the 9 test-split clips of the shared MSVD folder (MSVD's split by video
+number, as tests/conftest.py), so a run takes minutes; --subset all takes all 61.
 """
 
 from __future__ import annotations
@@ -26,12 +33,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DEFAULT_CLIPS = ROOT.parent / "shared" / "data" / "msvd" / "clips"
+RUNTIME_TABLE = [("torch", "fp32"), ("torch", "bf16"), ("openvino", "fp32"), ("openvino", "bf16")]
 
 
 def measure(fn):
     start = time.perf_counter()
     frames = fn()
     return frames / (time.perf_counter() - start)
+
+
+def select_clips(folder: Path, subset: str) -> list[Path]:
+    clips = sorted(folder.glob("*.avi"))
+    if subset == "all":
+        return clips
+    # MSVD's split: videos 1301-1970 are its test set (youtube_mapping.txt maps clip names to vidN).
+    lines = (folder.parent / "youtube_mapping.txt").read_text().split()
+    numbers = {name: int(vid.removeprefix("vid")) for name, vid in zip(lines[0::2], lines[1::2])}
+    return [c for c in clips if numbers.get(c.stem, 0) > 1300]
+
+
+def cosine_floor(a, b) -> float:
+    import numpy as np
+
+    return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())
 
 
 def main() -> None:
@@ -41,24 +65,33 @@ def main() -> None:
     parser.add_argument("--frames", default="uniform:16")
     parser.add_argument("--batch-size", type=int, default=None, help="default: extraction's default for the device")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--runtime", default="auto", help="runtime of the ratios: auto, torch or openvino")
+    parser.add_argument("--precision", default="auto", help="auto, fp32 or bf16")
+    parser.add_argument("--subset", default="test", choices=["test", "all"],
+                        help="MSVD's test-split clips of --clips (default) or all of them")
+    parser.add_argument("--no-table", action="store_true", help="skip the per-runtime table")
     args = parser.parse_args()
 
     import cv2
+    import numpy as np
     import torch
 
     from captioner import backbones
     from captioner.extract import ExtractConfig, default_batch_size, extract, resolve_device
+    from captioner.runtime import cpu_has_bf16, load_backbone
     from captioner.video import Sampling, decode, probe, sample_indices
 
     device = resolve_device(args.device)
-    args.batch_size = args.batch_size or default_batch_size(device)
-    clips = sorted(args.clips.glob("*.avi"))
-    backbone = backbones.create(args.backbone, device=device)
+    clips = select_clips(args.clips, args.subset)
+    backbone = load_backbone(args.backbone, args.runtime, args.precision, device)
+    batch_size = args.batch_size or default_batch_size(device, backbone.runtime)
     published = backbones.create(args.backbone, device=device, fold_batchnorm=False)
     sampling = Sampling.parse(args.frames)
-    print(f"{len(clips)} clips, backbone {args.backbone} on {device}"
-          f"{' (' + torch.cuda.get_device_name() + ')' if device == 'cuda' else ''}, "
-          f"{args.frames}, batch {args.batch_size}, torch threads {torch.get_num_threads()}")
+    cpu = _cpu_name()
+    print(f"{len(clips)} clips ({', '.join(c.stem for c in clips)})")
+    print(f"backbone {args.backbone} on {device} ({torch.cuda.get_device_name() if device == 'cuda' else cpu}), "
+          f"runtime {backbone.runtime} {backbone.precision}, {args.frames}, batch {batch_size}, "
+          f"torch threads {torch.get_num_threads()}")
 
     def sync():
         if device == "cuda":
@@ -66,7 +99,7 @@ def main() -> None:
 
     # Warm-up: first calls pay for lazy initialisation that a long run pays once.
     warm = decode(clips[0], sampling, short_side=backbone.decode_short_side, clip_len=backbone.clip_len)
-    backbone.features(torch.from_numpy(warm.frames).to(device))
+    backbone.features(warm.frames)
     published.features(torch.from_numpy(warm.frames[:1]).to(device))
     sync()
 
@@ -80,29 +113,35 @@ def main() -> None:
 
     decode_fps = measure(decode_all)
 
-    def backbone_all():
-        # Frames of different videos differ in size: preprocess per video (resize, crop,
-        # normalise: part of the backbone's work), then run the network in fixed-size batches.
-        with torch.inference_mode():
-            inputs = torch.cat([backbone.preprocess(torch.from_numpy(f).to(device)) for f in decoded])
-            for i in range(0, len(inputs), args.batch_size):
-                with backbone.autocast():
-                    backbone(inputs[i:i + args.batch_size])
-        sync()
-        return len(inputs)
+    def backbone_fps(fx, batch: int) -> tuple[float, np.ndarray]:
+        """Frames of different videos differ in size: prepare per video (resize, crop: part of
+        the backbone's work), then run the network in fixed-size batches, as extraction does."""
+        outputs = []
 
-    backbone_fps = measure(backbone_all)
+        def run():
+            inputs = fx.concat([fx.prepare(f) for f in decoded])
+            count = sum(len(f) for f in decoded)
+            for i in range(0, count, batch):
+                rows = tuple(x[i:i + batch] for x in inputs) if isinstance(inputs, tuple) else inputs[i:i + batch]
+                outputs.append(fx.infer(rows))
+            sync()
+            return count
 
-    def end_to_end():
-        with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as quiet:
-            config = ExtractConfig(backbone=args.backbone, frames=args.frames, batch_size=args.batch_size,
-                                   device=device)
-            summary = extract(clips, Path(tmp) / "store", config,
-                              progress=False, log=quiet)
-            assert summary.failed == 0, summary.failures
-            return summary.frames
+        return measure(run), np.concatenate(outputs)
 
-    e2e_fps = measure(end_to_end)
+    def end_to_end(runtime: str, precision: str, batch: int | None) -> float:
+        def run():
+            with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as quiet:
+                config = ExtractConfig(backbone=args.backbone, frames=args.frames, batch_size=batch,
+                                       device=device, runtime=runtime, precision=precision)
+                summary = extract(clips, Path(tmp) / "store", config, progress=False, log=quiet)
+                assert summary.failed == 0, summary.failures
+                return summary.frames
+
+        return measure(run)
+
+    backbone_only, _ = backbone_fps(backbone, batch_size)
+    e2e_fps = end_to_end(args.runtime, args.precision, args.batch_size)
 
     def naive():
         frames_done = 0
@@ -125,13 +164,43 @@ def main() -> None:
         return frames_done
 
     naive_fps = measure(naive)
-    bound = min(decode_fps, backbone_fps) if device == "cuda" else 1 / (1 / decode_fps + 1 / backbone_fps)
+
+    if not args.no_table and device == "cpu":
+        print(f"\nper runtime, {cpu}:")
+        print("| runtime | precision | batch | backbone-only frames/s | end-to-end frames/s | cosine to torch fp32 (min) |")
+        print("|---|---|---|---|---|---|")
+        reference = None
+        for runtime, precision in RUNTIME_TABLE:
+            if precision == "bf16" and runtime == "openvino" and not cpu_has_bf16():
+                continue
+            fx = load_backbone(args.backbone, runtime, precision, device)
+            batch = args.batch_size or default_batch_size(device, runtime)
+            fx.features(warm.frames)
+            fps, features = backbone_fps(fx, batch)
+            reference = features if reference is None else reference
+            print(f"| {runtime} | {precision} | {batch} | {fps:.1f} | {end_to_end(runtime, precision, batch):.1f} "
+                  f"| {cosine_floor(features, reference):.4f} |")
+        print()
+
+    bound = min(decode_fps, backbone_only) if device == "cuda" else 1 / (1 / decode_fps + 1 / backbone_only)
     print(f"decode_only_fps={decode_fps:.1f}")
-    print(f"backbone_only_fps={backbone_fps:.1f}")
+    print(f"backbone_only_fps={backbone_only:.1f}")
     print(f"bound_fps={bound:.1f}")
     print(f"end_to_end_fps={e2e_fps:.1f}")
     print(f"naive_fps={naive_fps:.1f}")
     print(f"ratio_vs_naive={e2e_fps / naive_fps:.2f} ratio_vs_bound={e2e_fps / bound:.2f}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

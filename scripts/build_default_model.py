@@ -51,6 +51,8 @@ STEPS = ("extract", "concepts", "captions", "train", "dev", "package", "evaluate
 HELD_OUT_EVERY = 6
 TEXT_CAPTIONS_PER_VIDEO = 12
 SEED = 0
+# The checkpoint and its inference export together: what the package may carry.
+PACKAGE_LIMIT = 30 * 2**20
 
 
 def msvd_clips_by_split() -> dict[str, list[Path]]:
@@ -213,14 +215,20 @@ def step_dev(args) -> None:
 
 
 def step_package(args) -> None:
-    """Copy best.pt without the optimizer state into the package (it must stay small)."""
+    """Copy best.pt without the optimizer state into the package (it must stay small), with its
+    inference export beside it (the decoder `captioner caption` runs without torch)."""
     from captioner.caption import DEFAULT_MODEL
-    from captioner.model import export_checkpoint, load_checkpoint
+    from captioner.model import export_checkpoint, export_inference, load_checkpoint
 
     export_checkpoint(WORK / "train" / "best.pt", DEFAULT_MODEL, half=args.half)
+    export = export_inference(DEFAULT_MODEL)
     packaged = load_checkpoint(DEFAULT_MODEL)
-    print(f"{DEFAULT_MODEL}: {DEFAULT_MODEL.stat().st_size / 2**20:.1f} MiB, epoch {packaged.epoch}, "
-          f"validation {packaged.metrics}")
+    size = sum(path.stat().st_size for path in (DEFAULT_MODEL, export))
+    print(f"{DEFAULT_MODEL}: {DEFAULT_MODEL.stat().st_size / 2**20:.1f} MiB + {export.name} "
+          f"{export.stat().st_size / 2**20:.1f} MiB, epoch {packaged.epoch}, validation {packaged.metrics}")
+    if size > PACKAGE_LIMIT:
+        sys.exit(f"the packaged model is {size / 2**20:.1f} MiB, over the {PACKAGE_LIMIT / 2**20:.0f} MiB the "
+                 "package allows; re-run the package step with --half")
 
 
 def _run(cmd: list[str], stdout_path: Path | None = None) -> str:

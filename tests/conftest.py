@@ -38,6 +38,15 @@ def msvd_split(vid: str) -> str:
     return "train" if number <= 1200 else "val" if number <= 1300 else "test"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_home(tmp_path_factory):
+    """Caches (weight checksums, converted OpenVINO models) go to a temporary home, never the
+    user's: subprocesses inherit it, and conversions are shared within one test session."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA.is_dir():

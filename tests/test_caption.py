@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import media
 from captioner import Captioner
 from captioner.caption import DEFAULT_MODEL, segment_windows
 from captioner.errors import CaptionerError
+from captioner.numpy_decoder import export_path, file_sha256, read_export
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,6 +64,17 @@ def test_api_caption_is_deterministic(captioner, msvd_clips):
     assert first.caption == captioner.caption(msvd_clips[0], beam=3).caption
     greedy = captioner.caption(msvd_clips[0], beam=1, n_best=1)
     assert len(greedy.alternatives) == 1 and greedy.caption
+
+
+def test_caption_many_decodes_ahead_with_the_same_results(captioner, msvd_clips, tmp_path):
+    bad = media.empty_file(tmp_path)
+    paths = [msvd_clips[0], bad, msvd_clips[1]]
+    results = list(captioner.caption_many(paths, beam=3))
+    assert [path for path, _ in results] == paths
+    assert isinstance(results[1][1], CaptionerError) and bad.name in str(results[1][1])
+    for path, result in (results[0], results[2]):
+        alone = captioner.caption(path, beam=3)
+        assert (result.caption, result.alternatives) == (alone.caption, alone.alternatives)
 
 
 def test_images_are_one_frame_videos(captioner, data_dir):
@@ -177,6 +190,88 @@ def test_usage_errors(caption_model, msvd_clips, tmp_path):
     garbage.write_bytes(b"not a checkpoint")
     broken = _cli(msvd_clips[0], "--model", garbage)
     assert broken.returncode == 1 and "garbage.pt" in broken.stderr and len(broken.stderr.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_caption_and_serve_start_without_torch(caption_model, msvd_clips):
+    """With OpenVINO and a warm cache (the first run fills it), neither torch nor timm is imported."""
+    warm = _cli(msvd_clips[0], "--model", caption_model, "--runtime", "openvino")
+    assert warm.returncode == 0, warm.stderr
+    code = ("import sys\nfrom captioner.cli import main\n"
+            f"assert main(['caption', {str(msvd_clips[0])!r}, '--model', {str(caption_model)!r}, "
+            "'--runtime', 'openvino', '--json']) == 0\n"
+            "from captioner.caption import Captioner\nfrom captioner.serve import create_app\n"
+            f"create_app(Captioner.load({str(caption_model)!r}, runtime='openvino'))\n"
+            "print(sorted({'torch', 'timm'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    caption_line, imported = result.stdout.strip().splitlines()
+    assert json.loads(caption_line)["caption"]
+    assert imported == "[]"
+
+
+@pytest.mark.slow
+def test_captions_equal_between_runtimes(caption_model, msvd_clips):
+    """The default OpenVINO path gives PyTorch's captions on 6 real clips: its precision "auto" is the
+    training features' (fp32 here), since bf16 features changed 2 of the 18 clips' captions."""
+    clips = msvd_clips[::3]
+    torch_captioner = Captioner.load(caption_model, device="cpu", runtime="torch")
+    openvino = Captioner.load(caption_model, device="cpu")
+    assert (torch_captioner.backbone.runtime, openvino.backbone.runtime) == ("torch", "openvino")
+    assert openvino.backbone.precision == "fp32"
+    for clip in clips:
+        expected, got = torch_captioner.caption(clip, beam=3), openvino.caption(clip, beam=3)
+        assert [a["caption"] for a in got.alternatives] == [a["caption"] for a in expected.alternatives], clip
+        assert [a["score"] for a in got.alternatives] == pytest.approx(
+            [a["score"] for a in expected.alternatives], abs=2e-3)
+
+
+def test_auto_precision_is_the_one_the_training_features_had():
+    from captioner.caption import _training_precision
+    from captioner.runtime import cpu_has_bf16
+
+    assert _training_precision({"backbone": "efficientnet_lite2"}, "auto", "cpu") == "fp32"  # before precisions
+    assert _training_precision({"precision": "bf16", "runtimes": ["openvino"]}, "openvino", "cpu") == \
+        ("bf16" if cpu_has_bf16() else "fp32")
+    assert _training_precision({"precision": "fp32", "runtimes": ["openvino", "torch"]}, "auto", "cpu") == "fp32"
+    assert _training_precision({"precision": "bf16"}, "torch", "cpu") == "auto"  # torch's own rule
+
+
+def test_a_checkpoint_without_a_current_export_gets_one(caption_model, tmp_path):
+    checkpoint = tmp_path / "model.pt"
+    shutil.copy(caption_model, checkpoint)
+    beside = export_path(checkpoint)
+    first = Captioner.load(checkpoint, device="cpu")
+    assert read_export(beside).checkpoint_sha256 == file_sha256(checkpoint)
+    beside.write_bytes(b"damaged")  # an unreadable or outdated export is made again, not fatal
+    again = Captioner.load(checkpoint, device="cpu")
+    assert read_export(beside).checkpoint_sha256 == file_sha256(checkpoint)
+    assert again.model_id == first.model_id
+
+
+@pytest.mark.parametrize("flags", [["--runtime", "tensorflow"], ["--precision", "fp8"]])
+@pytest.mark.parametrize("command", ["caption", "serve"])
+def test_bad_runtime_or_precision_is_a_usage_error(command, flags, msvd_clips):
+    args = [command, *([str(msvd_clips[0])] if command == "caption" else []), *flags]
+    result = subprocess.run([sys.executable, "-m", "captioner.cli", *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and flags[1] in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_error_paths_do_not_import_torch(msvd_clips, tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    runs = [["caption", str(tmp_path / "missing.mp4")], ["caption", str(msvd_clips[0]), "--model", str(garbage)],
+            ["caption", str(msvd_clips[0]), "--model", str(tmp_path / "nope.pt")],
+            ["caption", str(msvd_clips[0]), "--runtime", "nope"]]
+    code = ("import sys\nfrom captioner.cli import main\n"
+            f"codes = [main(args) for args in {runs!r}]\n"
+            "print(codes, sorted({'torch', 'timm'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[1, 1, 1, 2] []", result.stdout + result.stderr
+    assert "garbage.pt: not a readable checkpoint" in result.stderr
 
 
 def test_help_does_not_import_torch():

@@ -455,3 +455,19 @@ def test_ctrl_c_of_extract_prints_one_line(tmp_path, msvd_clips):
         os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
     assert proc.returncode == 130
     assert err.strip().splitlines() == ["captioner: interrupted"]
+
+
+def test_runtimes_share_a_store_and_each_video_says_which_made_it(tmp_path, msvd_clips):
+    clips = msvd_clips[:2]
+    for clip, runtime in zip(clips, ("openvino", "torch")):
+        config = ExtractConfig(**{**FAST.__dict__, "runtime": runtime, "precision": "fp32"})
+        assert extract([clip], tmp_path / "store", config, progress=False).done == 1
+    store = open_features(tmp_path / "store")
+    assert store.provenance["runtimes"] == ["openvino", "torch"] and store.provenance["precision"] == "fp32"
+    assert [(store.meta(c.stem)["runtime"], store.meta(c.stem)["precision"]) for c in clips] == \
+           [("openvino", "fp32"), ("torch", "fp32")]
+    torch_config = ExtractConfig(**{**FAST.__dict__, "runtime": "torch", "precision": "fp32"})
+    extract(clips[:1], tmp_path / "torch", torch_config, progress=False)
+    ov_frames, torch_frames = store.frames(clips[0].stem), open_features(tmp_path / "torch").frames(clips[0].stem)
+    cosines = (ov_frames * torch_frames).sum(1) / np.linalg.norm(ov_frames, axis=1) / np.linalg.norm(torch_frames, axis=1)
+    assert cosines.min() >= 0.9999

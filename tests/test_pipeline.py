@@ -309,3 +309,15 @@ def test_prepare_msvd_writes_split_lists_and_counts_missing_clips(tmp_path, msvd
     assert nothing.returncode == 1 and "train: 0 of 1200 clips (1200 missing)" in nothing.stdout
     bad = _prepare_msvd("--clips", str(clips), "--mapping", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "l3"))
     assert bad.returncode == 1 and bad.stderr.startswith("prepare_msvd: error: ") and "nope.txt" in bad.stderr
+
+
+def test_extraction_is_keyed_by_bf16_but_not_by_the_runtime():
+    """Runtimes give the same features (a store may mix them); bf16 gives slightly different ones."""
+    from pipelines import load_pipeline
+    from pipelines.stages import _extract_stage
+
+    def key(*overrides: str) -> dict:
+        return _extract_stage(load_pipeline(SMOKE, list(overrides)), "train", progress=False).params
+
+    assert key() == key("extract.runtime=torch") == key("extract.runtime=openvino", "extract.precision=fp32")
+    assert key("extract.precision=bf16") == {**key(), "precision": "bf16"}

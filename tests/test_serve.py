@@ -121,8 +121,9 @@ def test_caption_has_the_fields_of_the_cli_json(client, model, short_clip, capsy
 
 def test_health_openapi_and_page(client, model):
     health = client.get("/api/health").json()
-    assert health == {"status": "ok", "model": model[0].model_id, "device": "cpu", "jobs": 0, "queue": 4,
-                      "uploads": 0, "max_uploads": 16, "max_upload_mb": 2}
+    assert health == {"status": "ok", "model": model[0].model_id, "device": "cpu",
+                      "runtime": model[0].backbone.runtime, "precision": model[0].backbone.precision,
+                      "jobs": 0, "queue": 4, "uploads": 0, "max_uploads": 16, "max_upload_mb": 2}
     schema = client.get("/openapi.json").json()
     upload = schema["paths"]["/api/caption"]["post"]
     assert set(upload["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]) == {

@@ -20,6 +20,7 @@ import torchvision.transforms.v2.functional as TF
 
 from ..atomic import atomic_write
 from ..errors import CaptionerError
+from ..runtime import cache_dir as _cache_dir
 
 
 class Backbone(torch.nn.Module):
@@ -89,15 +90,10 @@ class Backbone(torch.nn.Module):
         """Both outputs of one preprocessed batch; families override it to run the trunk once."""
         return self(x), self.logits(x)
 
-    # A backbone whose output for a still input (a photo) is zeros by definition, so it need not
-    # run on one (the actions of a clip concept backbone: no motion, no action).
-    zero_on_still = False
-
     @torch.inference_mode()
     def features(self, frames_uint8: torch.Tensor, still: bool = False) -> torch.Tensor:
-        """(N, feature_dim) float32 features of uint8 frames or clips; `still`: the input is a photo."""
-        if still and self.zero_on_still:
-            return torch.zeros(len(frames_uint8), self.feature_dim, device=self.device)
+        """(N, feature_dim) float32 features of uint8 frames or clips; `still`: the input is a
+        photo, which a combination's clip members do not run on (see CombinedBackbone)."""
         x = self.preprocess(frames_uint8)
         with self.autocast():
             return self(x).float()
@@ -148,6 +144,21 @@ def normalize(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- weight files
 
+_RECORDING: list[set[Path]] = []
+
+
+@contextlib.contextmanager
+def recording_weight_files():
+    """Collects every weight file checksummed while backbones are built in this block: the
+    files whose change must invalidate anything made from those backbones (the OpenVINO cache)."""
+    files: set[Path] = set()
+    _RECORDING.append(files)
+    try:
+        yield files
+    finally:
+        _RECORDING.remove(files)
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """The SHA-256 of a file, cached on disk by (path, mtime, size).
 
@@ -155,6 +166,8 @@ def file_sha256(path: str | os.PathLike) -> str:
     cost more than building the network.
     """
     path = Path(path).resolve()
+    for files in _RECORDING:
+        files.add(path)
     stat = path.stat()
     key = f"{path}|{stat.st_mtime_ns}|{stat.st_size}"
     cache_file = _cache_dir() / "sha256.json"
@@ -171,11 +184,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     cache[key] = digest.hexdigest()
     _write_json_atomic(cache_file, cache)  # best effort: a read-only home only costs time
     return cache[key]
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "captioner"
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

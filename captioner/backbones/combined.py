@@ -52,14 +52,15 @@ class CombinedBackbone(Backbone):
 
     @torch.inference_mode()
     def features(self, frames_uint8: torch.Tensor, still: bool = False) -> torch.Tensor:
-        """As Backbone.features; for a still input, members that give zeros on one are not run."""
-        if not (still and any(m.zero_on_still for m in self.members)):
+        """As Backbone.features; for a still input (a photo) clip members give zeros without running:
+        a photo has no motion (captioner.runtime applies the same rule)."""
+        if not (still and any(m.clip_len > 1 for m in self.members)):
             return super().features(frames_uint8)
         x = self.preprocess(frames_uint8)
         parts = []
         with self.autocast():
             for member in self.members:
-                if member.zero_on_still:
+                if member.clip_len > 1:
                     parts.append(torch.zeros(len(x), member.feature_dim, device=x.device))
                 else:
                     parts.append(member(self._member_input(member, x)).float())

@@ -32,7 +32,6 @@ class ConceptBackbone(Backbone):
         self.member = member
         self.with_features = with_features
         self.decode_short_side = member.decode_short_side
-        self.zero_on_still = member.clip_len > 1 and not with_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features, logits = self.member.features_and_logits(x)

@@ -1,0 +1,307 @@
+"""The caption decoder in numpy, read from an inference export: captioning without torch.
+
+`captioner caption` spent most of its time importing torch for a decoder that does a few
+small matrix products per word. This module is the same decoder (the video vector, the LSTM
+step, greedy and beam search with the same masks, n-best and length penalty) over plain numpy
+arrays, and the file format it reads: `model.inference.npz` beside `model.pt`, the weights
+(float32, or float16 when the checkpoint holds float16) with the vocabulary, config and feature
+provenance as JSON. Given the same features it returns the torch decoder's captions and scores
+(to float32 rounding); tests check that on real features.
+
+What a checkpoint and its export share without torch (the input kinds, the provenance check)
+lives here too; `captioner.model` re-exports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_open
+from .errors import CaptionerError
+from .text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
+
+EXPORT_FORMAT = "captioner-inference"
+EXPORT_VERSION = 1
+EXPORT_SUFFIX = ".inference.npz"
+_META_KEY = "__meta__"  # the JSON metadata, stored as a 0-d string array (no pickle needed)
+# The kinds of input a source-conditioned model tells apart, by index.
+SOURCES = ("image", "video")
+# What must agree between a checkpoint's training features and the features it is given.
+PROVENANCE_KEYS = ("backbone", "feature_dim", "weights_sha256")
+
+
+# ---------------------------------------------------------------------- shared with the checkpoint
+def source_name(is_image: bool) -> str:
+    """The source of an input: a still image or a video (a store entry's meta["is_image"])."""
+    return "image" if is_image else "video"
+
+
+def provenance_differences(expected: dict | None, given: dict | None, keys=PROVENANCE_KEYS) -> list[str]:
+    """The keys both provenances record with different values."""
+    expected, given = expected or {}, given or {}
+    return [k for k in keys if k in expected and k in given and expected[k] != given[k]]
+
+
+def check_provenance(trained_on: dict | None, given: dict | None, checkpoint_path, features_path) -> None:
+    """Refuse features extracted differently from the ones a checkpoint was trained on."""
+    differing = provenance_differences(trained_on, given)
+    if differing:
+        what = ", ".join(f"{k} {given[k]!r} (checkpoint {checkpoint_path} expects {trained_on[k]!r})"
+                         for k in differing)
+        raise CaptionerError(f"features were extracted with a different backbone: {what}; re-extract "
+                             f"with --backbone {trained_on.get('backbone')}", features_path)
+
+
+# ---------------------------------------------------------------------- the export file
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_path(checkpoint_path: str | os.PathLike) -> Path:
+    """Where a checkpoint's inference export lives: beside it, `model.pt` -> `model.inference.npz`."""
+    path = Path(checkpoint_path)
+    return path.with_name(path.stem + EXPORT_SUFFIX)
+
+
+def write_export(path: str | os.PathLike, weights: dict[str, np.ndarray], meta: dict) -> Path:
+    """Write weights + metadata atomically; `meta` needs model_config and vocab."""
+    path = Path(path)
+    payload = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, **meta}
+    with atomic_open(path) as fh:
+        np.savez(fh, **{_META_KEY: np.array(json.dumps(payload))}, **weights)
+    return path
+
+
+class InferenceExport:
+    """A decoder with everything needed to caption: vocabulary, feature provenance, metadata."""
+
+    def __init__(self, decoder: "NumpyDecoder", vocab: Vocabulary, meta: dict, path: Path | None = None):
+        self.decoder = decoder
+        self.vocab = vocab
+        self.meta = meta
+        self.provenance = meta.get("provenance")
+        self.path = path
+
+    @property
+    def checkpoint_sha256(self) -> str | None:
+        """The digest of the checkpoint file this was exported from (None if not recorded)."""
+        return self.meta.get("checkpoint_sha256")
+
+    def check_features(self, provenance: dict | None, features_path=None) -> None:
+        check_provenance(self.provenance, provenance, self.path, features_path)
+
+    @classmethod
+    def from_arrays(cls, weights: dict[str, np.ndarray], meta: dict, path: Path | None = None) -> "InferenceExport":
+        vocab = Vocabulary(meta["vocab"])
+        return cls(NumpyDecoder(weights, meta["model_config"], len(vocab)), vocab, meta, path)
+
+
+def read_export(path: str | os.PathLike) -> InferenceExport:
+    """An inference export, read without torch; a foreign or damaged file is a CaptionerError."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data[_META_KEY]))
+            weights = {k: data[k] for k in data.files if k != _META_KEY}
+    except FileNotFoundError:
+        raise CaptionerError("inference export not found", path) from None
+    except (OSError, ValueError, KeyError) as exc:  # not a zip, no metadata, bad JSON, pickled arrays
+        raise CaptionerError(f"not a readable inference export ({type(exc).__name__}: {exc})", path) from None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise CaptionerError("not a captioner inference export", path)
+    if meta.get("version", 0) > EXPORT_VERSION:
+        raise CaptionerError(f"inference export version {meta['version']} is newer than this captioner "
+                             "understands; upgrade captioner", path)
+    try:
+        return InferenceExport.from_arrays(weights, meta, path)
+    except (KeyError, ValueError) as exc:
+        raise CaptionerError(f"inference export is incomplete ({type(exc).__name__}: {exc})", path) from None
+
+
+# ---------------------------------------------------------------------- the decoder
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # exp(-x) would overflow for very negative gates
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+class NumpyDecoder:
+    """CaptionModel's inference half (captioner.model) in float32 numpy.
+
+    `weights` are CaptionModel's state_dict as arrays (any float dtype; computed in float32).
+    """
+
+    def __init__(self, weights: dict[str, np.ndarray], model_config: dict, vocab_size: int):
+        w = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+        self.config = dict(model_config)
+        self.vocab_size = vocab_size
+        self.every_step = self.config.get("video_input", "every_step") == "every_step"
+        self.embed_size = int(self.config["embed_size"])
+        self.video_weight = np.ascontiguousarray(w["video_proj.weight"].T)
+        self.video_bias = w["video_proj.bias"]
+        self.source_embed = w.get("source_embed.weight")  # only with condition_on_source
+        self.embed = w["embed.weight"]
+        # Weights transposed once so every step is x @ W; the two LSTM biases are always summed.
+        self.layers = []
+        for n in range(int(self.config.get("num_layers", 1))):
+            self.layers.append((np.ascontiguousarray(w[f"lstm.weight_ih_l{n}"].T),
+                                np.ascontiguousarray(w[f"lstm.weight_hh_l{n}"].T),
+                                w[f"lstm.bias_ih_l{n}"] + w[f"lstm.bias_hh_l{n}"]))
+        head = w["embed.weight"] if self.config.get("tie_weights") else w["head.weight"]
+        self.head_weight = np.ascontiguousarray(head.T)
+        self.head_bias = w["head.bias"]
+        if self.embed.shape[0] != vocab_size or self.head_bias.shape[0] != vocab_size:
+            raise ValueError(f"weights are for {self.embed.shape[0]} words, the vocabulary has {vocab_size}")
+
+    # ------------------------------------------------------------------ the per-video input
+    def video_vector(self, feats: np.ndarray, sources=None) -> np.ndarray:
+        """(B, embed) the decoder sees beside every word; `sources`: SOURCES names (None: videos)."""
+        video = feats @ self.video_weight + self.video_bias
+        if self.source_embed is not None:
+            names = ["video"] * len(feats) if sources is None else list(sources)
+            video = video + self.source_embed[[SOURCES.index(s) for s in names]]
+        return video
+
+    # ------------------------------------------------------------------ one step
+    def _lstm(self, x_part: np.ndarray, state):
+        """One LSTM step; `x_part` is the first layer's input already multiplied by its weights."""
+        new_state, out = [], None
+        for n, (w_ih, w_hh, bias) in enumerate(self.layers):
+            h, c = state[n]
+            gates = (x_part if n == 0 else out @ w_ih) + h @ w_hh + bias
+            i, f, g, o = np.split(gates, 4, axis=1)  # torch's gate order
+            c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+            out = _sigmoid(o) * np.tanh(c)
+            new_state.append((out, c))
+        return out, new_state
+
+    def _zero_state(self, rows: int):
+        hidden = self.layers[0][1].shape[0]
+        return [(np.zeros((rows, hidden), np.float32), np.zeros((rows, hidden), np.float32)) for _ in self.layers]
+
+    def _start(self, video: np.ndarray):
+        """(state, the video's constant share of the first layer's gates per step)."""
+        w_ih = self.layers[0][0]
+        state = self._zero_state(len(video))
+        if self.every_step:
+            # The word and the video are concatenated at every step; the video half of the
+            # product never changes, so it is computed once per caption, not once per word.
+            return state, video @ w_ih[self.embed_size:]
+        _, state = self._lstm(video @ w_ih, state)  # the video is the first input, before <bos>
+        return state, None
+
+    def _step(self, video_gates, prev: np.ndarray, state):
+        x_part = self.embed[prev] @ self.layers[0][0][: self.embed_size]
+        if video_gates is not None:
+            x_part = x_part + video_gates
+        out, state = self._lstm(x_part, state)
+        return out @ self.head_weight + self.head_bias, state
+
+    @staticmethod
+    def _allowed(logp, prev, no_repeat: bool, must_end: bool, first: bool = False):
+        """Mask what a caption may never contain next; at the length limit only <eos> is left."""
+        logp[:, [PAD_ID, BOS_ID, UNK_ID]] = -np.inf
+        if first:  # an empty caption is never an answer, however unsure the model is
+            logp[:, EOS_ID] = -np.inf
+        if no_repeat:  # "a man is is playing": never the same word twice in a row
+            logp[np.arange(len(prev)), prev] = -np.inf
+        if must_end:
+            eos = logp[:, EOS_ID].copy()
+            logp.fill(-np.inf)
+            logp[:, EOS_ID] = eos
+        return logp
+
+    def _log_probs(self, video_gates, prev, state, no_repeat, step, max_len):
+        logits, state = self._step(video_gates, prev, state)
+        logp = self._allowed(_log_softmax(logits), prev, no_repeat, step == max_len, first=step == 0)
+        return logp, state
+
+    # ------------------------------------------------------------------ decoding
+    def greedy(self, feats, max_len: int = 20, length_penalty: float = 0.0, no_repeat: bool = True,
+               sources=None) -> list[tuple[list[int], float]]:
+        """The most likely word at every step: (word ids, score) per video."""
+        feats = np.asarray(feats, dtype=np.float32).reshape(-1, self.video_weight.shape[0])
+        state, video_gates = self._start(self.video_vector(feats, sources))
+        batch = len(feats)
+        prev = np.full(batch, BOS_ID, dtype=np.int64)
+        total = np.zeros(batch, dtype=np.float32)
+        alive = np.ones(batch, dtype=bool)
+        chosen = []
+        for step in range(max_len + 1):
+            logp, state = self._log_probs(video_gates, prev, state, no_repeat, step, max_len)
+            prev = logp.argmax(axis=-1)
+            total += np.where(alive, logp[np.arange(batch), prev], np.float32(0))
+            chosen.append(prev)
+            alive &= prev != EOS_ID
+            if not alive.any():
+                break
+        results = []
+        for row, score in zip(np.stack(chosen, 1).tolist(), total.tolist()):
+            words = row[: row.index(EOS_ID)]
+            results.append((words, score / (len(words) + 1) ** length_penalty))
+        return results
+
+    def generate(self, feats, beam_size: int = 1, max_len: int = 20, length_penalty: float = 0.0,
+                 n_best: int = 1, no_repeat: bool = True, sources=None) -> list[list[tuple[list[int], float]]]:
+        """Batched beam search: per video, the n best (word ids, score), best first.
+
+        The same search as CaptionModel.generate: score = sum of word log-probabilities (with
+        <eos>) / (words + 1) ** length_penalty, and a video stops once `beam_size` captions
+        have ended.
+        """
+        if not 1 <= n_best <= beam_size:
+            raise ValueError(f"n_best must be between 1 and beam_size ({beam_size}), got {n_best}")
+        feats = np.asarray(feats, dtype=np.float32).reshape(-1, self.video_weight.shape[0])
+        batch, k, vocab = len(feats), beam_size, self.vocab_size
+        state, video_gates = self._start(np.repeat(self.video_vector(feats, sources), k, axis=0))
+        prev = np.full(batch * k, BOS_ID, dtype=np.int64)
+        history = np.zeros((batch * k, 0), dtype=np.int64)
+        # All beams start identical; only the first is alive, or the top k would be k copies.
+        scores = np.full((batch, k), -np.inf, dtype=np.float32)
+        scores[:, 0] = 0.0
+        finished: list[list[tuple[list[int], float]]] = [[] for _ in range(batch)]
+        done = [False] * batch
+        offsets = np.arange(batch)[:, None] * k
+        for step in range(max_len + 1):
+            logp, state = self._log_probs(video_gates, prev, state, no_repeat, step, max_len)
+            candidates = (scores.reshape(-1, 1) + logp).reshape(batch, k * vocab)
+            # 2k candidates: at most k of them end in <eos>, so k live ones always remain.
+            top = _top(candidates, min(2 * k, k * vocab))
+            top_scores = np.take_along_axis(candidates, top, 1)
+            beam, token = top // vocab, top % vocab
+            ends = (token == EOS_ID) & np.isfinite(top_scores)
+            ends[:, k:] = False  # only endings that rank among the k best count
+            for b, j in np.argwhere(ends).tolist():
+                if not done[b]:
+                    words = history[b * k + beam[b, j]].tolist()
+                    finished[b].append((words, float(top_scores[b, j]) / (len(words) + 1) ** length_penalty))
+            live_scores = np.where(token == EOS_ID, np.float32(-np.inf), top_scores)
+            pick = _top(live_scores, k)
+            scores = np.take_along_axis(live_scores, pick, 1)
+            rows = (np.take_along_axis(beam, pick, 1) + offsets).reshape(-1)
+            prev = np.take_along_axis(token, pick, 1).reshape(-1)
+            history = np.concatenate([history[rows], prev[:, None]], axis=1)
+            state = [(h[rows], c[rows]) for h, c in state]
+            if video_gates is not None:
+                video_gates = video_gates[rows]
+            done = [d or len(f) >= k for d, f in zip(done, finished)]
+            if all(done):
+                break
+        return [sorted(f, key=lambda hyp: -hyp[1])[:n_best] for f in finished]
+
+
+def _top(values: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the `count` largest per row, largest first; ties keep the lower index first."""
+    return np.argsort(-values, axis=1, kind="stable")[:, :count]

@@ -1,0 +1,499 @@
+"""Where a backbone runs: PyTorch, or OpenVINO compiled from the project's own torch module.
+
+    fx = load_backbone("efficientnet_lite2")            # runtime="auto", precision="auto"
+    fx.features(frames_uint8)                           # (N, feature_dim) float32 numpy
+
+`auto` runs OpenVINO on a CPU (2-2.5x PyTorch fp32 there) and PyTorch on CUDA, in fp32.
+bf16 (another 1.3-2x on CPUs whose OpenVINO capabilities list BF16) is opt-in: on real MSVD
+clips it keeps Inception-v3 and I3D features within cosine 0.9999 of fp32, but EfficientNet-
+Lite1/2's only within 0.997-0.998 per video (0.986 per frame), below the 0.999 the project
+asks of a runtime, and it changes some captions.
+
+The OpenVINO model is converted from the same module `backbones.create` builds (so every
+backbone that converts gets it, user weights included), with preprocessing (uint8 NHWC in,
+scale, shift, transpose) inside the graph and a dynamic batch dimension, and saved to disk:
+
+    CACHE/openvino/index.json          backbone spec -> its weight files' (mtime, size) and members
+    CACHE/openvino/<key>/model.xml|bin one member's converted network, key = sha256 of the weights
+                                       checksum, input rules, OpenVINO version and FORMAT_VERSION
+    CACHE/openvino/<key>/compiled/     OpenVINO's own compiled blobs (its key includes the precision)
+
+A run whose index entry still matches the weight files loads the model without importing
+torch or timm. Anything unreadable in the cache is rebuilt from the torch module, never fatal.
+A combination ("a+b") is compiled member by member, so a still image can skip its clip members.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_write
+from .errors import CaptionerError, UsageError
+
+RUNTIMES = ("auto", "torch", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16")
+# Bump when conversion or the graph's preprocessing changes: older cached models then miss.
+FORMAT_VERSION = 1
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+
+def cache_dir() -> Path:
+    """Where captioner caches what it can rebuild (XDG_CACHE_HOME respected)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "captioner"
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--runtime` and `--precision` for every command that runs a backbone. Values are checked
+    by `check_options`, which raises a one-line UsageError (exit 2)."""
+    parser.add_argument("--runtime", default="auto", metavar="RUNTIME",
+                        help="auto (OpenVINO on CPU, PyTorch on CUDA), torch or openvino")
+    parser.add_argument("--precision", default="auto", metavar="PRECISION",
+                        help="auto (fp32; mixed precision on CUDA), fp32 or bf16 (faster on CPUs with bf16 "
+                             "units, features within cosine 0.98-0.9999 of fp32)")
+
+
+def check_options(runtime: str, precision: str) -> None:
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown --runtime {runtime!r} (auto, torch or openvino)")
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown --precision {precision!r} (auto, fp32 or bf16)")
+
+
+def resolve_device(device: str) -> str:
+    """cpu or cuda. Without an NVIDIA driver there is no CUDA, which spares importing torch to ask."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"unknown device {device!r} (cpu, cuda or auto)")
+    if device == "cpu" or (device == "auto" and not _nvidia_driver_present()):
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise UsageError("--device cuda asked for, but torch sees no CUDA device")
+    return "cpu"
+
+
+def _nvidia_driver_present() -> bool:
+    import ctypes.util
+
+    return Path("/proc/driver/nvidia").exists() or ctypes.util.find_library("cuda") is not None
+
+
+def resolve(runtime: str, precision: str, device: str) -> tuple[str, str]:
+    """(runtime, precision) that `auto` means on this device."""
+    check_options(runtime, precision)
+    if runtime == "auto":
+        runtime = "torch" if device == "cuda" else "openvino"
+    if runtime == "openvino" and device == "cuda":
+        raise UsageError("--runtime openvino runs on the CPU; with --device cuda use --runtime torch or auto")
+    if precision == "auto":
+        # CUDA keeps the backbone's mixed precision (bf16, or fp16 on older GPUs); CPU bf16 is
+        # opt-in (see the module doc).
+        precision = "autocast" if runtime == "torch" and device == "cuda" else "fp32"
+    if precision == "bf16" and runtime == "openvino" and not cpu_has_bf16():
+        raise UsageError("--precision bf16: this CPU has no bf16 support (OpenVINO's "
+                         "OPTIMIZATION_CAPABILITIES lacks BF16); use fp32")
+    return runtime, precision
+
+
+def cpu_has_bf16() -> bool:
+    return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+_CORE = None
+
+
+def _core():
+    global _CORE
+    if _CORE is None:
+        import openvino as ov
+
+        _CORE = ov.Core()
+    return _CORE
+
+
+def load_backbone(provenance_or_name: str | dict, runtime: str = "auto", precision: str = "auto",
+                  device: str = "cpu"):
+    """A feature extractor for a backbone spec (or a provenance dict's "backbone"), on the runtime
+    and precision asked for. With runtime="auto", a backbone OpenVINO cannot convert runs on
+    PyTorch (with a warning that says why); with runtime="openvino" that is a CaptionerError."""
+    spec = provenance_or_name["backbone"] if isinstance(provenance_or_name, dict) else provenance_or_name
+    device = resolve_device(device)
+    asked = runtime
+    runtime, precision = resolve(runtime, precision, device)
+    if runtime == "torch":
+        return TorchFeatures(_create_torch(spec, device), precision)
+    try:
+        return OpenVINOFeatures.load(spec, precision)
+    except ConversionError as exc:
+        if asked == "openvino":
+            raise CaptionerError(f"backbone {spec} cannot run on OpenVINO: {exc}") from None
+        warnings.warn(f"backbone {spec} runs on PyTorch: OpenVINO cannot convert it ({exc})", stacklevel=2)
+        return TorchFeatures(_create_torch(spec, device), precision)
+
+
+def _create_torch(spec: str, device: str):
+    from . import backbones
+
+    return backbones.create(spec, device=device)
+
+
+class ConversionError(Exception):
+    """OpenVINO could not convert or compile a backbone; the message says why."""
+
+
+# ----------------------------------------------------------------------------- preprocessing
+def _resized_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """Short side to `size`, as torchvision's resize([size]) rounds the long side."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    return (new_long, size) if width <= height else (size, new_long)
+
+
+def centre_crops(frames: np.ndarray, size: int, clip_len: int, name: str) -> np.ndarray:
+    """uint8 frames (N,H,W,3) or clips (N,L,H,W,3) -> (N,[L,]size,size,3) uint8, as the torch
+    Backbone.preprocess resizes (antialiased bilinear, PIL's, which torchvision's matches) and
+    crops; an image backbone given clips sees each clip's centre frame."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim not in (4, 5) or frames.shape[-1] != 3:
+        raise ValueError(f"{name}: expected uint8 frames (N,H,W,3) or clips (N,L,H,W,3), "
+                         f"got {frames.dtype} {frames.shape}")
+    if clip_len > 1 and frames.ndim == 4:
+        raise ValueError(f"{name} is a clip backbone: give it clips (N,L,H,W,3)")
+    if clip_len == 1 and frames.ndim == 5:
+        frames = frames[:, frames.shape[1] // 2]
+    height, width = frames.shape[-3:-1]
+    new_h, new_w = _resized_size(height, width, size)
+    if (new_h, new_w) != (height, width):
+        from PIL import Image
+
+        flat = frames.reshape(-1, height, width, 3)
+        frames = np.stack([np.asarray(Image.fromarray(f).resize((new_w, new_h), Image.BILINEAR))
+                           for f in flat]).reshape(*frames.shape[:-3], new_h, new_w, 3)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return np.ascontiguousarray(frames[..., top:top + size, left:left + size, :])
+
+
+# ----------------------------------------------------------------------------- PyTorch
+class TorchFeatures:
+    """A torch Backbone behind the runtime interface (numpy in, numpy out)."""
+
+    runtime = "torch"
+
+    def __init__(self, backbone, precision: str):
+        self.backbone = backbone
+        self.precision = precision
+        self.name = backbone.name
+        self.clip_len = backbone.clip_len
+        self.decode_short_side = backbone.decode_short_side
+        self.feature_dim = backbone.feature_dim
+        members = getattr(backbone, "members", None)
+        self._members = list(members) if members is not None else [backbone]
+
+    def class_names(self) -> list[str]:
+        return self.backbone.class_names()
+
+    def provenance(self) -> dict:
+        return {**self.backbone.provenance(), "runtime": self.runtime, "precision": self.precision}
+
+    @property
+    def has_clip_members(self) -> bool:
+        return len(self._members) > 1 and any(m.clip_len > 1 for m in self._members)
+
+    def _autocast(self):
+        import torch
+
+        if self.precision == "bf16":
+            return torch.autocast(self.backbone.device.type, dtype=torch.bfloat16)
+        if self.precision == "autocast":
+            return self.backbone.autocast()
+        return contextlib.nullcontext()
+
+    def prepare(self, frames: np.ndarray):
+        """Frames -> network input, which `infer` takes sliced and concatenated along axis 0."""
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(frames))
+        if self.backbone.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        with torch.inference_mode():
+            return self.backbone.preprocess(tensor)
+
+    @staticmethod
+    def concat(inputs: list):
+        import torch
+
+        return torch.cat(inputs)
+
+    def infer(self, inputs) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            return self.backbone(inputs).float().cpu().numpy()
+
+    def features(self, frames: np.ndarray, still: bool = False) -> np.ndarray:
+        if still and self.has_clip_members:
+            return _concat_members(self._members, frames, self._member_features)
+        return self.infer(self.prepare(frames))
+
+    def _member_features(self, member, frames: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            x = member.preprocess(torch.from_numpy(np.ascontiguousarray(frames)))
+            return member(x).float().cpu().numpy()
+
+
+def _concat_members(members, frames: np.ndarray, run) -> np.ndarray:
+    """A still image's features: image members run, clip members are zeros (no motion)."""
+    parts = [np.zeros((len(frames), m.feature_dim), np.float32) if m.clip_len > 1 else run(m, frames)
+             for m in members]
+    return np.concatenate(parts, axis=1)
+
+
+# ----------------------------------------------------------------------------- OpenVINO
+class _CompiledMember:
+    """One backbone's network compiled by OpenVINO: uint8 (N,[L,]S,S,3) in, features out."""
+
+    def __init__(self, meta: dict, compiled):
+        self.name = meta["provenance"]["backbone"]
+        self.input_size = meta["input_size"]
+        self.clip_len = meta["clip_len"]
+        self.feature_dim = meta["provenance"]["feature_dim"]
+        self._compiled = compiled
+
+    def crop(self, frames: np.ndarray) -> np.ndarray:
+        return centre_crops(frames, self.input_size, self.clip_len, self.name)
+
+    def infer(self, crops: np.ndarray) -> np.ndarray:
+        # A request per call: a compiled model's implicit request is not safe across threads.
+        request = self._compiled.create_infer_request()
+        request.infer([crops])
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+
+class OpenVINOFeatures:
+    """A backbone compiled by OpenVINO, loaded from the on-disk cache (see the module doc)."""
+
+    runtime = "openvino"
+
+    def __init__(self, entry: dict, members: list[_CompiledMember], precision: str, cache_hit: bool):
+        provenance = entry["provenance"]
+        self._provenance = provenance
+        self._class_names = entry.get("class_names")
+        self._members = members
+        self.precision = precision
+        self.name = provenance["backbone"]
+        self.clip_len = provenance["clip_len"]
+        self.decode_short_side = entry["decode_short_side"]
+        self.feature_dim = provenance["feature_dim"]
+        self.cache_hit = cache_hit  # True when nothing was converted
+
+    def class_names(self) -> list[str]:
+        if self._class_names is None:
+            raise CaptionerError(f"backbone {self.name} has no classification head (its weights are "
+                                 "a feature extractor only)")
+        return list(self._class_names)
+
+    def provenance(self) -> dict:
+        return {**self._provenance, "runtime": self.runtime, "precision": self.precision}
+
+    @property
+    def has_clip_members(self) -> bool:
+        return len(self._members) > 1 and any(m.clip_len > 1 for m in self._members)
+
+    def prepare(self, frames: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(member.crop(frames) for member in self._members)
+
+    @staticmethod
+    def concat(inputs: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+        return tuple(np.concatenate(parts) for parts in zip(*inputs))
+
+    def infer(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+        outputs = [member.infer(crops) for member, crops in zip(self._members, inputs)]
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=1)
+
+    def features(self, frames: np.ndarray, still: bool = False) -> np.ndarray:
+        if still and self.has_clip_members:
+            return _concat_members(self._members, frames, lambda m, f: m.infer(m.crop(f)))
+        return self.infer(self.prepare(frames))
+
+    # ------------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, spec: str, precision: str) -> "OpenVINOFeatures":
+        cache = _ModelCache(cache_dir() / "openvino")
+        entry = cache.lookup(spec)
+        if entry is not None:
+            members = [cache.compile(key, precision) for key in entry["members"]]
+            if all(m is not None for m in members):
+                return cls(entry, members, precision, cache_hit=True)
+        entry = cache.convert(spec)
+        members = [cache.compile(key, precision) for key in entry["members"]]
+        if any(m is None for m in members):
+            raise ConversionError("OpenVINO cannot compile the converted network")
+        return cls(entry, members, precision, cache_hit=False)
+
+
+def _ov_version() -> str:
+    import openvino as ov
+
+    return ov.get_version()
+
+
+class _ModelCache:
+    def __init__(self, root: Path):
+        self.root = root
+        self.index_file = root / "index.json"
+
+    def _index_key(self, spec: str) -> str:
+        return f"{_absolute_paths(spec)}|openvino {_ov_version()}|format {FORMAT_VERSION}"
+
+    def _read_index(self) -> dict:
+        try:
+            index = json.loads(self.index_file.read_text())
+        except (OSError, ValueError):
+            return {}  # missing or corrupt: everything is rebuilt
+        return index if isinstance(index, dict) else {}
+
+    def lookup(self, spec: str) -> dict | None:
+        """The index entry of `spec` if every weight file it was built from is unchanged."""
+        entry = self._read_index().get(self._index_key(spec))
+        try:
+            for path, (mtime_ns, size) in entry["files"].items():
+                stat = os.stat(path)
+                if (stat.st_mtime_ns, stat.st_size) != (mtime_ns, size):
+                    return None
+            for key in ("provenance", "members", "decode_short_side"):
+                entry[key]  # noqa: B018  an entry missing any of these is from a broken write
+        except (TypeError, KeyError, ValueError, OSError):
+            return None
+        return entry
+
+    def compile(self, key: str, precision: str) -> _CompiledMember | None:
+        """The member's compiled model, or None when its files are missing or unreadable."""
+        model_dir = self.root / key
+        try:
+            meta = json.loads((model_dir / "meta.json").read_text())
+            compiled = _core().compile_model(str(model_dir / "model.xml"), "CPU", {
+                "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
+                "CACHE_DIR": str(model_dir / "compiled")})
+            return _CompiledMember(meta, compiled)
+        except (OSError, ValueError, KeyError, RuntimeError):
+            # A truncated or corrupt file: drop the model so it is converted again.
+            shutil.rmtree(model_dir, ignore_errors=True)
+            return None
+
+    def convert(self, spec: str) -> dict:
+        """Build the torch backbone, convert each member not already cached, record the spec."""
+        import torch
+
+        from .backbones import base
+
+        with base.recording_weight_files() as files:
+            backbone = _create_torch(spec, "cpu")
+        members = list(getattr(backbone, "members", None) or [backbone])
+        keys = []
+        for member in members:
+            key = _model_key(member)
+            if not (self.root / key / "model.xml").exists() or not (self.root / key / "meta.json").exists():
+                self._save(member, key, torch)
+            keys.append(key)
+        try:
+            class_names = backbone.class_names()
+        except CaptionerError:
+            class_names = None
+        entry = {"files": {str(p): [os.stat(p).st_mtime_ns, os.stat(p).st_size] for p in sorted(files)},
+                 "provenance": backbone.provenance(), "class_names": class_names,
+                 "decode_short_side": backbone.decode_short_side, "members": keys}
+        index = self._read_index()
+        index[self._index_key(spec)] = entry
+        try:
+            atomic_write(self.index_file, json.dumps(index))
+        except OSError:
+            pass  # a read-only cache only costs a conversion next time
+        return entry
+
+    def _save(self, member, key: str, torch) -> None:
+        import openvino as ov
+
+        size, clip_len = member.input_size, member.clip_len
+        shape = [-1, 3, size, size] if clip_len == 1 else [-1, 3, clip_len, size, size]
+        example = torch.zeros(1, *shape[1:])
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # tracer warnings about shapes, fixed here but batch
+                model = ov.convert_model(member.eval(), example_input=example, input=[ov.PartialShape(shape)])
+            model = _with_preprocessing(model, member, clip_len)
+        except Exception as exc:  # the converter's own errors: an unsupported operation, a failed trace
+            raise ConversionError(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
+        meta = {"provenance": member.provenance(), "input_size": size, "clip_len": clip_len,
+                "input": _input_rules(member), "openvino": _ov_version(), "format": FORMAT_VERSION}
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        try:
+            # compress_to_fp16=False: the default would halve the weights and cost precision in fp32.
+            ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            final = self.root / key
+            shutil.rmtree(final, ignore_errors=True)
+            try:
+                os.replace(tmp, final)
+            except OSError:  # another process has just put the same model in place
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _absolute_paths(spec: str) -> str:
+    """The spec with each NAME=PATH's path made absolute: a relative path names another file
+    when run from another directory."""
+    parts = []
+    for part in spec.split("+"):
+        name, sep, path = part.strip().partition("=")
+        parts.append(f"{name.strip()}={Path(path.strip()).resolve()}" if sep and path.strip() else part.strip())
+    return "+".join(parts)
+
+
+def _input_rules(member) -> dict:
+    return {"dtype": "u8", "layout": "NHWC" if member.clip_len == 1 else "NLHWC", "batch": "dynamic",
+            "size": member.input_size, "clip_len": member.clip_len, "mean": list(member.mean),
+            "std": list(member.std)}
+
+
+def _model_key(member) -> str:
+    material = {"provenance": member.provenance(), "input": _input_rules(member),
+                "openvino": _ov_version(), "format": FORMAT_VERSION}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _with_preprocessing(model, member, clip_len: int):
+    """uint8 channels-last pixels in; (x - 255 mean) / (255 std) and the transpose run in the graph."""
+    import openvino as ov
+    from openvino.preprocess import PrePostProcessor
+
+    ppp = PrePostProcessor(model)
+    source = ppp.input().tensor()
+    source.set_element_type(ov.Type.u8)
+    if clip_len == 1:
+        source.set_layout(ov.Layout("NHWC"))
+        ppp.input().model().set_layout(ov.Layout("NCHW"))
+    else:
+        source.set_layout(ov.Layout("NDHWC"))
+        ppp.input().model().set_layout(ov.Layout("NCDHW"))
+    steps = ppp.input().preprocess()
+    steps.convert_element_type(ov.Type.f32)
+    steps.mean([255.0 * m for m in member.mean])
+    steps.scale([255.0 * s for s in member.std])
+    return ppp.build()

@@ -1,0 +1,160 @@
+"""The torch-free decoder: the same captions and scores as CaptionModel, from an export read without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from captioner.caption import DEFAULT_MODEL
+from captioner.errors import CaptionerError
+from captioner.model import (CaptionModel, ModelConfig, export_checkpoint, export_inference, inference_export,
+                             load_checkpoint, save_checkpoint, source_ids)
+from captioner.numpy_decoder import export_path, file_sha256, read_export
+from captioner.store import open_features
+from captioner.text import SPECIALS, Vocabulary
+
+ROOT = Path(__file__).resolve().parent.parent
+VOCAB = 40
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# Greedy and beam search with every option that changes the search: n-best lists, length
+# penalties, the repetition guard off, and a length limit short enough to force <eos>.
+SEARCHES = [
+    {"beam_size": 1},
+    {"beam_size": 1, "length_penalty": 0.5, "max_len": 4},
+    {"beam_size": 3, "n_best": 3, "length_penalty": 0.5},
+    {"beam_size": 5, "n_best": 5, "length_penalty": 1.0},
+    {"beam_size": 4, "n_best": 2, "length_penalty": 0.0, "max_len": 3},
+    {"beam_size": 3, "n_best": 3, "no_repeat": False},
+]
+
+
+def _assert_same_hypotheses(torch_hyps, numpy_hyps):
+    assert [[words for words, _ in video] for video in numpy_hyps] == \
+           [[words for words, _ in video] for video in torch_hyps]
+    for torch_video, numpy_video in zip(torch_hyps, numpy_hyps):
+        assert [score for _, score in numpy_video] == pytest.approx([score for _, score in torch_video], abs=1e-4)
+
+
+def _assert_decoders_agree(model: CaptionModel, decoder, feats: np.ndarray, sources=None):
+    torch_sources = None if sources is None else source_ids(sources)
+    for search in SEARCHES:
+        expected = model.generate(torch.from_numpy(feats), sources=torch_sources, **search)
+        _assert_same_hypotheses(expected, decoder.generate(feats, sources=sources, **search))
+    for penalty in (0.0, 0.7):
+        expected = model.greedy(torch.from_numpy(feats), length_penalty=penalty, sources=torch_sources)
+        got = decoder.greedy(feats, length_penalty=penalty, sources=sources)
+        _assert_same_hypotheses([[hyp] for hyp in expected], [[hyp] for hyp in got])
+
+
+@pytest.fixture(scope="module")
+def real_features(msvd_store) -> np.ndarray:
+    ids, feats = open_features(msvd_store).pooled_matrix()
+    assert len(ids) == 18
+    return feats.astype(np.float32)
+
+
+def test_equals_the_torch_decoder_on_real_features(caption_model, real_features):
+    """The shipped model (or the tiny trained one) on the 18 real clips' features."""
+    checkpoint = load_checkpoint(caption_model)
+    export = inference_export(caption_model)
+    if real_features.shape[1] != checkpoint.model.config.feature_dim:
+        pytest.skip("the caption model was trained on features of another size")
+    _assert_decoders_agree(checkpoint.model, export.decoder, real_features)
+    hyps = export.decoder.generate(real_features, beam_size=3)
+    assert all(export.vocab.decode(video[0][0]) for video in hyps)  # never an empty caption
+
+
+def _save(tmp_path, model: CaptionModel, name="model.pt") -> Path:
+    vocab = Vocabulary(list(SPECIALS) + [f"w{i}" for i in range(VOCAB - len(SPECIALS))])
+    path = tmp_path / name
+    save_checkpoint(path, model, vocab, {"lr": 1e-3}, {"backbone": "random", "feature_dim": 24}, 2, {"val": 1.0})
+    return path
+
+
+def _model(seed=0, **overrides) -> CaptionModel:
+    torch.manual_seed(seed)
+    config = ModelConfig(**{"feature_dim": 24, "embed_size": 16, "hidden_size": 32, "dropout": 0.0, **overrides})
+    model = CaptionModel(config, VOCAB).eval()
+    with torch.no_grad():  # a confident model, so decoding choices are far from ties
+        model.head.weight.mul_(15)
+    return model
+
+
+@pytest.mark.parametrize("overrides", [{}, {"video_input": "first_step"},
+                                       {"num_layers": 2, "hidden_size": 16, "tie_weights": True},
+                                       {"condition_on_source": True}])
+def test_every_model_shape_decodes_like_torch(tmp_path, overrides):
+    model = _model(**overrides)
+    export = read_export(export_inference(_save(tmp_path, model)))
+    feats = np.random.default_rng(1).normal(size=(12, 24)).astype(np.float32)
+    sources = ["image", "video"] * 6 if overrides.get("condition_on_source") else None
+    _assert_decoders_agree(model, export.decoder, feats, sources)
+
+
+def test_export_is_beside_the_checkpoint_without_pickles(tmp_path):
+    checkpoint = _save(tmp_path, _model(tie_weights=True, hidden_size=16))
+    written = export_inference(checkpoint)
+    assert written == export_path(checkpoint) == tmp_path / "model.inference.npz"
+    with zipfile.ZipFile(written) as archive:
+        names = set(archive.namelist())
+    assert "head.weight.npy" not in names  # tied: the embedding is stored once
+    export = read_export(written)  # np.load(allow_pickle=False) inside: no object arrays
+    assert export.checkpoint_sha256 == file_sha256(checkpoint)
+    assert export.provenance == {"backbone": "random", "feature_dim": 24}
+    assert export.meta["epoch"] == 2 and len(export.vocab) == VOCAB
+
+
+def test_half_checkpoint_exports_the_same_half_weights(tmp_path):
+    """A float16 package: both decoders compute with the same rounded weights, so they still agree."""
+    half = export_checkpoint(_save(tmp_path, _model()), tmp_path / "half.pt", half=True)
+    written = export_inference(half)
+    with np.load(written) as data:
+        assert data["lstm.weight_hh_l0"].dtype == np.float16
+    feats = np.random.default_rng(2).normal(size=(8, 24)).astype(np.float32)
+    _assert_decoders_agree(load_checkpoint(half).model, read_export(written).decoder, feats)
+
+
+def test_unreadable_exports_are_one_line_errors(tmp_path):
+    garbage = tmp_path / "garbage.inference.npz"
+    garbage.write_bytes(b"not a zip")
+    with pytest.raises(CaptionerError, match="garbage.inference.npz: not a readable inference export"):
+        read_export(garbage)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, x=np.zeros(3))
+    with pytest.raises(CaptionerError, match="foreign.npz"):
+        read_export(foreign)
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, __meta__=np.array(json.dumps({"format": "something-else"})))
+    with pytest.raises(CaptionerError, match="not a captioner inference export"):
+        read_export(wrong)
+    with pytest.raises(CaptionerError, match="not found"):
+        read_export(tmp_path / "missing.npz")
+
+
+def test_decoding_from_an_export_never_imports_torch(tmp_path):
+    written = export_inference(_save(tmp_path, _model()))
+    code = ("import sys, numpy as np\nfrom captioner.numpy_decoder import read_export\n"
+            f"export = read_export({str(written)!r})\n"
+            "hyps = export.decoder.generate(np.ones((2, 24), np.float32), beam_size=3, n_best=2)\n"
+            "assert len(hyps) == 2 and all(len(h) == 2 for h in hyps)\n"
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the default model is not built yet")
+def test_shipped_model_has_a_current_export_and_the_package_stays_small():
+    export = read_export(export_path(DEFAULT_MODEL))
+    assert export.checkpoint_sha256 == file_sha256(DEFAULT_MODEL), "re-run the package step"
+    shipped = sum(f.stat().st_size for f in DEFAULT_MODEL.parent.iterdir())
+    assert shipped <= 30 * 1024 * 1024
