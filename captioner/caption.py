@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .atomic import atomic_write
+from .concepts import heads, top_concepts
 from .errors import CaptionerError
 from .numpy_decoder import InferenceExport, export_path, read_export, source_name
 
@@ -49,6 +50,9 @@ class Caption:
     model: str
     timing: dict = field(default_factory=dict)  # seconds: decode, backbone, caption
     segments: list[Segment] | None = None
+    # What the backbones' classifier heads recognise (concept models): {"actions": [{"name", "p"}],
+    # "objects": [...]}, most probable first; why the model said what it said.
+    concepts: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +75,7 @@ class Captioner:
         self.load_seconds = load_seconds
         provenance = model.provenance or {}
         self.sampling = provenance.get("frames", "uniform:16")
+        self.concept_heads = heads(provenance)
 
     @classmethod
     def load(cls, model: str | os.PathLike = "default", device: str = "auto", runtime: str = "auto",
@@ -194,7 +199,8 @@ class Captioner:
         caption, score = nbest[0]
         return Caption(path=str(path), id=Path(path).stem, caption=caption, score=score,
                        alternatives=[{"caption": c, "score": s} for c, s in nbest], model=self.model_id,
-                       timing={k: round(v, 4) for k, v in timing.items()}, segments=windows)
+                       timing={k: round(v, 4) for k, v in timing.items()}, segments=windows,
+                       concepts=top_concepts(pooled, self.concept_heads) if self.concept_heads else None)
 
     def _segments(self, path, info, seconds: float, beam: int, max_len: int, timing: dict,
                   whole: tuple[str, float], progress: Callable[[int, int], None] | None = None) -> list[Segment]:

@@ -415,7 +415,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 def _export_arrays(payload: dict, path: Path) -> tuple[dict, dict]:
     # The weights keep the checkpoint's dtype (float16 after `export_checkpoint(half=True)`),
     # so the torch and numpy decoders compute with exactly the same numbers.
-    weights = {k: v.detach().cpu().numpy() for k, v in payload["model"].items() if v.is_floating_point()}
+    weights = {k: v.detach().cpu().numpy() for k, v in payload["model"].items()
+               if v.is_floating_point() or k == "concepts.concept_words"}
     if payload["model_config"].get("tie_weights"):
         weights.pop("head.weight", None)  # the word embedding again: stored once
     meta = {"model_config": payload["model_config"], "vocab": payload["vocab"],

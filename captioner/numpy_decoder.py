@@ -150,6 +150,7 @@ class NumpyDecoder:
         self.every_step = self.config.get("video_input", "every_step") == "every_step"
         self.embed_size = int(self.config["embed_size"])
         self.video_weight = np.ascontiguousarray(w["video_proj.weight"].T)
+        self.feature_dim = int(self.config.get("feature_dim") or self.video_weight.shape[0])
         self.video_bias = w["video_proj.bias"]
         self.source_embed = w.get("source_embed.weight")  # only with condition_on_source
         self.embed = w["embed.weight"]
@@ -164,11 +165,31 @@ class NumpyDecoder:
         self.head_bias = w["head.bias"]
         if self.embed.shape[0] != vocab_size or self.head_bias.shape[0] != vocab_size:
             raise ValueError(f"weights are for {self.embed.shape[0]} words, the vocabulary has {vocab_size}")
+        # Concept inputs (model.ConceptInput): each class is the mean embedding of its words.
+        self.concept_heads = [tuple(h) for h in self.config.get("concept_heads") or []]
+        if self.concept_heads:
+            words = np.asarray(weights["concepts.concept_words"]).astype(np.int64)
+            counts = np.maximum((words != PAD_ID).sum(1, keepdims=True), 1)
+            self.class_vectors = self.embed[words].sum(1) / counts  # the <pad> row embeds to 0
+            self.concept_weight = np.ascontiguousarray(w["concepts.proj.weight"].T)
+            self.concept_bias = w["concepts.proj.bias"]
+            appearance = np.ones(self.feature_dim, dtype=bool)
+            for start, end in self.concept_heads:
+                appearance[start:end] = False
+            self.appearance = np.flatnonzero(appearance)
 
     # ------------------------------------------------------------------ the per-video input
     def video_vector(self, feats: np.ndarray, sources=None) -> np.ndarray:
         """(B, embed) the decoder sees beside every word; `sources`: SOURCES names (None: videos)."""
-        video = feats @ self.video_weight + self.video_bias
+        if not self.concept_heads:
+            video = feats @ self.video_weight + self.video_bias
+        else:
+            per_head, row = [], 0
+            for start, end in self.concept_heads:
+                per_head.append(feats[:, start:end] @ self.class_vectors[row:row + end - start])
+                row += end - start
+            video = (feats[:, self.appearance] @ self.video_weight + self.video_bias
+                     + np.concatenate(per_head, axis=1) @ self.concept_weight + self.concept_bias)
         if self.source_embed is not None:
             names = ["video"] * len(feats) if sources is None else list(sources)
             video = video + self.source_embed[[SOURCES.index(s) for s in names]]
@@ -232,7 +253,7 @@ class NumpyDecoder:
     def greedy(self, feats, max_len: int = 20, length_penalty: float = 0.0, no_repeat: bool = True,
                sources=None) -> list[tuple[list[int], float]]:
         """The most likely word at every step: (word ids, score) per video."""
-        feats = np.asarray(feats, dtype=np.float32).reshape(-1, self.video_weight.shape[0])
+        feats = np.asarray(feats, dtype=np.float32).reshape(-1, self.feature_dim)
         state, video_gates = self._start(self.video_vector(feats, sources))
         batch = len(feats)
         prev = np.full(batch, BOS_ID, dtype=np.int64)
@@ -263,7 +284,7 @@ class NumpyDecoder:
         """
         if not 1 <= n_best <= beam_size:
             raise ValueError(f"n_best must be between 1 and beam_size ({beam_size}), got {n_best}")
-        feats = np.asarray(feats, dtype=np.float32).reshape(-1, self.video_weight.shape[0])
+        feats = np.asarray(feats, dtype=np.float32).reshape(-1, self.feature_dim)
         batch, k, vocab = len(feats), beam_size, self.vocab_size
         state, video_gates = self._start(np.repeat(self.video_vector(feats, sources), k, axis=0))
         prev = np.full(batch * k, BOS_ID, dtype=np.int64)

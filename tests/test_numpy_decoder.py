@@ -18,7 +18,7 @@ from captioner.model import (CaptionModel, ModelConfig, export_checkpoint, expor
                              load_checkpoint, save_checkpoint, source_ids)
 from captioner.numpy_decoder import export_path, file_sha256, read_export
 from captioner.store import open_features
-from captioner.text import SPECIALS, Vocabulary
+from captioner.text import PAD_ID, SPECIALS, Vocabulary
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 40
@@ -83,7 +83,13 @@ def _save(tmp_path, model: CaptionModel, name="model.pt") -> Path:
 def _model(seed=0, **overrides) -> CaptionModel:
     torch.manual_seed(seed)
     config = ModelConfig(**{"feature_dim": 24, "embed_size": 16, "hidden_size": 32, "dropout": 0.0, **overrides})
-    model = CaptionModel(config, VOCAB).eval()
+    concept_words = None
+    if config.concept_heads:  # each class's word ids, some padded, one class without words
+        classes = sum(end - start for start, end in config.concept_heads)
+        concept_words = torch.randint(len(SPECIALS), VOCAB, (classes, 3))
+        concept_words[::3, 2] = PAD_ID
+        concept_words[-1] = PAD_ID
+    model = CaptionModel(config, VOCAB, concept_words).eval()
     with torch.no_grad():  # a confident model, so decoding choices are far from ties
         model.head.weight.mul_(15)
     return model
@@ -91,7 +97,8 @@ def _model(seed=0, **overrides) -> CaptionModel:
 
 @pytest.mark.parametrize("overrides", [{}, {"video_input": "first_step"},
                                        {"num_layers": 2, "hidden_size": 16, "tie_weights": True},
-                                       {"condition_on_source": True}])
+                                       {"condition_on_source": True},
+                                       {"concept_heads": [[12, 18], [18, 24]], "condition_on_source": True}])
 def test_every_model_shape_decodes_like_torch(tmp_path, overrides):
     model = _model(**overrides)
     export = read_export(export_inference(_save(tmp_path, model)))
