@@ -253,8 +253,13 @@ def test_default_model_captions_the_test_clips_fluently_and_differently(msvd_cli
     test_clips = [c for c in msvd_clips if vids[c.stem] in MSVD_TEST_CLIPS]
     captioner = Captioner.load()
     assert heads(captioner.checkpoint.provenance)  # the shipped model reads concepts
-    captions = [captioner.caption(clip).caption for clip in test_clips]
+    results = {clip.stem: captioner.caption(clip) for clip in test_clips}
+    captions = [r.caption for r in results.values()]
     assert len(test_clips) == 9
+    # What the heads recognised comes with the caption (caption --json, the web API).
+    motorcycle = results["klteYv1Uv9A_27_33"].to_dict()["concepts"]
+    assert motorcycle["actions"][0]["name"] == "motorcycling" and motorcycle["actions"][0]["p"] > 0.5
+    assert len(motorcycle["objects"]) == 5
     for caption in captions:
         words = caption.split()
         assert words and "<unk>" not in words

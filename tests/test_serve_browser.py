@@ -82,6 +82,12 @@ def test_upload_a_real_clip_and_read_its_caption(browser, model, msvd_clips):
     assert page.locator("#caption").inner_text() == expected
     assert page.locator("#alternatives li").first.inner_text().startswith(expected)
     assert page.locator("#keyframes img").count() == 6
+    # What the heads recognised, when the model reads concepts (the default model does).
+    concepts = model[0].caption(clip).concepts
+    if concepts:
+        expect(page.locator("#concepts-box")).to_be_visible()
+        top_action = concepts["actions"][0]["name"]
+        assert top_action in page.locator("#concepts").inner_text()
     assert page.locator("#keyframes img").first.get_attribute("alt").startswith("Frame at 0:")
     # The 4.04-s clip in 2-s windows: two segments, the last one ending with the clip.
     assert page.locator("#timeline button").count() == page.locator("#segment-list li").count() == 2
