@@ -53,8 +53,11 @@ PUBLISHED_MSVD = [
                "(the authors' model page https://gist.github.com/vsubhashini/38d087e140854fee4b14 "
                "gives 29.2% METEOR)"},
 ]
-# The metric that ranks videos from best to worst, in order of preference.
-_RANKING = ("CIDEr", "METEOR", "BLEU-4", "ROUGE-L", "BLEU-3", "BLEU-2", "BLEU-1", "SPICE")
+# The metric that ranks videos from best to worst, in order of preference. Not CIDEr: its per-video
+# score weights n-grams by rarity across the references, so one rare word shared with a single
+# reference lifts a wrong caption to the top; METEOR, with stems, synonyms and a fragmentation
+# penalty, is the one that agrees best with people on single sentences.
+_RANKING = ("METEOR", "CIDEr", "BLEU-4", "ROUGE-L", "BLEU-3", "BLEU-2", "BLEU-1", "SPICE")
 _EXAMPLES = 5
 # Bootstrap over videos for the intervals beside each score: seeded, so a report is reproducible.
 BOOTSTRAP_RESAMPLES = 500

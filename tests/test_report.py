@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from captioner.errors import CaptionerError
-from captioner.evaluate import CONSTANT, MODEL, NEAREST, evaluate
-from captioner.report import PUBLISHED_MSVD, PUBLISHED_MSVD_VIDEOS, report_files, write_report
+from captioner.evaluate import CONSTANT, MODEL, NEAREST, Evaluation, SystemScores, evaluate
+from captioner.report import (PUBLISHED_MSVD, PUBLISHED_MSVD_VIDEOS, _examples, ranking_metric, report_files,
+                              write_report)
 from captioner.store import open_features
 from eval_helpers import assert_one_line_error, msvd_test_refs, read_msvd_tsv, run_cli, scorer  # noqa: F401
 
@@ -177,3 +178,17 @@ def test_report_says_what_produced_it(tmp_path, msvd_case, monkeypatch):
     human = data["human_agreement"]
     assert set(human) == set(data["metrics"]) and 0 < human["BLEU-4"] < 1 and human["CIDEr"] > 0.1
     assert "human agreement" in page
+
+
+def test_best_videos_are_not_ranked_by_one_rare_word():
+    """A wrong caption sharing one rare word with one reference gets a high per-video CIDEr; the
+    best and worst examples are ranked by METEOR when it was scored, by CIDEr only without it."""
+    scores = {"right": {"METEOR": 0.45, "CIDEr": 1.1}, "wrong": {"METEOR": 0.12, "CIDEr": 1.6},
+              "middling": {"METEOR": 0.3, "CIDEr": 0.5}}
+    model = SystemScores(MODEL, {"right": "a roller coaster is moving", "wrong": "people are sitting on a bench",
+                                 "middling": "a car"}, {}, scores)
+    evaluation = Evaluation(list(scores), {i: ["x"] for i in scores}, ("METEOR", "CIDEr"), [model])
+    assert ranking_metric(evaluation) == "METEOR"
+    assert _examples(evaluation) == (["right"], ["wrong"])
+    without_meteor = Evaluation(list(scores), {i: ["x"] for i in scores}, ("CIDEr",), [model])
+    assert ranking_metric(without_meteor) == "CIDEr"
