@@ -22,18 +22,24 @@ import json
 import logging
 import math
 import os
+import shlex
+import sys
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from . import __version__
 from .errors import CaptionerError
 from .evaluate import MODEL, Evaluation, evaluate, read_predictions, read_references
-from .metrics import DEFAULT_METRICS, parse_metrics
+from .metrics import DEFAULT_METRICS, Scorer, parse_metrics
 from .text import tokenize
 
 log = logging.getLogger("captioner")
 
+# The MSVD test split the published rows were scored on (Venugopalan et al. use the 670-video test split).
+PUBLISHED_MSVD_VIDEOS = 670
 # Published MSVD (YouTube2Text) test-set scores of the model this project reproduces. Only the
 # numbers we could check against the authors' own statements are listed; both papers report
 # METEOR (coco-caption's METEOR 1.5) in percent, here on our 0-1 scale.
@@ -47,9 +53,17 @@ PUBLISHED_MSVD = [
                "(the authors' model page https://gist.github.com/vsubhashini/38d087e140854fee4b14 "
                "gives 29.2% METEOR)"},
 ]
-# The metric that ranks videos from best to worst, in order of preference.
-_RANKING = ("CIDEr", "METEOR", "BLEU-4", "ROUGE-L", "BLEU-3", "BLEU-2", "BLEU-1", "SPICE")
+# The metric that ranks videos from best to worst, in order of preference. Not CIDEr: its per-video
+# score weights n-grams by rarity across the references, so one rare word shared with a single
+# reference lifts a wrong caption to the top; METEOR, with stems, synonyms and a fragmentation
+# penalty, is the one that agrees best with people on single sentences.
+_RANKING = ("METEOR", "CIDEr", "BLEU-4", "ROUGE-L", "BLEU-3", "BLEU-2", "BLEU-1", "SPICE")
 _EXAMPLES = 5
+# Bootstrap over videos for the intervals beside each score: seeded, so a report is reproducible.
+BOOTSTRAP_RESAMPLES = 500
+BOOTSTRAP_SEED = 0
+# Fields of `captioner caption --json` lines that say what made the captions.
+_PROVENANCE_FIELDS = ("model", "checkpoint", "beam", "length_penalty", "max_len")
 _VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv",
                    ".gif", ".3gp", ".ts", ".jpg", ".jpeg", ".png"}
 
@@ -97,6 +111,71 @@ def read_training_curves(run_dir: str | os.PathLike) -> dict[str, list[float]]:
         except ValueError:
             continue  # a text column (e.g. a timestamp) is not a curve
     return columns
+
+
+def prediction_provenance(predictions: str | os.PathLike) -> dict[str, str]:
+    """What made the predictions, from the `captioner caption --json` lines that record it: each
+    field's distinct values joined (several models in one file show as several values)."""
+    path = Path(predictions)
+    seen: dict[str, list[str]] = {}
+    if path.suffix.lower() == ".jsonl":
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # read_predictions has already said what is wrong with the file
+            if isinstance(record, dict):
+                for name in _PROVENANCE_FIELDS:
+                    value = record.get(name)
+                    if value is not None and str(value) not in seen.setdefault(name, []):
+                        seen[name].append(str(value))
+    return {name: ", ".join(values) for name, values in seen.items() if values}
+
+
+def run_provenance(predictions: str | os.PathLike, references: str | os.PathLike, split: str | None = None,
+                   command: Sequence[str] | None = None) -> dict[str, str]:
+    """The facts a reader needs to reproduce a report: model, decoding, inputs, version, date, command."""
+    found = prediction_provenance(predictions)
+    unrecorded = "not recorded in the predictions"
+    return {"model": found.get("model", unrecorded), "checkpoint": found.get("checkpoint", unrecorded),
+            "decoding": ", ".join(f"{k.replace('_', ' ')} {found[k]}" for k in ("beam", "length_penalty", "max_len")
+                                  if k in found) or unrecorded,
+            "predictions": str(predictions),
+            "references": str(references) + (f" (split {split})" if split else ""),
+            "captioner version": __version__,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": shlex.join(["captioner", *(sys.argv[1:] if command is None else command)])}
+
+
+def bootstrap_intervals(evaluation: Evaluation, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                        level: float = 0.95) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per system and metric, a percentile interval of the mean per-video score over videos
+    resampled with replacement. Per-video scores are not re-scored per resample: CIDEr keeps the
+    document frequencies of the full reference set, and BLEU/METEOR use the mean of per-video
+    scores in place of their corpus pooling, so the interval is of the per-video mean."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(evaluation.ids), size=(resamples, len(evaluation.ids)))
+    tail = (1 - level) / 2 * 100
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for system in evaluation.systems:
+        out[system.name] = {}
+        for metric in evaluation.metrics:
+            values = np.array([system.per_video[i][metric] for i in evaluation.ids], dtype=float)
+            means = values[picks].mean(axis=1)
+            low, high = np.percentile(means, [tail, 100 - tail])
+            out[system.name][metric] = (float(low), float(high))
+    return out
+
+
+def human_agreement(references: Mapping[str, Sequence[str]], scorer) -> dict[str, float] | None:
+    """One human against the others: each video's first reference scored (with the report's
+    scorer) against its remaining references. None when some video has a single reference."""
+    ids = [i for i in references if len(references[i]) > 1]
+    if not ids or len(ids) < len(references):
+        return None
+    return scorer.score_per_video({i: references[i][0] for i in ids}, {i: list(references[i][1:]) for i in ids}).corpus
 
 
 # ----------------------------------------------------------------------------- images
@@ -240,11 +319,12 @@ _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;
        max-width: 1200px; color: #222; padding: 0 1em; }
 h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 0.5em 0; }
+table { border-collapse: collapse; margin: 0.5em 0; max-width: 100%; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; text-align: left; }
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.published td { color: #555; font-style: italic; }
-td.captions { min-width: 22em; } .caption { font-weight: 600; } .concepts { color: #2a5d8f; font-size: 0.85em; } .baseline { color: #555; font-size: 0.9em; }
+table.published td { color: #555; }
+td.captions { min-width: 16em; } td.video img { display: block; width: 100%; max-width: 24em; } td.video { width: 24em; }
+td.video code { overflow-wrap: anywhere; } .ci { display: block; color: #777; font-size: 0.8em; white-space: nowrap; } .caption { font-weight: 600; } .concepts { color: #2a5d8f; font-size: 0.85em; } .baseline { color: #555; font-size: 0.9em; }
 .note { color: #666; font-size: 0.9em; } img.plot { max-width: 100%; }
 details summary { cursor: pointer; color: #0366d6; } ol.refs { margin: 0.3em 0; padding-left: 1.5em; }
 """
@@ -254,10 +334,23 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def _metric_rows(evaluation: Evaluation) -> list[tuple[str, dict[str, float | None], str | None]]:
-    rows = [(s.name, {m: s.corpus.get(m) for m in evaluation.metrics}, None) for s in evaluation.systems]
-    rows += [(p["name"], {m: p["scores"].get(m) for m in evaluation.metrics}, p["source"]) for p in PUBLISHED_MSVD]
-    return rows
+HUMAN = "human agreement (first reference vs the others)"
+
+
+def _interval(intervals: Mapping | None, name: str, metric: str) -> tuple[float, float] | None:
+    return (intervals or {}).get(name, {}).get(metric)
+
+
+def _scope_notes(evaluation: Evaluation) -> list[str]:
+    notes = [f"{len(evaluation.ids)} videos scored: every score in this report is over these videos only."]
+    unpredicted = evaluation.excluded.get("references", 0)
+    if unpredicted:
+        notes.append(f"The reference file has {unpredicted} more videos that have no prediction; they are not "
+                     "scored (expected when a subset of the split was captioned).")
+    unreferenced = evaluation.excluded.get("predictions", 0)
+    if unreferenced:
+        notes.append(f"{unreferenced} predicted videos have no references and are not scored.")
+    return notes
 
 
 def _examples(evaluation: Evaluation) -> tuple[list[str], list[str]]:
@@ -267,8 +360,13 @@ def _examples(evaluation: Evaluation) -> tuple[list[str], list[str]]:
     return ranked[:n], ranked[::-1][:n]
 
 
+_CI_NOTE = (f"95% bootstrap interval of the mean per-video score ({BOOTSTRAP_RESAMPLES} resamples of the videos, "
+            f"seed {BOOTSTRAP_SEED}; CIDEr keeps the document frequencies of all the references)." )
+
+
 def _html(evaluation: Evaluation, title: str, plots: dict[str, bytes], strips: dict, stats: dict,
-          notes: list[str], concepts: Mapping | None = None) -> str:
+          notes: list[str], concepts: Mapping | None = None, provenance: Mapping[str, str] | None = None,
+          intervals: Mapping | None = None, human: Mapping[str, float] | None = None) -> str:
     e = html.escape
     metrics = evaluation.metrics
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -276,15 +374,35 @@ def _html(evaluation: Evaluation, title: str, plots: dict[str, bytes], strips: d
            f"<title>{e(title)}</title><style>{_STYLE}</style></head><body>", f"<h1>{e(title)}</h1>"]
     out += [f'<p class="note">{e(n)}</p>' for n in notes]
 
-    out.append("<h2>Scores</h2><table><tr><th>system</th>" + "".join(f"<th>{e(m)}</th>" for m in metrics) + "</tr>")
-    for name, scores, source in _metric_rows(evaluation):
-        cls = ' class="published"' if source else ""
-        label = e(name) + (f'<br><span class="note">{e(source)}</span>' if source else "")
-        out.append(f"<tr{cls}><td>{label}</td>" + "".join(f'<td class="num">{_fmt(scores[m])}</td>' for m in metrics)
-                   + "</tr>")
-    out.append("</table><p class=\"note\">Scores on coco-caption's scale (0-1; CIDEr is CIDEr-D and can exceed 1), "
-               "computed with pycocoevalcap. Published rows are MSVD test-split numbers (670 videos): comparable "
-               "only when these predictions cover that split.</p>")
+    if provenance:
+        out.append('<h2>Run</h2><table class="run">' + "".join(
+            f"<tr><th>{e(k)}</th><td><code>{e(v)}</code></td></tr>" for k, v in provenance.items()) + "</table>")
+
+    n = len(evaluation.ids)
+    out.append(f"<h2>Scores on this run's {n} videos</h2><table><tr><th>system</th><th>videos</th>"
+               + "".join(f"<th>{e(m)}</th>" for m in metrics) + "</tr>")
+    rows = [(s.name, s.corpus) for s in evaluation.systems] + ([(HUMAN, human)] if human else [])
+    for name, scores in rows:
+        cells = []
+        for m in metrics:
+            ci = _interval(intervals, name, m)
+            ci_html = f'<span class="ci">{_fmt(ci[0])}–{_fmt(ci[1])}</span>' if ci else ""
+            cells.append(f'<td class="num">{_fmt(scores.get(m))}{ci_html}</td>')
+        out.append(f'<tr><td>{e(name)}</td><td class="num">{n}</td>' + "".join(cells) + "</tr>")
+    out.append(f"</table><p class=\"note\">Scores on coco-caption's scale (0-1; CIDEr is CIDEr-D and can exceed 1), "
+               f"computed with pycocoevalcap. Below each score: {_CI_NOTE} With {n} videos the intervals are wide: "
+               "differences inside them are not evidence of a better system. The human-agreement row scores each "
+               "video's first reference against its other references with the same scorer: a rough ceiling.</p>")
+    out.append(f"<h2>Published results (MSVD test split, {PUBLISHED_MSVD_VIDEOS} videos)</h2>"
+               "<p class=\"note\">Other papers' numbers on other videos, for scale only: comparable with the table "
+               f"above only when this run covers the same {PUBLISHED_MSVD_VIDEOS} videos.</p>"
+               '<table class="published"><tr><th>system</th><th>videos</th>'
+               + "".join(f"<th>{e(m)}</th>" for m in metrics) + "<th>source</th></tr>")
+    for p in PUBLISHED_MSVD:
+        out.append(f'<tr><td>{e(p["name"])}</td><td class="num">{PUBLISHED_MSVD_VIDEOS}</td>'
+                   + "".join(f'<td class="num">{_fmt(p["scores"].get(m))}</td>' for m in metrics)
+                   + f'<td class="note">{e(p["source"])}</td></tr>')
+    out.append("</table>")
 
     out.append("<h2>Captions</h2><table><tr><th>system</th><th>mean length</th><th>distinct words</th>"
                "<th>unique captions</th><th>copied from training</th></tr>")
@@ -364,7 +482,7 @@ def _video_table(evaluation: Evaluation, ids: Sequence[str], strips: dict, conce
                             for s in evaluation.systems[1:])
         references = evaluation.references[video_id]
         refs = "".join(f"<li>{e(r)}</li>" for r in references)
-        rows.append(f"<tr><td><code>{e(video_id)}</code><br>{frames}</td>"
+        rows.append(f'<tr><td class="video"><code>{e(video_id)}</code><br>{frames}</td>'
                     f'<td class="captions"><div class="caption">{e(model.captions[video_id])}</div>'
                     f"{_concepts_html((concepts or {}).get(video_id))}{baselines}"
                     f"<details><summary>{len(references)} references</summary><ol class=\"refs\">{refs}</ol>"
@@ -375,16 +493,33 @@ def _video_table(evaluation: Evaluation, ids: Sequence[str], strips: dict, conce
     return "\n".join(rows)
 
 
-def _markdown(evaluation: Evaluation, title: str, plot_files: dict[str, str], stats: dict, notes: list[str]) -> str:
+def _markdown(evaluation: Evaluation, title: str, plot_files: dict[str, str], stats: dict, notes: list[str],
+              provenance: Mapping[str, str] | None = None, intervals: Mapping | None = None,
+              human: Mapping[str, float] | None = None) -> str:
     def cell(text: str) -> str:
         return " ".join(str(text).split()).replace("|", "\\|")
 
     metrics = evaluation.metrics
-    lines = [f"# {cell(title)}", "", *(f"_{cell(n)}_\n" for n in notes), "## Scores", "",
-             "| system | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
-    for name, scores, source in _metric_rows(evaluation):
-        label = cell(name) + (f" ({cell(source)})" if source else "")
-        lines.append(f"| {label} | " + " | ".join(_fmt(scores[m]) for m in metrics) + " |")
+    n = len(evaluation.ids)
+    lines = [f"# {cell(title)}", "", *(f"_{cell(note)}_\n" for note in notes)]
+    if provenance:
+        lines += ["## Run", "", "| | |", "|---|---|", *(f"| {cell(k)} | `{cell(v)}` |" for k, v in provenance.items()),
+                  ""]
+    lines += [f"## Scores on this run's {n} videos", "",
+              "| system | videos | " + " | ".join(metrics) + " |", "|---|---:|" + "---:|" * len(metrics)]
+    for name, scores in [(s.name, s.corpus) for s in evaluation.systems] + ([(HUMAN, human)] if human else []):
+        def shown(m):
+            ci = _interval(intervals, name, m)
+            return _fmt(scores.get(m)) + (f" ({_fmt(ci[0])}–{_fmt(ci[1])})" if ci else "")
+        lines.append(f"| {cell(name)} | {n} | " + " | ".join(shown(m) for m in metrics) + " |")
+    lines += ["", f"_In brackets: {_CI_NOTE}_", "",
+              f"## Published results (MSVD test split, {PUBLISHED_MSVD_VIDEOS} videos)", "",
+              f"_Other papers' numbers on other videos, for scale only: comparable only when this run covers the "
+              f"same {PUBLISHED_MSVD_VIDEOS} videos._", "",
+              "| system | videos | " + " | ".join(metrics) + " | source |", "|---|---:|" + "---:|" * len(metrics) + "---|"]
+    for p in PUBLISHED_MSVD:
+        lines.append(f"| {cell(p['name'])} | {PUBLISHED_MSVD_VIDEOS} | "
+                     + " | ".join(_fmt(p["scores"].get(m)) for m in metrics) + f" | {cell(p['source'])} |")
     lines += ["", "## Captions", "", "| system | mean length | distinct words | unique captions | copied from training |",
               "|---|---:|---:|---:|---:|"]
     for name, s in stats.items():
@@ -407,14 +542,17 @@ def _markdown(evaluation: Evaluation, title: str, plot_files: dict[str, str], st
 def write_report(evaluation: Evaluation, out_dir: str | os.PathLike, *, videos: str | os.PathLike | None = None,
                  run: str | os.PathLike | None = None, train_references: Mapping[str, Sequence[str]] | None = None,
                  title: str | None = None, progress: bool = True,
-                 concepts: Mapping[str, dict] | None = None) -> dict[str, Path]:
+                 concepts: Mapping[str, dict] | None = None, provenance: Mapping[str, str] | None = None,
+                 human: Mapping[str, float] | None = None) -> dict[str, Path]:
     """Write report.html, report.md (+ plots/) and report.json for an evaluation; returns their paths.
 
-    `concepts`: per video, what the backbones' heads recognised (`prediction_concepts`)."""
+    `concepts`: per video, what the backbones' heads recognised (`prediction_concepts`);
+    `provenance`: what produced the predictions (`run_provenance`); `human`: the human-agreement
+    scores (`human_agreement`)."""
     out = Path(out_dir)
     title = title or "Video captioning evaluation"
-    notes = [f"{len(evaluation.ids)} videos scored"
-             + "".join(f"; {n} {what} ids left out" for what, n in evaluation.excluded.items() if n)]
+    notes = _scope_notes(evaluation)
+    intervals = bootstrap_intervals(evaluation)
     training_captions = None
     if train_references is not None:
         training_captions = {" ".join(tokenize(c)) for caps in train_references.values() for c in caps}
@@ -439,11 +577,16 @@ def write_report(evaluation: Evaluation, out_dir: str | os.PathLike, *, videos: 
         (out / "plots" / f"{key}.png").write_bytes(png)
         plot_files[key] = f"plots/{key}.png"
     paths = {"html": out / "report.html", "markdown": out / "report.md", "json": out / "report.json"}
-    paths["html"].write_text(_html(evaluation, title, plots, strips, stats, notes, concepts), encoding="utf-8")
-    paths["markdown"].write_text(_markdown(evaluation, title, plot_files, stats, notes), encoding="utf-8")
+    paths["html"].write_text(_html(evaluation, title, plots, strips, stats, notes, concepts, provenance, intervals,
+                                   human), encoding="utf-8")
+    paths["markdown"].write_text(_markdown(evaluation, title, plot_files, stats, notes, provenance, intervals, human),
+                                 encoding="utf-8")
     if curves is not None:  # JSON has no NaN: an epoch without validation is null
         curves = {k: [None if math.isnan(v) else v for v in values] for k, values in curves.items()}
-    report = {"title": title, **evaluation.to_dict(),
+    report = {"title": title, "provenance": dict(provenance) if provenance else None, **evaluation.to_dict(),
+              "intervals": {name: {m: list(ci) for m, ci in by_metric.items()} for name, by_metric in intervals.items()},
+              "interval_method": _CI_NOTE, "human_agreement": dict(human) if human else None,
+              "published_videos": PUBLISHED_MSVD_VIDEOS,
               "caption_stats": {name: vars(s) for name, s in stats.items()},
               "published": PUBLISHED_MSVD, "training_curves": curves,
               "concepts": {i: concepts[i] for i in evaluation.ids if i in concepts} if concepts else None}
@@ -462,8 +605,11 @@ def report_files(predictions: str | os.PathLike, references: str | os.PathLike, 
     predicted = read_predictions(predictions)
     refs = read_references(references, split)
     train_refs = read_references(train_references, train_split) if train_references is not None else None
-    evaluation = evaluate(predicted, refs, metrics=metrics, train_references=train_refs,
-                          train_features=train_features, test_features=test_features, k=k,
-                          predictions_name=str(predictions), references_name=str(references))
+    with Scorer(metrics) as scorer:
+        evaluation = evaluate(predicted, refs, metrics=metrics, train_references=train_refs,
+                              train_features=train_features, test_features=test_features, k=k, scorer=scorer,
+                              predictions_name=str(predictions), references_name=str(references))
+        human = human_agreement(evaluation.references, scorer)
     return write_report(evaluation, out_dir, videos=videos, run=run, train_references=train_refs, title=title,
-                        progress=progress, concepts=prediction_concepts(predictions, test_features or train_features))
+                        progress=progress, concepts=prediction_concepts(predictions, test_features or train_features),
+                        provenance=run_provenance(predictions, references, split), human=human)

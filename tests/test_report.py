@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from captioner.errors import CaptionerError
-from captioner.evaluate import CONSTANT, MODEL, NEAREST, evaluate
-from captioner.report import PUBLISHED_MSVD, write_report
+from captioner.evaluate import CONSTANT, MODEL, NEAREST, Evaluation, SystemScores, evaluate
+from captioner.report import (PUBLISHED_MSVD, PUBLISHED_MSVD_VIDEOS, _examples, ranking_metric, report_files,
+                              write_report)
 from captioner.store import open_features
 from eval_helpers import assert_one_line_error, msvd_test_refs, read_msvd_tsv, run_cli, scorer  # noqa: F401
 
@@ -62,11 +63,22 @@ def test_report_files(report):
     markdown = paths["markdown"].read_text(encoding="utf-8")
     for key in ("scores", "lengths", "vocabulary", "training"):
         assert f"(plots/{key}.png)" in markdown and (paths["markdown"].parent / "plots" / f"{key}.png").is_file()
-    assert PUBLISHED_MSVD[1]["name"] in markdown and "| system | BLEU-1 | BLEU-2" in markdown
+    assert PUBLISHED_MSVD[1]["name"] in markdown and "| system | videos | BLEU-1 | BLEU-2" in markdown
 
     page = paths["html"].read_text(encoding="utf-8")
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|@import|url\(\s*["']?http""", page)
     assert "MSVD &lt;clips&gt; &amp; co" in page  # user text is escaped
+    # this run's scores and the published ones (other videos) are separate tables, each with its sample size
+    ours = page[page.index("<h2>Scores on this run"):page.index("<h2>Published results")]
+    assert PUBLISHED_MSVD[0]["name"] not in ours and f'<td class="num">{len(evaluation.ids)}</td>' in ours
+    published = page[page.index("<h2>Published results"):page.index("<h2>Captions</h2>")]
+    assert PUBLISHED_MSVD[0]["name"] in published and f'<td class="num">{PUBLISHED_MSVD_VIDEOS}</td>' in published
+    assert "ids left out" not in page
+    for name, by_metric in data["intervals"].items():
+        for metric, (low, high) in by_metric.items():
+            assert 0 <= low <= high, (name, metric)
+    low, high = data["intervals"][MODEL]["CIDEr"]  # corpus CIDEr is the mean of per-video CIDEr
+    assert low <= data["systems"][MODEL]["CIDEr"] <= high and high - low > 0.01
     wrong = evaluation.ids[0]
     worst = page[page.index("<h3>Worst</h3>"):page.index("<h2>Plots</h2>")]
     assert wrong in worst and "a woman is slicing an onion" in worst  # the wrong caption ranks last
@@ -79,7 +91,7 @@ def test_report_renders_in_chromium(report):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors, requests = [], []
             page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
             page.on("pageerror", lambda error: errors.append(str(error)))
@@ -87,11 +99,17 @@ def test_report_renders_in_chromium(report):
             page.goto(paths["html"].as_uri(), wait_until="load")
             images = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
             title = page.title()
+            # the per-video tables must fit a laptop window: no column cut off, no sideways scrolling
+            page_width = page.evaluate("document.documentElement.scrollWidth")
+            widest_table = page.evaluate("Math.max(...Array.from(document.querySelectorAll('table'))"
+                                         ".map(t => t.getBoundingClientRect().right))")
+            page.screenshot(path=str(paths["html"].parent / "report-1280.png"), full_page=True)
         finally:
             browser.close()
     assert errors == []
     assert requests == [paths["html"].as_uri()]  # nothing fetched from anywhere else
     assert title == "MSVD <clips> & co"
+    assert page_width <= 1280 and widest_table <= 1280, (page_width, widest_table)
     assert images and all(complete and width > 0 for _, complete, width in images), images
     frames = [alt for alt, _, _ in images if alt.startswith("frames of ")]
     best_and_worst = 2 * min(5, len(evaluation.ids) // 2)
@@ -133,3 +151,44 @@ def test_write_report_rejects_a_bad_run_directory(report, tmp_path):
     (tmp_path / "metrics.csv").write_text("step;loss\n1;2\n", encoding="utf-8")
     with pytest.raises(CaptionerError, match="'epoch' column"):
         write_report(evaluation, tmp_path / "out", run=tmp_path, progress=False)
+
+
+def test_report_says_what_produced_it(tmp_path, msvd_case, monkeypatch):
+    """The report names the model, decoding, inputs, version, date and command; the 661 test videos
+    without a prediction read as a subset, and a human-agreement row scores references against each other."""
+    predictions, references, *_ = msvd_case
+    pred_file = tmp_path / "predictions.jsonl"
+    pred_file.write_text("".join(json.dumps({"id": i, "caption": c, "model": "runs/msvd/model.pt", "beam": 3,
+                                             "length_penalty": 0.5}) + "\n" for i, c in predictions.items()),
+                         encoding="utf-8")
+    ref_file = tmp_path / "references.json"
+    ref_file.write_text(json.dumps({**references, "not-captioned": ["a man is talking"]}), encoding="utf-8")
+    monkeypatch.setattr("sys.argv", ["captioner", "report", "--predictions", str(pred_file)])
+    paths = report_files(pred_file, ref_file, tmp_path / "out", metrics="BLEU,CIDEr", progress=False)
+    data = json.loads(paths["json"].read_text(encoding="utf-8"))
+    run = data["provenance"]
+    assert run["model"] == "runs/msvd/model.pt" and run["decoding"] == "beam 3, length penalty 0.5"
+    assert run["references"] == str(ref_file) and run["predictions"] == str(pred_file)
+    assert run["captioner version"] and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", run["date"])
+    assert run["command"] == f"captioner report --predictions {pred_file}"
+    page = paths["html"].read_text(encoding="utf-8")
+    assert "<h2>Run</h2>" in page and "runs/msvd/model.pt" in page and "runs/msvd/model.pt" in \
+        paths["markdown"].read_text(encoding="utf-8")
+    assert "1 more videos that have no prediction" in page and "left out" not in page
+    human = data["human_agreement"]
+    assert set(human) == set(data["metrics"]) and 0 < human["BLEU-4"] < 1 and human["CIDEr"] > 0.1
+    assert "human agreement" in page
+
+
+def test_best_videos_are_not_ranked_by_one_rare_word():
+    """A wrong caption sharing one rare word with one reference gets a high per-video CIDEr; the
+    best and worst examples are ranked by METEOR when it was scored, by CIDEr only without it."""
+    scores = {"right": {"METEOR": 0.45, "CIDEr": 1.1}, "wrong": {"METEOR": 0.12, "CIDEr": 1.6},
+              "middling": {"METEOR": 0.3, "CIDEr": 0.5}}
+    model = SystemScores(MODEL, {"right": "a roller coaster is moving", "wrong": "people are sitting on a bench",
+                                 "middling": "a car"}, {}, scores)
+    evaluation = Evaluation(list(scores), {i: ["x"] for i in scores}, ("METEOR", "CIDEr"), [model])
+    assert ranking_metric(evaluation) == "METEOR"
+    assert _examples(evaluation) == (["right"], ["wrong"])
+    without_meteor = Evaluation(list(scores), {i: ["x"] for i in scores}, ("CIDEr",), [model])
+    assert ranking_metric(without_meteor) == "CIDEr"
