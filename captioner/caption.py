@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from . import __version__
 from .atomic import atomic_write
 from .concepts import heads, top_concepts
 from .errors import CaptionerError
@@ -53,6 +54,12 @@ class Caption:
     # What the backbones' classifier heads recognise (concept models): {"actions": [{"name", "p"}],
     # "objects": [...]}, most probable first; why the model said what it said.
     concepts: dict | None = None
+    # How it was made, so a report can say (captioner report's "Run" table).
+    checkpoint: str | None = None
+    beam: int | None = None
+    length_penalty: float | None = None
+    max_len: int | None = None
+    captioner_version: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,6 +83,7 @@ class Captioner:
         provenance = model.provenance or {}
         self.sampling = provenance.get("frames", "uniform:16")
         self.concept_heads = heads(provenance)
+        self.checkpoint_path = model.path  # load() names the checkpoint the export came from
 
     @classmethod
     def load(cls, model: str | os.PathLike = "default", device: str = "auto", runtime: str = "auto",
@@ -109,7 +117,9 @@ class Captioner:
         inference.check_features({**backbone.provenance(), "frames": provenance.get("frames")}, path)
         name = "default" if str(model) == "default" else path.stem
         model_id = f"{name}:{provenance['backbone']}:{digest[:12]}"
-        return cls(inference, backbone, device, model_id, time.perf_counter() - started)
+        captioner = cls(inference, backbone, device, model_id, time.perf_counter() - started)
+        captioner.checkpoint_path = path
+        return captioner
 
     # ------------------------------------------------------------------ features
     def _decoded(self, path, start: float | None = None, end: float | None = None):
@@ -200,7 +210,9 @@ class Captioner:
         return Caption(path=str(path), id=Path(path).stem, caption=caption, score=score,
                        alternatives=[{"caption": c, "score": s} for c, s in nbest], model=self.model_id,
                        timing={k: round(v, 4) for k, v in timing.items()}, segments=windows,
-                       concepts=top_concepts(pooled, self.concept_heads) if self.concept_heads else None)
+                       concepts=top_concepts(pooled, self.concept_heads) if self.concept_heads else None,
+                       checkpoint=str(self.checkpoint_path) if self.checkpoint_path else None, beam=beam,
+                       length_penalty=self.length_penalty, max_len=max_len, captioner_version=__version__)
 
     def _segments(self, path, info, seconds: float, beam: int, max_len: int, timing: dict,
                   whole: tuple[str, float], progress: Callable[[int, int], None] | None = None) -> list[Segment]:

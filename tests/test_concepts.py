@@ -260,6 +260,9 @@ def test_default_model_captions_the_test_clips_fluently_and_differently(msvd_cli
     motorcycle = results["klteYv1Uv9A_27_33"].to_dict()["concepts"]
     assert motorcycle["actions"][0]["name"] == "motorcycling" and motorcycle["actions"][0]["p"] > 0.5
     assert len(motorcycle["objects"]) == 5
+    made = results["klteYv1Uv9A_27_33"].to_dict()
+    assert (made["beam"], made["length_penalty"], made["max_len"]) == (3, 0.5, 20)
+    assert made["checkpoint"] and made["captioner_version"]
     for caption in captions:
         words = caption.split()
         assert words and "<unk>" not in words
