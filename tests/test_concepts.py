@@ -252,7 +252,7 @@ def test_default_model_captions_the_test_clips_fluently_and_differently(msvd_cli
     vids = msvd_vid_numbers()
     test_clips = [c for c in msvd_clips if vids[c.stem] in MSVD_TEST_CLIPS]
     captioner = Captioner.load()
-    assert heads(captioner.checkpoint.provenance)  # the shipped model reads concepts
+    assert heads(captioner.model.provenance)  # the shipped model reads concepts
     results = {clip.stem: captioner.caption(clip) for clip in test_clips}
     captions = [r.caption for r in results.values()]
     assert len(test_clips) == 9
