@@ -113,22 +113,29 @@ def read_training_curves(run_dir: str | os.PathLike) -> dict[str, list[float]]:
     return columns
 
 
+def _caption_records(predictions: str | os.PathLike):
+    """The objects of a `captioner caption --json` file, one per line (nothing for other formats)."""
+    path = Path(predictions)
+    if path.suffix.lower() != ".jsonl":
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # read_predictions has already said what is wrong with the file
+        if isinstance(record, dict):
+            yield record
+
+
 def prediction_provenance(predictions: str | os.PathLike) -> dict[str, str]:
     """What made the predictions, from the `captioner caption --json` lines that record it: each
     field's distinct values joined (several models in one file show as several values)."""
-    path = Path(predictions)
     seen: dict[str, list[str]] = {}
-    if path.suffix.lower() == ".jsonl":
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # read_predictions has already said what is wrong with the file
-            if isinstance(record, dict):
-                for name in _PROVENANCE_FIELDS:
-                    value = record.get(name)
-                    if value is not None and str(value) not in seen.setdefault(name, []):
-                        seen[name].append(str(value))
+    for record in _caption_records(predictions):
+        for name in _PROVENANCE_FIELDS:
+            value = record.get(name)
+            if value is not None and str(value) not in seen.setdefault(name, []):
+                seen[name].append(str(value))
     return {name: ", ".join(values) for name, values in seen.items() if values}
 
 
@@ -443,16 +450,8 @@ def _concepts_html(concepts: Mapping | None) -> str:
 def prediction_concepts(predictions: str | os.PathLike, test_features=None) -> dict[str, dict]:
     """Per video, the top concepts: from `captioner caption --json` lines that carry them, else
     from the test features where they come from a concept backbone."""
-    found: dict[str, dict] = {}
-    path = Path(predictions)
-    if path.suffix.lower() == ".jsonl":
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # read_predictions has already said what is wrong with the file
-            if isinstance(record, dict) and isinstance(record.get("concepts"), dict) and record.get("id") is not None:
-                found[str(record["id"])] = record["concepts"]
+    found = {str(record["id"]): record["concepts"] for record in _caption_records(predictions)
+             if isinstance(record.get("concepts"), dict) and record.get("id") is not None}
     if not found and test_features is not None:
         from .concepts import heads, top_concepts
         from .store import open_features
