@@ -188,6 +188,8 @@ def step_train(args) -> None:
 
 def step_dev(args) -> None:
     """Caption the held-out dev clips from their stored features and score them beside the baselines."""
+    import torch
+
     from captioner.caption import DEFAULT_LENGTH_PENALTY
     from captioner.datasets import load_captions
     from captioner.evaluate import evaluate
@@ -198,7 +200,7 @@ def step_dev(args) -> None:
     clips = open_features(CLIP_STORE)
     ids = [c.stem for c in dev_clips()]
     vectors = clips.pooled_matrix(ids)[1]
-    hyps = checkpoint.model.generate(__import__("torch").from_numpy(vectors), beam_size=args.beam,
+    hyps = checkpoint.model.generate(torch.from_numpy(vectors), beam_size=args.beam,
                                      length_penalty=DEFAULT_LENGTH_PENALTY)
     predictions = {vid: checkpoint.decode(best[0][0]) for vid, best in zip(ids, hyps)}
     references = {**load_captions(DATA / "msvd" / "captions" / "MSVD_train.tsv"),

@@ -19,8 +19,6 @@ import torch
 from . import register
 from .base import Backbone
 
-KINDS = {1: "objects"}  # by clip_len == 1; clip backbones recognise actions
-
 
 class ConceptBackbone(Backbone):
     def __init__(self, member: Backbone, with_features: bool):
