@@ -66,7 +66,7 @@ def test_openvino_features_agree_with_torch_fp32(name, msvd_clips, data_dir):
     assert exact.precision == ("mixed" if mixed else "fp32")
     assert (exact.decode_short_side, exact.clip_len, exact.feature_dim) == \
            (reference.decode_short_side, reference.clip_len, reference.feature_dim)
-    assert {**exact.provenance(), "runtime": "torch"} == reference.provenance()
+    assert {**exact.provenance(), "runtime": "torch", "precision": "fp32"} == reference.provenance()
     fast = load_backbone(name, runtime="openvino", precision="bf16") if cpu_has_bf16() else None
     points = 2 if reference.clip_len > 1 else 4
     for clip in msvd_clips[-4:]:
