@@ -9,7 +9,9 @@ features within cosine 0.9999 of fp32, but EfficientNet-Lite1/2's only within 0.
 video (0.986 per frame), below the 0.999 the project asks of a runtime, and it changes some
 captions. So `auto` there is fp32 for image backbones and `mixed` for combinations with a clip
 member: the clip members (I3D, most of the time of a concept model) in bf16, the image members
-in fp32. `bf16` runs every member in bf16.
+in fp32. `bf16` runs every member in bf16. `int8` (OpenVINO only, opt-in) runs each member's
+network quantized by NNCF, calibrated once on Flickr8k train photos (image members) or MSVD
+train-split clips (clip members) and cached beside the fp32 network (`captioner.quantize`).
 
 The OpenVINO model is converted from the same module `backbones.create` builds (so every
 backbone that converts gets it, user weights included), with preprocessing (uint8 NHWC in,
@@ -19,6 +21,8 @@ scale, shift, transpose) inside the graph and a dynamic batch dimension, and sav
     CACHE/openvino/<key>/model.xml|bin one member's converted network, key = sha256 of the weights
                                        checksum, input rules, OpenVINO version and FORMAT_VERSION
     CACHE/openvino/<key>/compiled/     OpenVINO's own compiled blobs (its key includes the precision)
+    CACHE/openvino/<key>/int8-<calib>/ the int8 network and its compiled blobs, calib = sha256 of
+                                       the calibration files, settings and NNCF version
 
 A run whose index entry still matches the weight files loads the model without importing
 torch or timm. Anything unreadable in the cache is rebuilt from the torch module, never fatal.
@@ -43,10 +47,11 @@ from .atomic import atomic_write
 from .errors import CaptionerError, UsageError
 
 RUNTIMES = ("auto", "torch", "openvino")
-PRECISIONS = ("auto", "fp32", "bf16", "mixed")
+PRECISIONS = ("auto", "fp32", "bf16", "mixed", "int8")
 # Bump when conversion or the graph's preprocessing changes: older cached models then miss.
 FORMAT_VERSION = 1
-_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+# int8: the operations NNCF quantized run in int8, the others (pooling, softmax, ...) in fp32.
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 def cache_dir() -> Path:
@@ -63,14 +68,15 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", metavar="PRECISION",
                         help="auto (on CPU: fp32, with clip members such as I3D in bf16 where the CPU has "
                              "bf16 units; mixed precision on CUDA), fp32, bf16 (faster, features within cosine "
-                             "0.98-0.9999 of fp32) or mixed (OpenVINO: bf16 clip members, fp32 image members)")
+                             "0.98-0.9999 of fp32), mixed (OpenVINO: bf16 clip members, fp32 image members) or "
+                             "int8 (OpenVINO: NNCF-quantized, calibrated once on Flickr8k/MSVD train data; opt-in)")
 
 
 def check_options(runtime: str, precision: str) -> None:
     if runtime not in RUNTIMES:
         raise UsageError(f"unknown --runtime {runtime!r} (auto, torch or openvino)")
     if precision not in PRECISIONS:
-        raise UsageError(f"unknown --precision {precision!r} (auto, fp32, bf16 or mixed)")
+        raise UsageError(f"unknown --precision {precision!r} (auto, fp32, bf16, mixed or int8)")
 
 
 def resolve_device(device: str) -> str:
@@ -103,6 +109,8 @@ def resolve(runtime: str, precision: str, device: str) -> tuple[str, str]:
         raise UsageError("--runtime openvino runs on the CPU; with --device cuda use --runtime torch or auto")
     if precision == "mixed" and runtime != "openvino":
         raise UsageError("--precision mixed is an OpenVINO precision; with --runtime torch use fp32 or bf16")
+    if precision == "int8" and runtime != "openvino":
+        raise UsageError("--precision int8 is an OpenVINO precision; with --runtime torch use fp32 or bf16")
     if precision == "auto":
         # CUDA keeps the backbone's mixed precision (bf16, or fp16 on older GPUs). On the CPU see
         # the module doc; `mixed` falls back to fp32 for backbones without clip members.
@@ -113,6 +121,8 @@ def resolve(runtime: str, precision: str, device: str) -> tuple[str, str]:
     if precision in ("bf16", "mixed") and runtime == "openvino" and not cpu_has_bf16():
         raise UsageError(f"--precision {precision}: this CPU has no bf16 support (OpenVINO's "
                          "OPTIMIZATION_CAPABILITIES lacks BF16); use fp32")
+    if precision == "int8" and "INT8" not in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        raise UsageError("--precision int8: OpenVINO lists no INT8 support for this CPU; use fp32")
     return runtime, precision
 
 
@@ -146,7 +156,7 @@ def load_backbone(provenance_or_name: str | dict, runtime: str = "auto", precisi
     try:
         return OpenVINOFeatures.load(spec, precision)
     except ConversionError as exc:
-        if asked == "openvino":
+        if asked == "openvino" or precision == "int8":
             raise CaptionerError(f"backbone {spec} cannot run on OpenVINO: {exc}") from None
         warnings.warn(f"backbone {spec} runs on PyTorch: OpenVINO cannot convert it ({exc})", stacklevel=2)
         return TorchFeatures(_create_torch(spec, device), precision)
@@ -275,7 +285,8 @@ def _concat_members(members, frames: np.ndarray, run) -> np.ndarray:
 class _CompiledMember:
     """One backbone's network compiled by OpenVINO: uint8 (N,[L,]S,S,3) in, features out."""
 
-    def __init__(self, meta: dict, compiled):
+    def __init__(self, meta: dict, compiled, calibration: str | None = None):
+        self.calibration = calibration  # int8: the calibration key
         self.name = meta["provenance"]["backbone"]
         self.input_size = meta["input_size"]
         self.clip_len = meta["clip_len"]
@@ -316,7 +327,10 @@ class OpenVINOFeatures:
         return list(self._class_names)
 
     def provenance(self) -> dict:
-        return {**self._provenance, "runtime": self.runtime, "precision": self.precision}
+        calibration = [m.calibration for m in self._members if m.calibration]
+        # int8 features depend on the calibration: a store refuses int8 features of another one.
+        return {**self._provenance, "runtime": self.runtime, "precision": self.precision,
+                **({"int8_calibration": "+".join(calibration)} if calibration else {})}
 
     @property
     def has_clip_members(self) -> bool:
@@ -398,14 +412,30 @@ class _ModelCache:
             meta = json.loads((model_dir / "meta.json").read_text())
             if precision == "mixed":
                 precision = "bf16" if meta["clip_len"] > 1 else "fp32"
-            compiled = _core().compile_model(str(model_dir / "model.xml"), "CPU", {
+            network, calibration = model_dir, None
+            if precision == "int8":
+                network, calibration = self._quantized(model_dir, meta)
+            compiled = _core().compile_model(str(network / "model.xml"), "CPU", {
                 "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
-                "CACHE_DIR": str(model_dir / "compiled")})
-            return _CompiledMember(meta, compiled)
+                "CACHE_DIR": str(network / "compiled")})
+            return _CompiledMember(meta, compiled, calibration)
         except (OSError, ValueError, KeyError, RuntimeError):
             # A truncated or corrupt file: drop the model so it is converted again.
             shutil.rmtree(model_dir, ignore_errors=True)
             return None
+
+    def _quantized(self, model_dir: Path, meta: dict) -> tuple[Path, str]:
+        """The member's int8 network (quantized now if not cached) and its calibration key."""
+        from . import quantize
+
+        files = quantize.calibration_files(meta["clip_len"])
+        calibration = quantize.calibration_key(files, meta["clip_len"])
+        network = model_dir / f"int8-{calibration}"
+        if not (network / "model.xml").exists():
+            quantize.quantize(model_dir / "model.xml", network, meta)
+        # An unreadable int8 network fails compile_model below, which drops the member's folder:
+        # it is converted and quantized again.
+        return network, calibration
 
     def convert(self, spec: str) -> dict:
         """Build the torch backbone, convert each member not already cached, record the spec."""

@@ -189,7 +189,7 @@ def test_bad_runtime_or_precision_is_a_one_line_usage_error(flag, value, tmp_pat
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"captioner: error: unknown {flag} {value!r} " +
                                                   ("(auto, torch or openvino)" if flag == "--runtime"
-                                                   else "(auto, fp32, bf16 or mixed)")]
+                                                   else "(auto, fp32, bf16, mixed or int8)")]
     with pytest.raises(UsageError):
         load_backbone("efficientnet_lite0", runtime="onnx")
 
