@@ -37,6 +37,9 @@ from .errors import CaptionerError, UsageError
 VIDEOS_PER_WORKER = 64
 # Bytes hashed at each end of an input to tell a replaced file from the one extracted.
 FINGERPRINT_SPAN = 1 << 20
+# Without decoding processes (workers=0), decode the next video in a thread while the backbone
+# runs on the current one (FFmpeg and OpenVINO both release the GIL).
+DECODE_AHEAD = False
 
 
 @dataclass
@@ -166,8 +169,8 @@ class _Decoder:
 
     def __iter__(self):
         if self._pool is None:
-            while self._todo:
-                yield _decode_task(self._todo.popleft(), *self._args)
+            yield from (self._decode_ahead() if DECODE_AHEAD else
+                        (_decode_task(self._todo.popleft(), *self._args) for _ in range(len(self._todo))))
             return
         try:
             while self._todo or self._running:
@@ -193,6 +196,20 @@ class _Decoder:
             raise
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _decode_ahead(self):
+        """Inline decoding, one video ahead in a thread: at most two decoded videos in memory.
+        Leaving early (an error, Ctrl-C) waits only for the one video being decoded."""
+        with cf.ThreadPoolExecutor(1, thread_name_prefix="captioner-decode") as pool:
+            pending: collections.deque[cf.Future] = collections.deque()
+            try:
+                while self._todo or pending:
+                    while self._todo and len(pending) < 2:
+                        pending.append(pool.submit(_decode_task, self._todo.popleft(), *self._args))
+                    yield pending.popleft().result()
+            finally:
+                for future in pending:
+                    future.cancel()
 
     def _stop_workers(self) -> None:
         # Interrupted runs must end now: a plain shutdown lets each worker finish its video

@@ -12,8 +12,12 @@
 The bound is what a perfect pipeline could reach from the two measured halves of the runtime
 in use: on CPU they compete for the same cores, so 1/(1/decode + 1/backbone); on a GPU they
 overlap, so min(decode, backbone). Unless --no-table, a table follows with backbone-only and
-end-to-end frames/s and the features' least cosine to PyTorch fp32 for each runtime and
-precision (torch fp32, torch bf16, openvino fp32, openvino bf16). The last line is
+end-to-end frames/s and the features' cosine to PyTorch fp32 (worst frame, worst pooled
+video) for each runtime and precision (torch fp32, torch bf16, openvino fp32, openvino bf16,
+openvino int8: NNCF-quantized, see captioner/quantize.py; a row that cannot run says why).
+With --routes, end-to-end frames/s of the ways tried to close the gap to 3x naive follow
+(decoding at full size instead of the backbone's, decoding one video ahead in a thread
+while the backbone runs, int8), all in this run. The last line is
 `ratio_vs_naive=X.XX ratio_vs_bound=Y.YY` for the runtime in use.
 
 Clips: by default the 9 test-split clips of the shared MSVD folder (MSVD's split by video
@@ -33,7 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DEFAULT_CLIPS = ROOT.parent / "shared" / "data" / "msvd" / "clips"
-RUNTIME_TABLE = [("torch", "fp32"), ("torch", "bf16"), ("openvino", "fp32"), ("openvino", "bf16")]
+RUNTIME_TABLE = [("torch", "fp32"), ("torch", "bf16"), ("openvino", "fp32"), ("openvino", "bf16"),
+                 ("openvino", "int8")]
 
 
 def measure(fn):
@@ -58,6 +63,13 @@ def cosine_floor(a, b) -> float:
     return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())
 
 
+def pooled(features, lengths):
+    """Per-video mean of per-frame features laid end to end."""
+    import numpy as np
+
+    return np.stack([part.mean(0) for part in np.split(features, np.cumsum(lengths)[:-1])])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=Path, default=DEFAULT_CLIPS)
@@ -70,6 +82,7 @@ def main() -> None:
     parser.add_argument("--subset", default="test", choices=["test", "all"],
                         help="MSVD's test-split clips of --clips (default) or all of them")
     parser.add_argument("--no-table", action="store_true", help="skip the per-runtime table")
+    parser.add_argument("--routes", action="store_true", help="also time the end-to-end variants (see above)")
     args = parser.parse_args()
 
     import cv2
@@ -77,6 +90,7 @@ def main() -> None:
     import torch
 
     from captioner import backbones
+    from captioner.errors import CaptionerError
     from captioner.extract import ExtractConfig, default_batch_size, extract, resolve_device
     from captioner.runtime import cpu_has_bf16, load_backbone
     from captioner.video import Sampling, decode, probe, sample_indices
@@ -129,8 +143,12 @@ def main() -> None:
 
         return measure(run), np.concatenate(outputs)
 
-    def end_to_end(runtime: str, precision: str, batch: int | None) -> float:
+    def end_to_end(runtime: str, precision: str, batch: int | None, decode_ahead: bool | None = None) -> float:
         def run():
+            if decode_ahead is not None:
+                import captioner.extract
+
+                captioner.extract.DECODE_AHEAD = decode_ahead
             with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as quiet:
                 config = ExtractConfig(backbone=args.backbone, frames=args.frames, batch_size=batch,
                                        device=device, runtime=runtime, precision=precision)
@@ -169,17 +187,45 @@ def main() -> None:
         print(f"\nper runtime, {cpu}:")
         print("| runtime | precision | batch | backbone-only frames/s | end-to-end frames/s | cosine to torch fp32 (min) |")
         print("|---|---|---|---|---|---|")
+        print("| runtime | precision | batch | backbone-only frames/s | end-to-end frames/s "
+              "| cosine to torch fp32: worst frame | worst video (pooled) |")
+        print("|---|---|---|---|---|---|---|")
         reference = None
+        lengths = [len(f) for f in decoded]
         for runtime, precision in RUNTIME_TABLE:
             if precision == "bf16" and runtime == "openvino" and not cpu_has_bf16():
                 continue
-            fx = load_backbone(args.backbone, runtime, precision, device)
+            try:
+                fx = load_backbone(args.backbone, runtime, precision, device)
+            except CaptionerError as exc:  # int8 without NNCF or calibration data
+                print(f"| {runtime} | {precision} | — | — | — | {exc} | |")
+                continue
             batch = args.batch_size or default_batch_size(device, runtime)
             fx.features(warm.frames)
             fps, features = backbone_fps(fx, batch)
             reference = features if reference is None else reference
             print(f"| {runtime} | {precision} | {batch} | {fps:.1f} | {end_to_end(runtime, precision, batch):.1f} "
-                  f"| {cosine_floor(features, reference):.4f} |")
+                  f"| {cosine_floor(features, reference):.4f} "
+                  f"| {cosine_floor(pooled(features, lengths), pooled(reference, lengths)):.4f} |", flush=True)
+        print()
+
+    if args.routes:
+        import captioner.extract
+
+        default_ahead = captioner.extract.DECODE_AHEAD
+        print("routes, end-to-end frames/s (same run):")
+        full_size = measure(lambda: sum(len(decode(c, sampling, clip_len=backbone.clip_len).frames) for c in clips))
+        print(f"  decode-only at full size (no short_side): {full_size:.1f} (at the backbone's size: {decode_fps:.1f})")
+        for runtime, precision in [(args.runtime, args.precision), ("openvino", "int8")]:
+            for ahead in (False, True):
+                try:
+                    fps = end_to_end(runtime, precision, args.batch_size, decode_ahead=ahead)
+                except CaptionerError as exc:
+                    print(f"  {runtime} {precision}: {exc}")
+                    break
+                print(f"  {runtime} {precision}, {'decode one video ahead in a thread' if ahead else 'decode inline'}: "
+                      f"{fps:.1f} ({fps / naive_fps:.2f}x naive)", flush=True)
+        captioner.extract.DECODE_AHEAD = default_ahead
         print()
 
     bound = min(decode_fps, backbone_only) if device == "cuda" else 1 / (1 / decode_fps + 1 / backbone_only)
