@@ -9,9 +9,9 @@ features within cosine 0.9999 of fp32, but EfficientNet-Lite1/2's only within 0.
 video (0.986 per frame), below the 0.999 the project asks of a runtime, and it changes some
 captions. So `auto` there is fp32 for image backbones and `mixed` for combinations with a clip
 member: the clip members (I3D, most of the time of a concept model) in bf16, the image members
-in fp32. `bf16` runs every member in bf16. `int8` (OpenVINO only, opt-in) runs each member's
-network quantized by NNCF, calibrated once on Flickr8k train photos (image members) or MSVD
-train-split clips (clip members) and cached beside the fp32 network (`captioner.quantize`).
+in fp32. `bf16` runs every member in bf16. `int8` (OpenVINO only, opt-in) runs each image
+member's network quantized by NNCF, calibrated once on Flickr8k train photos and cached beside
+the fp32 network, and clip members as `auto` does (`captioner.quantize` says why).
 
 The OpenVINO model is converted from the same module `backbones.create` builds (so every
 backbone that converts gets it, user weights included), with preprocessing (uint8 NHWC in,
@@ -69,7 +69,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (on CPU: fp32, with clip members such as I3D in bf16 where the CPU has "
                              "bf16 units; mixed precision on CUDA), fp32, bf16 (faster, features within cosine "
                              "0.98-0.9999 of fp32), mixed (OpenVINO: bf16 clip members, fp32 image members) or "
-                             "int8 (OpenVINO: NNCF-quantized, calibrated once on Flickr8k/MSVD train data; opt-in)")
+                             "int8 (OpenVINO, opt-in: image members NNCF-quantized, calibrated once on Flickr8k train photos)")
 
 
 def check_options(runtime: str, precision: str) -> None:
@@ -367,6 +367,8 @@ class OpenVINOFeatures:
                 raise ConversionError("OpenVINO cannot compile the converted network")
         if precision == "mixed" and not any(m.clip_len > 1 for m in members):
             precision = "fp32"  # nothing runs in bf16: the features are fp32 ones
+        if precision == "int8" and all(m.clip_len > 1 for m in members):
+            precision = "bf16" if cpu_has_bf16() else "fp32"  # clip members are not quantized
         return cls(entry, members, precision, cache_hit=cache_hit)
 
 
@@ -412,6 +414,8 @@ class _ModelCache:
             meta = json.loads((model_dir / "meta.json").read_text())
             if precision == "mixed":
                 precision = "bf16" if meta["clip_len"] > 1 else "fp32"
+            elif precision == "int8" and meta["clip_len"] > 1:  # see captioner.quantize
+                precision = "bf16" if cpu_has_bf16() else "fp32"
             network, calibration = model_dir, None
             if precision == "int8":
                 network, calibration = self._quantized(model_dir, meta)
@@ -428,8 +432,8 @@ class _ModelCache:
         """The member's int8 network (quantized now if not cached) and its calibration key."""
         from . import quantize
 
-        files = quantize.calibration_files(meta["clip_len"])
-        calibration = quantize.calibration_key(files, meta["clip_len"])
+        files = quantize.calibration_files()
+        calibration = quantize.calibration_key(files)
         network = model_dir / f"int8-{calibration}"
         if not (network / "model.xml").exists():
             quantize.quantize(model_dir / "model.xml", network, meta)
