@@ -117,7 +117,7 @@ def _add_train(sub) -> None:
                        description="Train the caption model described by a YAML config (see configs/). "
                                    "Writes RUN/config.yaml, last.pt, best.pt and metrics.csv. "
                                    "Multi-GPU/CPU: python -m torch.distributed.run --nproc_per_node=N "
-                                   "-m captioner.train CONFIG")
+                                   "-m captioner train CONFIG")
     p.add_argument("config", metavar="CONFIG", help="training config (YAML)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set epochs=5 --set model.hidden_size=256")

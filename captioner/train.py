@@ -1,7 +1,7 @@
 """Training: teacher forcing with cross-entropy on (pooled video vector, caption) pairs.
 
     captioner train configs/train_msvd.yaml [--set key=value ...] [--resume]
-    python -m torch.distributed.run --nproc_per_node=N -m captioner.train CONFIG   (DDP)
+    python -m torch.distributed.run --nproc_per_node=N -m captioner train CONFIG   (DDP)
 
 A run directory holds config.yaml, last.pt (everything --resume needs), best.pt (the
 checkpoint with the best validation score) and metrics.csv (one row per epoch).
@@ -676,9 +676,3 @@ def _recover_run_files(run_dir: Path, last_path: Path, best_path: Path, last_epo
 
 def train_from_config(config_path: str | None, overrides: list[str] | None = None, resume: bool = False) -> Path:
     return train(load_config(TrainConfig, config_path, overrides), resume=resume)
-
-
-if __name__ == "__main__":  # python -m torch.distributed.run ... -m captioner.train CONFIG [...]
-    from .cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))

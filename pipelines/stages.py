@@ -193,7 +193,7 @@ def _torchrun(config_file: Path, dist: DistributedConfig, rendezvous_id: str, re
     else:  # every node runs the same command; ranks are assigned at the rendezvous
         command += [f"--nnodes={dist.nnodes}", "--rdzv_backend=c10d",
                     f"--rdzv_endpoint={dist.master_addr}:{dist.master_port}", f"--rdzv_id={rendezvous_id}"]
-    return command + ["-m", "captioner.train", str(config_file)] + (["--resume"] if resume else [])
+    return command + ["-m", "captioner", "train", str(config_file)] + (["--resume"] if resume else [])
 
 
 def run_torchrun(command: list[str]) -> None:

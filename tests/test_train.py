@@ -434,7 +434,7 @@ def test_ddp_two_cpu_processes(random_store, data_dir, tmp_path):
         port = sock.getsockname()[1]
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-         "-m", "captioner.train", str(config)],
+         "-m", "captioner", "train", str(config)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
