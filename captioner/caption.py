@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .atomic import atomic_write
 from .concepts import heads, top_concepts
 from .errors import CaptionerError

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from . import __version__
+from .version import __version__
 from .errors import CaptionerError, UsageError
 from .runtime import add_runtime_arguments
 

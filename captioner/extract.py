@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .atomic import atomic_write, check_output_path
 from .errors import CaptionerError, UsageError
 

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from . import __version__
+from .version import __version__
 from .errors import CaptionerError
 from .evaluate import MODEL, Evaluation, evaluate, read_predictions, read_references
 from .metrics import DEFAULT_METRICS, Scorer, parse_metrics

@@ -49,7 +49,7 @@ from fastapi.responses import HTMLResponse
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
-from . import __version__
+from .version import __version__
 from .caption import Captioner, segment_windows, write_subtitles
 from .errors import CaptionerError
 
