@@ -278,6 +278,33 @@ def _video_meta(decoded, path: Path, provenance: dict, sampling: str) -> dict:
             "is_image": info.is_image, "decoder": info.backend, "captioner_version": __version__}
 
 
+_RAY_BACKBONES: dict[tuple[str, ...], object] = {}  # per Ray worker process: load weights once
+
+
+def _embed_chunk(paths: list[str], backbone_name: str, sampling: str, device: str, batch_size: int,
+                 mirror: bool, runtime: str, precision: str) -> list[tuple]:
+    """Runs on a Ray worker: (path, (features, meta)) or (path, reason) for each of `paths`."""
+    from .runtime import load_backbone
+
+    key = (backbone_name, device, runtime, precision)
+    if key not in _RAY_BACKBONES:
+        # Each worker resolves `auto` for its own node: its CPU decides OpenVINO's precision.
+        _RAY_BACKBONES[key] = load_backbone(backbone_name, runtime, precision, device)
+    backbone = _RAY_BACKBONES[key]
+    provenance = store_provenance(backbone, sampling, mirror)
+    results = []
+    for path in paths:
+        path, decoded = _decode_task(path, sampling, backbone.decode_short_side, backbone.clip_len)
+        if isinstance(decoded, str):
+            results.append((path, decoded))
+            continue
+        frames = mirrored(decoded.frames) if mirror else decoded.frames
+        features = np.concatenate([backbone.features(frames[i:i + batch_size], still=decoded.info.is_image)
+                                   for i in range(0, len(frames), batch_size)])
+        results.append((path, (features, _video_meta(decoded, Path(path), provenance, sampling))))
+    return results
+
+
 # ----------------------------------------------------------------------------- entry point
 def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
             config: ExtractConfig | None = None, *, failures_path: str | os.PathLike | None = None,
@@ -353,9 +380,12 @@ def _extract_into(store, paths, missing, ids, backbone, provenance, sampling, co
         _write_line(log, bar, f"captioner: {error}")
     try:
         if config.ray_address:
-            from .distributed import extract_on_ray
+            from .distributed import map_chunks_on_ray
 
-            results = extract_on_ray(todo, config, sampling, device, config.ray_address)
+            results = map_chunks_on_ray(
+                _embed_chunk, [str(p) for p in todo], config.ray_videos_per_task,
+                (config.backbone, sampling, device, config.batch_size, config.mirror, config.runtime,
+                 config.precision), config.ray_address, gpu=device == "cuda")
             for path, outcome in results:
                 if isinstance(outcome, str):
                     fail(path, outcome)
