@@ -94,7 +94,7 @@ class Captioner:
         OpenVINO on a CPU, where a warm compiled-model cache makes loading torch-free. The
         precision "auto" is the one the checkpoint's training features were computed in.
         """
-        from .numpy_decoder import file_sha256
+        from .hashing import file_sha256
         from .runtime import check_options, load_backbone, resolve_device
 
         started = time.perf_counter()

@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Mapping
 
 from captioner.atomic import atomic_write
 from captioner.errors import CaptionerError
+from captioner.hashing import file_sha256
 
 MARKER = ".done.json"
 LATEST = "latest"  # RUN/<stage>/latest -> the stage's directory in the last run that needed it
@@ -54,14 +55,6 @@ class StageFailed(CaptionerError):
 
 
 # ----------------------------------------------------------------------------- keys
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprint(path: str | os.PathLike) -> str:
     """What a file's contents are known by: a content hash for small files, else size and mtime.
 
@@ -77,7 +70,7 @@ def fingerprint(path: str | os.PathLike) -> str:
         raise CaptionerError("expected a file, found a folder", path)
     if path.suffix.lower() in MEDIA_SUFFIXES or stat.st_size > HASH_LIMIT:
         return f"{path.name}: {stat.st_size} bytes, mtime {stat.st_mtime_ns}"
-    return f"{path.name}: sha256 {_file_digest(path)}"
+    return f"{path.name}: sha256 {file_sha256(path)}"
 
 
 def _hash(value) -> str:
