@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
+from .cache import cache_dir
 from .errors import CaptionerError, UsageError
 
 RUNTIMES = ("auto", "torch", "openvino")
@@ -45,12 +46,6 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # Bump when conversion or the graph's preprocessing changes: older cached models then miss.
 FORMAT_VERSION = 1
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
-
-
-def cache_dir() -> Path:
-    """Where captioner caches what it can rebuild (XDG_CACHE_HOME respected)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "captioner"
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
