@@ -95,7 +95,8 @@ class Captioner:
         precision "auto" is the one the checkpoint's training features were computed in.
         """
         from .hashing import file_sha256
-        from .runtime import check_options, load_backbone, resolve_device
+        from .device import resolve_device
+        from .runtime import check_options, load_backbone
 
         started = time.perf_counter()
         check_options(runtime, precision)  # a mistyped flag is reported before any model is read

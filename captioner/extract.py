@@ -31,6 +31,7 @@ import numpy as np
 
 from .version import __version__
 from .atomic import atomic_write, check_output_path
+from .device import resolve_device
 from .errors import CaptionerError, UsageError
 
 # Videos a decoding process handles before it is replaced (bounds decord's leak).
@@ -90,12 +91,6 @@ def video_ids(paths: list[Path]) -> dict[Path, str]:
         else:
             ids[path] = path.with_suffix("").as_posix().lstrip("/")
     return ids
-
-
-def resolve_device(device: str) -> str:
-    from .runtime import resolve_device as resolve
-
-    return resolve(device)
 
 
 def default_batch_size(device: str, runtime: str = "torch") -> int:

@@ -35,6 +35,7 @@ from .atomic import TMP_PREFIX, atomic_open, atomic_write
 from .concepts import class_word_table, heads
 from .config import load_config, require, save_config, validate_config
 from .datasets import Captions, join_features, load_captions
+from .device import cuda_autocast_dtype, resolve_device
 from .errors import CaptionerError
 from .model import (PROVENANCE_KEYS, SOURCES, CaptionModel, Checkpoint, ModelConfig, check_provenance,
                     load_checkpoint, provenance_differences, save_checkpoint, source_name)
@@ -268,8 +269,10 @@ def scst_layout(videos: int, batch_size: int) -> tuple[int, int]:
 
 
 def _autocast_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    """(autocast on, its dtype): mixed precision on CUDA when cfg.amp asks for it. With autocast
+    off the dtype is unused; float16 is one CPU autocast accepts without a warning."""
     amp = cfg.amp and device.type == "cuda"
-    return amp, torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    return amp, cuda_autocast_dtype() if amp else torch.float16
 
 
 def _optimizer_step(model, loss, optimizer, scheduler, scaler, cfg: TrainConfig) -> None:
@@ -394,9 +397,8 @@ def make_optimizer(model, cfg: TrainConfig, steps_per_epoch: int):
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(cfg, step, total_steps, steps_per_epoch))
     device = next(model.parameters()).device
-    # bf16 autocast needs no loss scaling; fp16 (GPUs without bf16) does.
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda"
-                                  and not torch.cuda.is_bf16_supported())
+    amp, amp_dtype = _autocast_settings(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
     return optimizer, scheduler, scaler
 
 
@@ -404,9 +406,7 @@ def make_optimizer(model, cfg: TrainConfig, steps_per_epoch: int):
 def _setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise CaptionerError("device cuda requested but CUDA is not available")
+    use_cuda = resolve_device(cfg.device) == "cuda"
     if use_cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)

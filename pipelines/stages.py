@@ -262,7 +262,7 @@ def _predict_stage(config: PipelineConfig, stores: Mapping[str, str]) -> Stage:
     cfg = config.predict
 
     def run(dirs: Mapping[str, Path]) -> None:
-        from captioner.extract import resolve_device
+        from captioner.device import resolve_device
         from captioner.model import load_checkpoint, source_name
         from captioner.store import open_features
 

@@ -19,6 +19,7 @@ import torchvision.transforms.v2.functional as TF
 
 from ..atomic import atomic_write
 from ..cache import cache_dir
+from ..device import cuda_autocast_dtype
 from ..errors import CaptionerError
 from ..hashing import file_sha256
 
@@ -126,8 +127,7 @@ class Backbone(torch.nn.Module):
         device = self.device
         if device.type != "cuda":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cuda", dtype=cuda_autocast_dtype())
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, feature_dim={self.feature_dim}, input_size={self.input_size}"
