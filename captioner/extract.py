@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .version import __version__
 from .atomic import atomic_write, check_output_path
 from .device import resolve_device
 from .errors import CaptionerError, UsageError
+from .inputs import find_inputs, video_ids
+from .version import __version__
 
 # Videos a decoding process handles before it is replaced (bounds decord's leak).
 VIDEOS_PER_WORKER = 64
@@ -80,19 +81,7 @@ class ExtractSummary:
                 f"failed {self.failed} of {self.total} inputs in {self.seconds:.1f}s ({rate})")
 
 
-# ----------------------------------------------------------------------------- inputs
-def video_ids(paths: list[Path]) -> dict[Path, str]:
-    """A store id per input: the file stem, or the fuller path where stems collide."""
-    stems = collections.Counter(p.stem for p in paths)
-    ids: dict[Path, str] = {}
-    for path in paths:
-        if stems[path.stem] == 1:
-            ids[path] = path.stem
-        else:
-            ids[path] = path.with_suffix("").as_posix().lstrip("/")
-    return ids
-
-
+# ----------------------------------------------------------------------------- settings
 def default_batch_size(device: str, runtime: str = "torch") -> int:
     # Measured with EfficientNet-Lite2 on 2 CPU cores: PyTorch 25 frames/s at batch 1-4 against
     # 15 at batch 32 (small batches stay in cache); OpenVINO gains up to batch 16.
@@ -311,7 +300,7 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
     """
     from .runtime import check_options, load_backbone
     from .store import open_features
-    from .video import Sampling, find_inputs
+    from .video import Sampling
 
     config = config or ExtractConfig()
     log = log or sys.stderr

@@ -28,13 +28,12 @@ from typing import Callable, Iterable, Mapping
 from captioner.atomic import atomic_write
 from captioner.errors import CaptionerError
 from captioner.hashing import file_sha256
+from captioner.inputs import is_media
 
 MARKER = ".done.json"
 LATEST = "latest"  # RUN/<stage>/latest -> the stage's directory in the last run that needed it
 # Files at most this large are fingerprinted by content; larger ones and media by size + mtime.
 HASH_LIMIT = 64 << 20
-MEDIA_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
-                            ".3gp", ".ts", ".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
 
 @dataclass
@@ -68,7 +67,7 @@ def fingerprint(path: str | os.PathLike) -> str:
         return f"{path}: missing"  # the stage that reads it reports the error
     if path.is_dir():
         raise CaptionerError("expected a file, found a folder", path)
-    if path.suffix.lower() in MEDIA_SUFFIXES or stat.st_size > HASH_LIMIT:
+    if is_media(path) or stat.st_size > HASH_LIMIT:
         return f"{path.name}: {stat.st_size} bytes, mtime {stat.st_mtime_ns}"
     return f"{path.name}: sha256 {file_sha256(path)}"
 

@@ -128,9 +128,9 @@ def load_pipeline(path: str | os.PathLike, overrides: list[str] | None = None) -
 
 # ----------------------------------------------------------------------------- extract
 def _extract_stage(config: PipelineConfig, name: str, progress: bool) -> Stage:
-    from captioner.extract import extract, video_ids
+    from captioner.extract import extract
+    from captioner.inputs import collect_inputs, video_ids
     from captioner.store import open_features
-    from captioner.video import collect_inputs
 
     inputs = getattr(config.videos, name)
     extract_config = copy.deepcopy(config.extract)
@@ -321,7 +321,7 @@ def _report_stage(config: PipelineConfig, stores: Mapping[str, str], progress: b
     if cfg.thumbnails:
         videos = cfg.videos
         if videos is None:
-            from captioner.video import collect_inputs
+            from captioner.inputs import collect_inputs
 
             videos = os.path.commonpath([str(p.resolve().parent) for p in collect_inputs(config.videos.test)])
 
