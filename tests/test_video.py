@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 import media
+from captioner import video
 from captioner.errors import CaptionerError, UsageError
 from captioner.inputs import IMAGE_EXTENSIONS, collect_inputs, find_inputs
 from captioner.video import DecodedVideo, Sampling, VideoInfo, clip_windows, decode, probe, sample_indices, scaled_size
