@@ -21,11 +21,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import __version__
 from .atomic import atomic_write
 from .concepts import heads, top_concepts
 from .errors import CaptionerError
+from .inputs import video_id, video_ids
 from .numpy_decoder import InferenceExport, export_path, read_export, source_name
+from .version import __version__
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS / "default" / "model.pt"
@@ -94,8 +95,9 @@ class Captioner:
         OpenVINO on a CPU, where a warm compiled-model cache makes loading torch-free. The
         precision "auto" is the one the checkpoint's training features were computed in.
         """
-        from .numpy_decoder import file_sha256
-        from .runtime import check_options, load_backbone, resolve_device
+        from .hashing import file_sha256
+        from .device import resolve_device
+        from .runtime import check_options, load_backbone
 
         started = time.perf_counter()
         check_options(runtime, precision)  # a mistyped flag is reported before any model is read
@@ -163,7 +165,8 @@ class Captioner:
         """
         if beam < 1:
             raise CaptionerError(f"beam size must be at least 1, got {beam}")
-        return self._caption_decoded(path, self._decoded(path), beam, n_best, max_len, segments, progress)
+        return self._caption_decoded(path, self._decoded(path), beam, n_best, max_len, segments, progress,
+                                     video_id(Path(path)))
 
     def caption_many(self, paths, beam: int = 3, n_best: int = 3, max_len: int = 20,
                      segments: float | None = None,
@@ -179,6 +182,7 @@ class Captioner:
         if beam < 1:
             raise CaptionerError(f"beam size must be at least 1, got {beam}")
         paths = list(paths)
+        ids = video_ids([Path(p) for p in paths])  # same-stem inputs get ids of their own, as in a store
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner-decode")
         try:
             upcoming = pool.submit(self._decoded, paths[0]) if paths else None
@@ -189,14 +193,15 @@ class Captioner:
                 try:
                     follow = None if progress is None else (lambda done, total, p=path: progress(p, done, total))
                     yield path, self._caption_decoded(path, current.result(), beam, n_best, max_len, segments,
-                                                      follow)
+                                                      follow, ids[Path(path)])
                 except CaptionerError as error:
                     yield path, error
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _caption_decoded(self, path, decoded_and_seconds, beam: int, n_best: int, max_len: int,
-                         segments: float | None, progress: Callable[[int, int], None] | None = None) -> Caption:
+                         segments: float | None, progress: Callable[[int, int], None] | None,
+                         vid: str) -> Caption:
         timing: dict = {}
         decoded, seconds = decoded_and_seconds
         info = decoded.info
@@ -207,7 +212,7 @@ class Captioner:
             windows = self._segments(path, info, segments, beam, max_len, timing, whole=nbest[0],
                                      progress=progress)
         caption, score = nbest[0]
-        return Caption(path=str(path), id=Path(path).stem, caption=caption, score=score,
+        return Caption(path=str(path), id=vid, caption=caption, score=score,
                        alternatives=[{"caption": c, "score": s} for c, s in nbest], model=self.model_id,
                        timing={k: round(v, 4) for k, v in timing.items()}, segments=windows,
                        concepts=top_concepts(pooled, self.concept_heads) if self.concept_heads else None,

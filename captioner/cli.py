@@ -11,9 +11,9 @@ import argparse
 import os
 import sys
 
-from . import __version__
 from .errors import CaptionerError, UsageError
 from .runtime import add_runtime_arguments
+from .version import __version__
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,7 +117,7 @@ def _add_train(sub) -> None:
                        description="Train the caption model described by a YAML config (see configs/). "
                                    "Writes RUN/config.yaml, last.pt, best.pt and metrics.csv. "
                                    "Multi-GPU/CPU: python -m torch.distributed.run --nproc_per_node=N "
-                                   "-m captioner.train CONFIG")
+                                   "-m captioner train CONFIG")
     p.add_argument("config", metavar="CONFIG", help="training config (YAML)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set epochs=5 --set model.hidden_size=256")
@@ -267,23 +267,6 @@ def _process_age() -> float:
         return 0.0
 
 
-def _expand_caption_inputs(patterns: list[str]) -> tuple[list[str], list[str]]:
-    """Files, folders and globs to media paths; returns (paths, patterns that matched nothing)."""
-    import glob
-    from pathlib import Path
-
-    paths, unmatched = [], []
-    for pattern in patterns:
-        if glob.has_magic(pattern) and not Path(pattern).exists():
-            matches = sorted(glob.glob(pattern, recursive=True))
-            if not matches:
-                unmatched.append(pattern)
-            paths.extend(matches)
-        else:
-            paths.append(pattern)
-    return paths, unmatched
-
-
 class _SegmentBar:
     """A tqdm bar over one input's segments, on stderr like extract's, made when the count is known."""
 
@@ -319,11 +302,11 @@ def _run_caption(args) -> int:
 
     check_options(args.runtime, args.precision)
     from .caption import Captioner, write_subtitles
-    from .video import find_inputs
+    from .inputs import expand_globs, find_inputs
 
     startup = _process_age()  # interpreter and library start-up; model_load is then weights only
 
-    candidates, unmatched = _expand_caption_inputs(args.paths)
+    candidates, unmatched = expand_globs(args.paths)
     failed = 0
     for pattern in unmatched:
         print(f"captioner: {pattern}: no file matches this pattern", file=sys.stderr)
@@ -374,7 +357,7 @@ def _run_caption(args) -> int:
                   file=sys.stderr)
         if subtitle_target:  # after the caption is out: a failed write loses nothing else
             fmt = "srt" if args.srt else "vtt"
-            target = Path(subtitle_target) / f"{Path(path).stem}.{fmt}" if many else Path(subtitle_target)
+            target = Path(subtitle_target) / f"{result.id}.{fmt}" if many else Path(subtitle_target)
             try:
                 write_subtitles(result.segments, target, fmt)
             except CaptionerError as exc:

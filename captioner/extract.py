@@ -29,9 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .atomic import atomic_write, check_output_path
+from .device import resolve_device
 from .errors import CaptionerError, UsageError
+from .inputs import find_inputs, video_ids
+from .version import __version__
 
 # Videos a decoding process handles before it is replaced (bounds decord's leak).
 VIDEOS_PER_WORKER = 64
@@ -79,25 +81,7 @@ class ExtractSummary:
                 f"failed {self.failed} of {self.total} inputs in {self.seconds:.1f}s ({rate})")
 
 
-# ----------------------------------------------------------------------------- inputs
-def video_ids(paths: list[Path]) -> dict[Path, str]:
-    """A store id per input: the file stem, or the fuller path where stems collide."""
-    stems = collections.Counter(p.stem for p in paths)
-    ids: dict[Path, str] = {}
-    for path in paths:
-        if stems[path.stem] == 1:
-            ids[path] = path.stem
-        else:
-            ids[path] = path.with_suffix("").as_posix().lstrip("/")
-    return ids
-
-
-def resolve_device(device: str) -> str:
-    from .runtime import resolve_device as resolve
-
-    return resolve(device)
-
-
+# ----------------------------------------------------------------------------- settings
 def default_batch_size(device: str, runtime: str = "torch") -> int:
     # Measured with EfficientNet-Lite2 on 2 CPU cores: PyTorch 25 frames/s at batch 1-4 against
     # 15 at batch 32 (small batches stay in cache); OpenVINO gains up to batch 16.
@@ -278,6 +262,33 @@ def _video_meta(decoded, path: Path, provenance: dict, sampling: str) -> dict:
             "is_image": info.is_image, "decoder": info.backend, "captioner_version": __version__}
 
 
+_RAY_BACKBONES: dict[tuple[str, ...], object] = {}  # per Ray worker process: load weights once
+
+
+def _embed_chunk(paths: list[str], backbone_name: str, sampling: str, device: str, batch_size: int,
+                 mirror: bool, runtime: str, precision: str) -> list[tuple]:
+    """Runs on a Ray worker: (path, (features, meta)) or (path, reason) for each of `paths`."""
+    from .runtime import load_backbone
+
+    key = (backbone_name, device, runtime, precision)
+    if key not in _RAY_BACKBONES:
+        # Each worker resolves `auto` for its own node: its CPU decides OpenVINO's precision.
+        _RAY_BACKBONES[key] = load_backbone(backbone_name, runtime, precision, device)
+    backbone = _RAY_BACKBONES[key]
+    provenance = store_provenance(backbone, sampling, mirror)
+    results = []
+    for path in paths:
+        path, decoded = _decode_task(path, sampling, backbone.decode_short_side, backbone.clip_len)
+        if isinstance(decoded, str):
+            results.append((path, decoded))
+            continue
+        frames = mirrored(decoded.frames) if mirror else decoded.frames
+        features = np.concatenate([backbone.features(frames[i:i + batch_size], still=decoded.info.is_image)
+                                   for i in range(0, len(frames), batch_size)])
+        results.append((path, (features, _video_meta(decoded, Path(path), provenance, sampling))))
+    return results
+
+
 # ----------------------------------------------------------------------------- entry point
 def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
             config: ExtractConfig | None = None, *, failures_path: str | os.PathLike | None = None,
@@ -289,7 +300,7 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
     """
     from .runtime import check_options, load_backbone
     from .store import open_features
-    from .video import Sampling, find_inputs
+    from .video import Sampling
 
     config = config or ExtractConfig()
     log = log or sys.stderr
@@ -353,9 +364,12 @@ def _extract_into(store, paths, missing, ids, backbone, provenance, sampling, co
         _write_line(log, bar, f"captioner: {error}")
     try:
         if config.ray_address:
-            from .distributed import extract_on_ray
+            from .distributed import map_chunks_on_ray
 
-            results = extract_on_ray(todo, config, sampling, device, config.ray_address)
+            results = map_chunks_on_ray(
+                _embed_chunk, [str(p) for p in todo], config.ray_videos_per_task,
+                (config.backbone, sampling, device, config.batch_size, config.mirror, config.runtime,
+                 config.precision), config.ray_address, gpu=device == "cuda")
             for path, outcome in results:
                 if isinstance(outcome, str):
                     fail(path, outcome)

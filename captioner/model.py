@@ -31,9 +31,9 @@ from torch import nn
 from .atomic import atomic_open
 from .config import require
 from .errors import CaptionerError
+from .hashing import file_sha256
 from .numpy_decoder import (PROVENANCE_KEYS, SOURCES, InferenceExport, check_provenance,  # noqa: F401
-                            export_path, file_sha256, provenance_differences, source_name,
-                            write_export)
+                            export_path, provenance_differences, source_name, write_export)
 from .text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
 
 CHECKPOINT_FORMAT = "captioner-checkpoint"

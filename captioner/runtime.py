@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
+from .cache import cache_dir
+from .device import resolve_device
 from .errors import CaptionerError, UsageError
 
 RUNTIMES = ("auto", "torch", "openvino")
@@ -47,12 +49,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "mixed")
 # Bump when conversion or the graph's preprocessing changes: older cached models then miss.
 FORMAT_VERSION = 1
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
-
-
-def cache_dir() -> Path:
-    """Where captioner caches what it can rebuild (XDG_CACHE_HOME respected)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "captioner"
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,27 +67,6 @@ def check_options(runtime: str, precision: str) -> None:
         raise UsageError(f"unknown --runtime {runtime!r} (auto, torch or openvino)")
     if precision not in PRECISIONS:
         raise UsageError(f"unknown --precision {precision!r} (auto, fp32, bf16 or mixed)")
-
-
-def resolve_device(device: str) -> str:
-    """cpu or cuda. Without an NVIDIA driver there is no CUDA, which spares importing torch to ask."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"unknown device {device!r} (cpu, cuda or auto)")
-    if device == "cpu" or (device == "auto" and not _nvidia_driver_present()):
-        return "cpu"
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if device == "cuda":
-        raise UsageError("--device cuda asked for, but torch sees no CUDA device")
-    return "cpu"
-
-
-def _nvidia_driver_present() -> bool:
-    import ctypes.util
-
-    return Path("/proc/driver/nvidia").exists() or ctypes.util.find_library("cuda") is not None
 
 
 def resolve(runtime: str, precision: str, device: str) -> tuple[str, str]:

@@ -49,9 +49,10 @@ from fastapi.responses import HTMLResponse
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
-from . import __version__
 from .caption import Captioner, segment_windows, write_subtitles
 from .errors import CaptionerError
+from .inputs import video_id
+from .version import __version__
 
 log = logging.getLogger("captioner.serve")
 
@@ -352,7 +353,7 @@ def caption_upload(captioner: Captioner, upload: Upload, params: JobParams,
                                  f"into more than {MAX_SEGMENTS} windows; choose longer segments")
     result = captioner.caption(upload.path, beam=params.beam, n_best=3, segments=params.segments, progress=check)
     response = result.to_dict()
-    response.update(path=upload.name, id=PurePosixPath(upload.name).stem)
+    response.update(path=upload.name, id=video_id(PurePosixPath(upload.name)))
     check()
     if params.keyframes:
         response["keyframes"] = keyframe_images(upload.path, params.keyframes)

@@ -160,9 +160,9 @@ def load_pipeline(path: str | os.PathLike, overrides: list[str] | None = None) -
 
 # ----------------------------------------------------------------------------- extract
 def _extract_stage(config: PipelineConfig, name: str, progress: bool) -> Stage:
-    from captioner.extract import extract, video_ids
+    from captioner.extract import extract
+    from captioner.inputs import collect_inputs, video_ids
     from captioner.store import open_features
-    from captioner.video import collect_inputs
 
     inputs = getattr(config.videos, name)
     extract_config = copy.deepcopy(config.extract)
@@ -275,7 +275,7 @@ def _torchrun(config_file: Path, dist: DistributedConfig, rendezvous_id: str, re
     else:  # every node runs the same command; ranks are assigned at the rendezvous
         command += [f"--nnodes={dist.nnodes}", "--rdzv_backend=c10d",
                     f"--rdzv_endpoint={dist.master_addr}:{dist.master_port}", f"--rdzv_id={rendezvous_id}"]
-    return command + ["-m", "captioner.train", str(config_file)] + (["--resume"] if resume else [])
+    return command + ["-m", "captioner", "train", str(config_file)] + (["--resume"] if resume else [])
 
 
 def run_torchrun(command: list[str]) -> None:
@@ -349,7 +349,7 @@ def _predict_stage(config: PipelineConfig, stores: Mapping[str, str]) -> Stage:
     cfg = config.predict
 
     def run(dirs: Mapping[str, Path]) -> None:
-        from captioner.extract import resolve_device
+        from captioner.device import resolve_device
         from captioner.model import load_checkpoint, source_name
         from captioner.store import open_features
 
@@ -408,7 +408,7 @@ def _report_stage(config: PipelineConfig, stores: Mapping[str, str], progress: b
     if cfg.thumbnails:
         videos = cfg.videos
         if videos is None:
-            from captioner.video import collect_inputs
+            from captioner.inputs import collect_inputs
 
             videos = os.path.commonpath([str(p.resolve().parent) for p in collect_inputs(config.videos.test)])
 

@@ -77,7 +77,8 @@ def main() -> None:
     import torch
 
     from captioner import backbones
-    from captioner.extract import ExtractConfig, default_batch_size, extract, resolve_device
+    from captioner.device import resolve_device
+    from captioner.extract import ExtractConfig, default_batch_size, extract
     from captioner.runtime import cpu_has_bf16, load_backbone
     from captioner.video import Sampling, decode, probe, sample_indices
 

@@ -16,7 +16,8 @@ import media
 from captioner import Captioner
 from captioner.caption import DEFAULT_MODEL, segment_windows
 from captioner.errors import CaptionerError
-from captioner.numpy_decoder import export_path, file_sha256, read_export
+from captioner.hashing import file_sha256
+from captioner.numpy_decoder import export_path, read_export
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -423,6 +423,26 @@ def test_config_values_take_their_field_types(tmp_path):
             load_config(TrainConfig, config_file, [bad])
 
 
+def test_launch_checks_come_before_the_process_group(tmp_path, random_store, data_dir, monkeypatch):
+    data = {"data": _data(random_store, data_dir)}
+    train(_config(tmp_path / "one", epochs=1, **data))  # a run of one process, to resume with two
+    # Two processes, but no rendezvous address: initialising the process group would fail with
+    # torch's own error, so each of these must be found before it.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for cfg, resume, message in [
+            (_config(tmp_path / "scst", objective="scst", **data), False, "objective scst runs in one process"),
+            (_config(tmp_path / "small", batch_size=1, **data), False, "batch_size 1 is smaller than the 2 processes"),
+            (_config(tmp_path / "fresh", **data), True, "nothing to resume"),
+            (_config(tmp_path / "one", **data), True, "run was trained with 1 processes; resume it with the same"),
+            (_config(tmp_path / "nodata"), False, "data.features and data.captions must be set")]:
+        with pytest.raises(CaptionerError, match=re.escape(message)):
+            train(cfg, resume=resume)
+        assert not torch.distributed.is_initialized()
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(random_store, data_dir, tmp_path):
     config = tmp_path / "ddp.yaml"
@@ -434,7 +454,7 @@ def test_ddp_two_cpu_processes(random_store, data_dir, tmp_path):
         port = sock.getsockname()[1]
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-         "-m", "captioner.train", str(config)],
+         "-m", "captioner", "train", str(config)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
