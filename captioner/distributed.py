@@ -59,12 +59,17 @@ def extract_on_ray(paths: list[Path], config, sampling: str, device: str, addres
             ray.init(address=address, log_to_driver=False, include_dashboard=False)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise CaptionerError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
-    resources = {"num_gpus": 1} if device == "cuda" else {"num_cpus": 1}
+    from .runtime import is_cuda
+
+    resources = {"num_gpus": 1} if is_cuda(device) else {"num_cpus": 1}
+    # Ray gives each GPU task one GPU of its own, visible to it as cuda:0; a cuda:N asked for
+    # on the driver's machine means nothing on the workers.
+    worker_device = "cuda" if is_cuda(device) else device
     remote = ray.remote(**resources)(_embed_chunk)
     step = max(1, config.ray_videos_per_task)
     chunks = [[str(p) for p in paths[i:i + step]] for i in range(0, len(paths), step)]
     # A bounded number of chunks in flight keeps the driver's memory flat on huge inputs.
-    window = max(2, 2 * int(ray.cluster_resources().get("GPU" if device == "cuda" else "CPU", 1)))
+    window = max(2, 2 * int(ray.cluster_resources().get("GPU" if is_cuda(device) else "CPU", 1)))
     pending: dict = {}
 
     def collect(ref):
@@ -76,7 +81,7 @@ def extract_on_ray(paths: list[Path], config, sampling: str, device: str, addres
             return [(path, reason) for path in chunk]
 
     for chunk in chunks:
-        pending[remote.remote(chunk, config.backbone, sampling, device, config.batch_size, config.mirror,
+        pending[remote.remote(chunk, config.backbone, sampling, worker_device, config.batch_size, config.mirror,
                               config.runtime, config.precision)] = chunk
         if len(pending) >= window:
             done, _ = ray.wait(list(pending), num_returns=1)

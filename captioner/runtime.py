@@ -70,18 +70,48 @@ def check_options(runtime: str, precision: str) -> None:
         raise UsageError(f"unknown --precision {precision!r} (auto, fp32 or bf16)")
 
 
+DEVICE_HELP = ("auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda, or cuda:N for the N-th GPU "
+               "(default %(default)s)")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """`--device`, checked by `check_device` (a one-line UsageError, exit 2)."""
+    parser.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
+
+
+def check_device(device: str) -> None:
+    """auto, cpu, cuda or cuda:N; anything else is a usage error. Whether the GPU exists is
+    `resolve_device`'s question."""
+    if device in ("auto", "cpu", "cuda"):
+        return
+    kind, _, index = str(device).partition(":")
+    if kind != "cuda" or not index.isdigit() or not index.isascii():
+        raise UsageError(f"unknown device {device!r} (auto, cpu, cuda or cuda:N)")
+
+
+def is_cuda(device: str) -> bool:
+    return str(device).split(":", 1)[0] == "cuda"
+
+
 def resolve_device(device: str) -> str:
-    """cpu or cuda. Without an NVIDIA driver there is no CUDA, which spares importing torch to ask."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"unknown device {device!r} (cpu, cuda or auto)")
+    """cpu, cuda or cuda:N. Without an NVIDIA driver there is no CUDA, which spares importing torch to ask."""
+    check_device(device)
     if device == "cpu" or (device == "auto" and not _nvidia_driver_present()):
         return "cpu"
+    if is_cuda(device) and not _nvidia_driver_present():
+        raise UsageError(f"--device {device} asked for, but torch sees no CUDA device (no NVIDIA driver)")
     import torch
 
     if torch.cuda.is_available():
-        return "cuda"
-    if device == "cuda":
-        raise UsageError("--device cuda asked for, but torch sees no CUDA device")
+        if device == "auto":
+            return "cuda"
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device} asked for, but torch sees {torch.cuda.device_count()} CUDA "
+                             f"device(s), numbered from 0")
+        return device
+    if is_cuda(device):
+        raise UsageError(f"--device {device} asked for, but torch sees no CUDA device")
     return "cpu"
 
 
@@ -95,13 +125,13 @@ def resolve(runtime: str, precision: str, device: str) -> tuple[str, str]:
     """(runtime, precision) that `auto` means on this device."""
     check_options(runtime, precision)
     if runtime == "auto":
-        runtime = "torch" if device == "cuda" else "openvino"
-    if runtime == "openvino" and device == "cuda":
+        runtime = "torch" if is_cuda(device) else "openvino"
+    if runtime == "openvino" and is_cuda(device):
         raise UsageError("--runtime openvino runs on the CPU; with --device cuda use --runtime torch or auto")
     if precision == "auto":
         # CUDA keeps the backbone's mixed precision (bf16, or fp16 on older GPUs); CPU bf16 is
         # opt-in (see the module doc).
-        precision = "autocast" if runtime == "torch" and device == "cuda" else "fp32"
+        precision = "autocast" if runtime == "torch" and is_cuda(device) else "fp32"
     if precision == "bf16" and runtime == "openvino" and not cpu_has_bf16():
         raise UsageError("--precision bf16: this CPU has no bf16 support (OpenVINO's "
                          "OPTIMIZATION_CAPABILITIES lacks BF16); use fp32")
@@ -129,7 +159,10 @@ def load_backbone(provenance_or_name: str | dict, runtime: str = "auto", precisi
     """A feature extractor for a backbone spec (or a provenance dict's "backbone"), on the runtime
     and precision asked for. With runtime="auto", a backbone OpenVINO cannot convert runs on
     PyTorch (with a warning that says why); with runtime="openvino" that is a CaptionerError."""
+    from .catalog import check_backbone
+
     spec = provenance_or_name["backbone"] if isinstance(provenance_or_name, dict) else provenance_or_name
+    check_backbone(spec)  # a typo is reported before torch or OpenVINO loads
     device = resolve_device(device)
     asked = runtime
     runtime, precision = resolve(runtime, precision, device)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from captioner.atomic import atomic_write
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, UsageError
 
 MARKER = ".done.json"
 LATEST = "latest"  # RUN/<stage>/latest -> the stage's directory in the last run that needed it
@@ -142,7 +142,7 @@ def select(stages: Iterable[Stage], names: Iterable[str]) -> set[str]:
     for name in names:
         matches = [s for s in known if s == name or s.startswith(name + "-")]
         if not matches:
-            raise CaptionerError(f"no pipeline stage {name!r}; stages: {', '.join(known)}")
+            raise UsageError(f"no pipeline stage {name!r}; stages: {', '.join(known)}")
         chosen.update(matches)
     return chosen
 
