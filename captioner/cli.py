@@ -1,8 +1,11 @@
 """The `captioner` command: a thin layer over the Python API.
 
 Each subcommand parses its flags, imports the library lazily (so `captioner --help` never
-imports torch) and calls one API function. User errors (`CaptionerError`) become one line on
-stderr and a non-zero exit; anything else is a bug and keeps its traceback.
+imports torch) and calls one API function. Every flag, name and config value is checked before
+anything heavy (torch, timm, OpenVINO, the web framework) is imported, so a typo fails in a
+fraction of a second. User errors (`CaptionerError`) become one line on stderr and exit 1;
+usage errors (`UsageError`: what was asked for is itself wrong) exit 2; anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -21,8 +24,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-# The checks each handler runs first, before it imports anything heavy (torch, timm, OpenVINO,
-# PyAV): a mistyped flag must fail in a fraction of a second, with exit 2.
+# The sampling syntax `captioner.video.Sampling.parse` takes, time windows included.
 FRAMES_HELP = ("uniform:N (N evenly spread frames; default uniform:16), fps:F (F frames per second, by "
                "timestamp) or all; add @START-END to sample only that window of each video, in seconds "
                "(e.g. uniform:8@2.5-10; an open end as in fps:2@30-)")

@@ -6,6 +6,7 @@ tells about itself: `captioner models`, `--version`, help for every argument.
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 import os
@@ -148,7 +149,7 @@ def test_every_argument_has_help_and_frames_help_shows_the_window_syntax():
 
     def walk(p, path):
         for action in p._actions:
-            if isinstance(action, __import__("argparse")._SubParsersAction):
+            if isinstance(action, argparse._SubParsersAction):
                 for name, sub in action.choices.items():
                     if not sub.description:
                         missing.append(f"{path} {name}: no description")
