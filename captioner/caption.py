@@ -22,14 +22,13 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .atomic import atomic_write
+from .catalog import DEFAULT_MODEL
 from .concepts import heads, top_concepts
-from .errors import CaptionerError
+from .errors import CaptionerError, UsageError
 from .inputs import video_id, video_ids
 from .numpy_decoder import InferenceExport, export_path, read_export, source_name
 from .version import __version__
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-DEFAULT_MODEL = ASSETS / "default" / "model.pt"
 # Beam search ranks by log-probability / (words + 1) ** this: 0 favours short, generic captions.
 DEFAULT_LENGTH_PENALTY = 0.5
 
@@ -102,12 +101,7 @@ class Captioner:
         started = time.perf_counter()
         check_options(runtime, precision)  # a mistyped flag is reported before any model is read
         device = resolve_device(device)
-        path = DEFAULT_MODEL if str(model) == "default" else Path(model)
-        if str(model) == "default" and not path.is_file():
-            raise CaptionerError("the default model is missing from the installed package; "
-                                 "reinstall video-captioner", path)
-        if not path.is_file():
-            raise CaptionerError("checkpoint not found", path)
+        path = check_model(model)
         digest = file_sha256(path)
         inference = _inference_model(path, digest)
         provenance = inference.provenance or {}
@@ -245,6 +239,27 @@ class Captioner:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return result
+
+
+def check_model(model: str | os.PathLike) -> Path:
+    """The checkpoint file `model` names ("default": the one inside the package), or why there is none.
+
+    A name that is not a path (no folder, no extension) is taken for a model name: there is one,
+    "default", so anything else is a usage error (exit 2); a path to a missing file is exit 1.
+    """
+    if str(model) == "default":
+        if not DEFAULT_MODEL.is_file():
+            raise CaptionerError("the default model is missing from the installed package; "
+                                 "reinstall video-captioner", DEFAULT_MODEL)
+        return DEFAULT_MODEL
+    path = Path(model)
+    if not path.is_file():
+        if not path.exists() and len(path.parts) == 1 and not path.suffix:
+            raise UsageError(f"unknown model {str(model)!r}: give 'default' or a checkpoint file (.pt); "
+                             "`captioner models` lists them")
+        raise CaptionerError("checkpoint not found" if not path.exists() else "is a folder, not a checkpoint file",
+                             path)
+    return path
 
 
 def _training_precision(provenance: dict, runtime: str, device: str) -> str:

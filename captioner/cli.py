@@ -1,8 +1,11 @@
 """The `captioner` command: a thin layer over the Python API.
 
 Each subcommand parses its flags, imports the library lazily (so `captioner --help` never
-imports torch) and calls one API function. User errors (`CaptionerError`) become one line on
-stderr and a non-zero exit; anything else is a bug and keeps its traceback.
+imports torch) and calls one API function. Every flag, name and config value is checked before
+anything heavy (torch, timm, OpenVINO, the web framework) is imported, so a typo fails in a
+fraction of a second. User errors (`CaptionerError`) become one line on stderr and exit 1;
+usage errors (`UsageError`: what was asked for is itself wrong) exit 2; anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,14 +15,20 @@ import os
 import sys
 
 from .errors import CaptionerError, UsageError
-from .runtime import add_runtime_arguments
-from .version import __version__
+from .device import add_device_argument, check_device
+from .runtime import add_runtime_arguments, check_options
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's default prints usage too; keep it, exit 2
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# The sampling syntax `captioner.video.Sampling.parse` takes, time windows included.
+FRAMES_HELP = ("uniform:N (N evenly spread frames; default uniform:16), fps:F (F frames per second, by "
+               "timestamp) or all; add @START-END to sample only that window of each video, in seconds "
+               "(e.g. uniform:8@2.5-10; an open end as in fps:2@30-)")
 
 
 # ----------------------------------------------------------------------------- extract
@@ -33,14 +42,13 @@ def _add_extract(sub) -> None:
     p.add_argument("--backbone", default="efficientnet_lite2",
                    help="registry name, several joined with '+' (e.g. efficientnet_lite2+i3d), or "
                         "ARCH=PATH for a timm/torchvision architecture with local weights")
-    p.add_argument("--frames", default="uniform:16", metavar="SAMPLING",
-                   help="uniform:N (default uniform:16), fps:F or all")
+    p.add_argument("--frames", default="uniform:16", metavar="SAMPLING", help=FRAMES_HELP)
     p.add_argument("--batch-size", type=int, default=None,
                    help="frames per backbone batch (default: 16 with OpenVINO, 4 with PyTorch on CPU, "
                         "where small batches run faster, 64 on CUDA)")
     p.add_argument("--workers", type=int, default=None,
                    help="decoding processes (default: one per spare core, at least 1)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_argument(p)
     add_runtime_arguments(p)
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="distribute videos over a Ray cluster ('auto' or host:port)")
@@ -59,6 +67,7 @@ def _run_extract(args) -> int:
     config = ExtractConfig(backbone=args.backbone, frames=args.frames, batch_size=args.batch_size,
                            workers=args.workers, device=args.device, runtime=args.runtime,
                            precision=args.precision, ray_address=args.ray_address, mirror=args.mirror)
+    config.validate()  # every flag's form, before the inputs are searched or a backbone loads
     summary = extract(args.inputs, args.out, config, failures_path=args.failures,
                       progress=not args.quiet)
     return 0 if summary.failed == 0 else 1
@@ -66,21 +75,35 @@ def _run_extract(args) -> int:
 
 # ----------------------------------------------------------------------------- features
 def _add_features(sub) -> None:
-    p = sub.add_parser("features", help="inspect, import or export a feature store")
+    p = sub.add_parser("features", help="inspect, import or export a feature store",
+                       description="Exchange features with other tools: S2VT-style code reads one <id>.npy per "
+                                   "video, others one HDF5 file with a (T, D) dataset per video id.")
     fsub = p.add_subparsers(dest="features_command", metavar="ACTION", parser_class=_Parser)
     fsub.required = True
-    imp = fsub.add_parser("import", help="import an HDF5 file or a folder of <id>.npy files")
-    imp.add_argument("source")
-    imp.add_argument("--out", required=True, metavar="STORE")
-    imp.add_argument("--format", default="auto", choices=["auto", "hdf5", "npy"])
+    formats = "auto (default: a .h5/.hdf5 name or an existing file is HDF5, else a folder of .npy), hdf5 or npy"
+    imp = fsub.add_parser("import", help="import an HDF5 file or a folder of <id>.npy files into a store",
+                          description="Copy features made elsewhere into a feature store: each (T, D) "
+                                      "(per-frame) or (D,) array becomes one video, named by its HDF5 dataset "
+                                      "(or the group holding a 'features' dataset, or a video_id attribute) or "
+                                      ".npy file stem, with its time-mean as the pooled vector. The store "
+                                      "records backbone imported:SOURCE; `captioner train` reads it like any "
+                                      "other store.")
+    imp.add_argument("source", metavar="SOURCE", help="an HDF5 file (one dataset per video id) or a folder of "
+                                                      "<id>.npy files")
+    imp.add_argument("--out", required=True, metavar="STORE", help="feature store to write (created if missing)")
+    imp.add_argument("--format", default="auto", choices=["auto", "hdf5", "npy"], help=f"SOURCE's format: {formats}")
     imp.set_defaults(handler=_run_features_import)
-    exp = fsub.add_parser("export", help="export to one HDF5 file or a folder of <id>.npy files")
-    exp.add_argument("store")
-    exp.add_argument("dest")
-    exp.add_argument("--format", default="auto", choices=["auto", "hdf5", "npy"])
+    exp = fsub.add_parser("export", help="export a store to one HDF5 file or a folder of <id>.npy files",
+                          description="Write every video's per-frame (or per-clip) features, a (T, D) float32 "
+                                      "array, as one HDF5 dataset per video id or one <id>.npy file per video.")
+    exp.add_argument("store", metavar="STORE", help="feature store written by `captioner extract` or `features import`")
+    exp.add_argument("dest", metavar="DEST", help="an .h5/.hdf5 file, or a folder for the .npy files")
+    exp.add_argument("--format", default="auto", choices=["auto", "hdf5", "npy"], help=f"DEST's format: {formats}")
     exp.set_defaults(handler=_run_features_export)
-    info = fsub.add_parser("info", help="print what a store holds and how it was extracted")
-    info.add_argument("store")
+    info = fsub.add_parser("info", help="print what a store holds and how it was extracted",
+                           description="Print a store's video count, feature size and provenance (backbone, "
+                                       "weights checksum, sampling, precision) as JSON.")
+    info.add_argument("store", metavar="STORE", help="feature store")
     info.set_defaults(handler=_run_features_info)
 
 
@@ -126,9 +149,14 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from .train import train_from_config
+    from .config import load_config
+    from .train_config import TrainConfig
 
-    best = train_from_config(args.config, args.overrides, resume=args.resume)
+    config = load_config(TrainConfig, args.config, args.overrides)  # every key, type and range; torch-free
+    config.require_data()
+    from .train import train
+
+    best = train(config, resume=args.resume)
     # Under torchrun every process returns here; one line is enough.
     if best.exists() and int(os.environ.get("RANK", "0")) == 0:
         print(f"best checkpoint: {best}")
@@ -230,9 +258,13 @@ def _add_caption(sub) -> None:
                        description="Caption each input with a trained model (default: the model shipped "
                                    "in the package; nothing is downloaded). Prints path<TAB>caption.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="video/image files, folders or glob patterns")
-    p.add_argument("--model", default="default", help="'default' or a checkpoint file (.pt)")
+    p.add_argument("--model", default="default",
+                   help="'default' (the model inside the package) or a checkpoint file (.pt); `captioner models` "
+                        "lists them")
     p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy; default %(default)s)")
-    p.add_argument("--n-best", type=int, default=3, help="alternatives kept in --json (default %(default)s)")
+    p.add_argument("--n-best", type=int, default=None, metavar="N",
+                   help="captions kept as alternatives in --json, best first (default: 3, or the beam size if "
+                        "smaller); beam search finds at most --beam captions, so N above --beam is an error")
     p.add_argument("--max-len", type=int, default=20, help="longest caption in words (default %(default)s)")
     p.add_argument("--length-penalty", type=float, default=None,
                    help="beam score = log-probability / (words + 1) ** this (default 0.5; 0 favours short captions)")
@@ -245,7 +277,7 @@ def _add_caption(sub) -> None:
                      help="write segment captions as SRT (a folder when several inputs are given)")
     out.add_argument("--vtt", default=None, metavar="FILE",
                      help="write segment captions as WebVTT (a folder when several inputs are given)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_argument(p)
     add_runtime_arguments(p)
     p.add_argument("--verbose", action="store_true", help="print the time split per input on stderr")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -288,20 +320,30 @@ class _SegmentBar:
 
 def _run_caption(args) -> int:
     import json
+    import math
     import time
     from pathlib import Path
 
     if (args.srt or args.vtt) and args.segments is None:
         raise UsageError("--srt/--vtt need --segments SECONDS")
+    if args.n_best is None:
+        args.n_best = min(3, args.beam)
     if args.beam < 1 or args.n_best < 1 or args.max_len < 1:
         raise UsageError("--beam, --n-best and --max-len must be at least 1")
+    if args.n_best > args.beam:
+        raise UsageError(f"--n-best {args.n_best} is more than --beam {args.beam}: beam search finds at most "
+                         f"{args.beam} captions; raise --beam to {args.n_best} or more")
     if args.segments is not None and not args.segments > 0:
         raise UsageError("--segments must be a positive number of seconds")
+    if args.length_penalty is not None and not math.isfinite(args.length_penalty):
+        raise UsageError(f"--length-penalty must be a finite number, got {args.length_penalty}")
     from .atomic import check_output_path
-    from .runtime import check_options
 
     check_options(args.runtime, args.precision)
-    from .caption import Captioner, write_subtitles
+    check_device(args.device)
+    from .caption import Captioner, check_model, write_subtitles
+
+    check_model(args.model)
     from .inputs import expand_globs, find_inputs
 
     startup = _process_age()  # interpreter and library start-up; model_load is then weights only
@@ -377,7 +419,10 @@ def _add_pipeline(sub) -> None:
                                    "are skipped; an interrupted stage resumes.")
     psub = p.add_subparsers(dest="pipeline_command", metavar="ACTION", parser_class=_Parser)
     psub.required = True
-    run = psub.add_parser("run", help="print the plan, then run the stages that are not up to date")
+    run = psub.add_parser("run", help="print the plan, then run the stages that are not up to date",
+                          description="Print which stages run and why (a changed value, input file or upstream "
+                                      "stage), then run them in order; finished stages are skipped and an "
+                                      "interrupted one resumes. A failing stage stops the run with one line.")
     run.add_argument("config", metavar="CONFIG", help="pipeline config (YAML)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set train.lr=3e-4 --set distributed.nproc_per_node=4")
@@ -427,7 +472,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default %(default)s: this machine only; 0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
-    p.add_argument("--model", default="default", help="'default' or a checkpoint file (.pt)")
+    p.add_argument("--model", default="default",
+                   help="'default' (the model inside the package) or a checkpoint file (.pt); `captioner models` "
+                        "lists them")
     p.add_argument("--max-upload-mb", type=float, default=100.0, metavar="N",
                    help="largest accepted upload in MB (default %(default)g); larger ones get HTTP 413")
     p.add_argument("--queue", type=int, default=4, metavar="N",
@@ -441,7 +488,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="a web origin (e.g. https://example.org) whose pages may post videos here; repeatable. "
                         "Posts from other sites' pages get HTTP 403")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_argument(p)
     add_runtime_arguments(p)
     p.set_defaults(handler=_run_serve)
 
@@ -460,9 +507,11 @@ def _run_serve(args) -> int:
         if parts.scheme not in ("http", "https") or not parts.netloc or origin != f"{parts.scheme}://{parts.netloc}":
             raise UsageError(f"--allow-origin takes an origin such as https://example.org:8443 "
                              f"(scheme, host and port only), got {origin!r}")
-    from .runtime import check_options
-
     check_options(args.runtime, args.precision)
+    check_device(args.device)
+    from .caption import check_model
+
+    check_model(args.model)  # before the web framework is imported
     from .serve import ServeLimits, serve
 
     limits = ServeLimits(max_upload_mb=args.max_upload_mb, queue=args.queue, uploads=args.uploads,
@@ -473,14 +522,73 @@ def _run_serve(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- models
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the shipped model, checkpoints under a folder, and the backbones",
+                       description="List what `--model` and `--backbone` take: the default model inside the "
+                                   "package (and every checkpoint under --runs), with the backbone it reads, "
+                                   "then every registered backbone with its feature size, input and the weights "
+                                   "it needs (and whether they are installed).")
+    p.add_argument("--runs", default=None, metavar="DIR",
+                   help="also list the checkpoints (*.pt but last.pt) under this folder, e.g. runs/")
+    p.add_argument("--json", action="store_true", help="print one JSON object: models and backbones")
+    p.set_defaults(handler=_run_models)
+
+
+def _run_models(args) -> int:
+    import json
+
+    from .catalog import BACKBONES, list_models
+
+    models = list_models(args.runs)
+    if args.json:
+        print(json.dumps({"models": [m.to_dict() for m in models], "backbones": [b.to_dict() for b in BACKBONES]},
+                         indent=2))
+        return 0
+    print("models (--model):")
+    for m in models:
+        print(f"  {m.name}")
+        if m.name != m.path:
+            print(f"      file       {m.path}")
+        if m.note:
+            print(f"      note       {m.note}")
+        else:
+            print(f"      id         {m.model_id}")
+            print(f"      backbone   {m.backbone} ({m.feature_dim}-d, frames {m.frames})")
+            print(f"      vocabulary {m.vocabulary} words")
+    print("backbones (extract --backbone; join with '+'):")
+    width = max(len(b.name) for b in BACKBONES)
+    for b in BACKBONES:
+        dim = f"{b.feature_dim}-d" if b.feature_dim else "arch-d"
+        installed = b.installed()
+        state = "" if installed is None else "  [installed]" if installed else f"  [missing: {b.pip}]"
+        print(f"  {b.name:<{width}}  {dim:>7}  {b.input:<22}  {b.weights}{state}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
+class _VersionAction(argparse.Action):
+    """`--version`: captioner, Python, torch, OpenVINO and the devices, from package metadata
+    (importing torch to ask its version would take seconds)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .catalog import environment, format_environment
+
+        print(format_environment(environment()))
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="captioner", description="Caption videos in English.")
-    parser.add_argument("--version", action="version", version=f"captioner {__version__}")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the versions of captioner, Python, torch and OpenVINO, and the devices")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in (_add_extract, _add_features, _add_caption, _add_train, _add_evaluate, _add_report,
-                _add_pipeline, _add_serve):
+                _add_pipeline, _add_serve, _add_models):
         add(sub)
     return parser
 

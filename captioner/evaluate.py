@@ -25,7 +25,7 @@ from typing import Iterable, Mapping, Sequence
 
 from .atomic import atomic_write
 from .datasets import jsonl_records
-from .errors import CaptionerError
+from .errors import CaptionerError, UsageError
 from .inputs import video_ids
 from .metrics import DEFAULT_METRICS, Scorer, parse_metrics
 
@@ -276,6 +276,8 @@ def evaluate_files(predictions: str | os.PathLike, references: str | os.PathLike
                    scorer: Scorer | None = None, min_coverage: float = 0.0) -> Evaluation:
     """`evaluate` on files: what `captioner evaluate` runs."""
     metrics = parse_metrics(metrics)  # a typo fails before any file is read or Java started
+    if k < 1:
+        raise UsageError(f"--k must be at least 1, got {k}")
     predicted = read_predictions(predictions)
     refs = read_references(references, split)
     train_refs = read_references(train_references, train_split) if train_references is not None else None

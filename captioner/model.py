@@ -29,48 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_open
-from .config import require
 from .errors import CaptionerError
 from .hashing import file_sha256
 from .numpy_decoder import (PROVENANCE_KEYS, SOURCES, InferenceExport, check_provenance,  # noqa: F401
                             export_path, provenance_differences, source_name, write_export)
 from .text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
+from .train_config import ModelConfig  # noqa: F401  (re-exported)
 
 CHECKPOINT_FORMAT = "captioner-checkpoint"
 CHECKPOINT_VERSION = 1
-
-
-@dataclass
-class ModelConfig:
-    feature_dim: int = 0  # set from the feature store when training starts
-    embed_size: int = 256
-    hidden_size: int = 256  # small enough to train on a CPU; the configs in configs/ use 512
-    num_layers: int = 1
-    dropout: float = 0.3
-    video_input: str = "every_step"  # or "first_step"
-    tie_weights: bool = False  # share the word embedding with the output layer
-    condition_on_source: bool = False  # add a learned image/video vector to the video input
-    # [start, end) of each classifier head's probabilities in the input vector (concept
-    # backbones, see captioner/concepts.py); the rest of the vector is appearance features.
-    concept_heads: list = field(default_factory=list)
-
-    def validate(self) -> None:
-        """Range checks that need no data (feature_dim 0 means: taken from the feature store)."""
-        for name in ("embed_size", "hidden_size", "num_layers"):
-            value = getattr(self, name)
-            require(value >= 1, f"model.{name}", "at least 1", value)
-        require(self.feature_dim >= 0, "model.feature_dim", "positive (or 0: from the feature store)",
-                self.feature_dim)
-        require(0 <= self.dropout < 1, "model.dropout", "at least 0 and below 1", self.dropout)
-        if self.video_input not in ("every_step", "first_step"):
-            raise CaptionerError(f"model.video_input must be every_step or first_step, not {self.video_input!r}")
-        if self.tie_weights and self.embed_size != self.hidden_size:
-            raise CaptionerError("model.tie_weights needs model.embed_size == model.hidden_size "
-                                 f"(got {self.embed_size} and {self.hidden_size})")
-        for start, end in self.concept_heads:
-            if not 0 <= start < end <= (self.feature_dim or end):
-                raise CaptionerError(f"model.concept_heads: [{start}, {end}) is not inside the "
-                                     f"{self.feature_dim}-d input")
 
 
 class ConceptInput(nn.Module):

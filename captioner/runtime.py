@@ -41,7 +41,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .cache import cache_dir
-from .device import resolve_device
+from .device import is_cuda, resolve_device
 from .errors import CaptionerError, UsageError
 
 RUNTIMES = ("auto", "torch", "openvino")
@@ -73,8 +73,8 @@ def resolve(runtime: str, precision: str, device: str) -> tuple[str, str]:
     """(runtime, precision) that `auto` means on this device."""
     check_options(runtime, precision)
     if runtime == "auto":
-        runtime = "torch" if device == "cuda" else "openvino"
-    if runtime == "openvino" and device == "cuda":
+        runtime = "torch" if is_cuda(device) else "openvino"
+    if runtime == "openvino" and is_cuda(device):
         raise UsageError("--runtime openvino runs on the CPU; with --device cuda use --runtime torch or auto")
     if precision == "mixed" and runtime != "openvino":
         raise UsageError("--precision mixed is an OpenVINO precision; with --runtime torch use fp32 or bf16")
@@ -82,7 +82,7 @@ def resolve(runtime: str, precision: str, device: str) -> tuple[str, str]:
         # CUDA keeps the backbone's mixed precision (bf16, or fp16 on older GPUs). On the CPU see
         # the module doc; `mixed` falls back to fp32 for backbones without clip members.
         if runtime == "torch":
-            precision = "autocast" if device == "cuda" else "fp32"
+            precision = "autocast" if is_cuda(device) else "fp32"
         else:
             precision = "mixed" if cpu_has_bf16() else "fp32"
     if precision in ("bf16", "mixed") and runtime == "openvino" and not cpu_has_bf16():
@@ -112,7 +112,10 @@ def load_backbone(provenance_or_name: str | dict, runtime: str = "auto", precisi
     """A feature extractor for a backbone spec (or a provenance dict's "backbone"), on the runtime
     and precision asked for. With runtime="auto", a backbone OpenVINO cannot convert runs on
     PyTorch (with a warning that says why); with runtime="openvino" that is a CaptionerError."""
+    from .catalog import check_backbone
+
     spec = provenance_or_name["backbone"] if isinstance(provenance_or_name, dict) else provenance_or_name
+    check_backbone(spec)  # a typo is reported before torch or OpenVINO loads
     device = resolve_device(device)
     asked = runtime
     runtime, precision = resolve(runtime, precision, device)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from captioner.atomic import atomic_write
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, UsageError
 from captioner.hashing import file_sha256
 from captioner.inputs import is_media
 
@@ -134,7 +134,7 @@ def select(stages: Iterable[Stage], names: Iterable[str]) -> set[str]:
     for name in names:
         matches = [s for s in known if s == name or s.startswith(name + "-")]
         if not matches:
-            raise CaptionerError(f"no pipeline stage {name!r}; stages: {', '.join(known)}")
+            raise UsageError(f"no pipeline stage {name!r}; stages: {', '.join(known)}")
         chosen.update(matches)
     return chosen
 

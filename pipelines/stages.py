@@ -32,9 +32,9 @@ from typing import Mapping
 
 from captioner.atomic import atomic_write
 from captioner.config import load_config, save_config
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, UsageError
 from captioner.extract import ExtractConfig
-from captioner.train import TrainConfig
+from captioner.train_config import TrainConfig  # torch-free: a config typo fails fast
 
 from .graph import MARKER, Stage, Step, execute, format_plan, plan
 
@@ -133,28 +133,28 @@ def load_pipeline(path: str | os.PathLike, overrides: list[str] | None = None) -
                                      ("data.features", cfg.data.features, ""),
                                      ("data.val_features", cfg.data.val_features, None)):
             if value != default:
-                raise CaptionerError(f"{section}.{name} is set by the pipeline (it is {value!r}); remove it", path)
+                raise UsageError(f"{section}.{name} is set by the pipeline (it is {value!r}); remove it", path)
     if config.videos.pretrain and config.train.init_from is not None:
-        raise CaptionerError("train.init_from is set by the pipeline to the pretrain stage's best.pt when "
-                             "videos.pretrain is given; remove one of them", path)
+        raise UsageError("train.init_from is set by the pipeline to the pretrain stage's best.pt when "
+                         "videos.pretrain is given; remove one of them", path)
     for name in ("train", "test"):
         if not getattr(config.videos, name):
-            raise CaptionerError(f"videos.{name} is empty: list the {name} videos (files, folders or .txt lists)",
-                                 path)
+            raise UsageError(f"videos.{name} is empty: list the {name} videos (files, folders or .txt lists)",
+                             path)
     if config.training_set.corpus:
         for name in ("augment_features", "text_captions"):
             if getattr(config.train.data, name):
-                raise CaptionerError(f"train.data.{name} is set by the pipeline's training-set stage when "
-                                     "training_set.corpus is given; remove it", path)
+                raise UsageError(f"train.data.{name} is set by the pipeline's training-set stage when "
+                                 "training_set.corpus is given; remove it", path)
         if config.videos.images and not config.training_set.image_captions:
-            raise CaptionerError("videos.images needs training_set.image_captions (the photos' captions)", path)
+            raise UsageError("videos.images needs training_set.image_captions (the photos' captions)", path)
     elif config.videos.images:
-        raise CaptionerError("videos.images are trained on through the training-set stage: set training_set.corpus "
-                             "(or move the photos to videos.pretrain to pre-train on them)", path)
+        raise UsageError("videos.images are trained on through the training-set stage: set training_set.corpus "
+                         "(or move the photos to videos.pretrain to pre-train on them)", path)
     if config.distributed.nproc_per_node < 1 or config.distributed.nnodes < 1:
-        raise CaptionerError("distributed.nproc_per_node and distributed.nnodes must be at least 1", path)
+        raise UsageError("distributed.nproc_per_node and distributed.nnodes must be at least 1", path)
     if config.distributed.nnodes > 1 and not config.distributed.master_addr:
-        raise CaptionerError("distributed.nnodes > 1 needs distributed.master_addr (the rendezvous host)", path)
+        raise UsageError("distributed.nnodes > 1 needs distributed.master_addr (the rendezvous host)", path)
     return config
 
 

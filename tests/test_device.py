@@ -41,5 +41,5 @@ def test_auto_is_the_cpu_without_a_usable_gpu(driver_without_cuda):
 
 
 def test_an_unknown_device_is_a_usage_error():
-    with pytest.raises(device_rules.UsageError, match="unknown device 'gpu' \\(cpu, cuda or auto\\)"):
+    with pytest.raises(device_rules.UsageError, match="unknown device 'gpu' \\(auto, cpu, cuda or cuda:N\\)"):
         device_rules.resolve_device("gpu")

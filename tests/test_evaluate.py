@@ -204,7 +204,7 @@ def test_cli_errors_are_one_line(tmp_path, msvd_test_refs):
     assert_one_line_error(proc, "bad_refs.json")
 
     proc, _ = run_cli("evaluate", "--predictions", str(good), "--references", str(refs), "--metrics", "BLUE")
-    assert_one_line_error(proc, "unknown metric")
+    assert_one_line_error(proc, "unknown metric", code=2)
 
     # Java missing: a one-line hint; (dropping METEOR does not help: the PTB tokenizer is Java too).
     proc, _ = run_cli("evaluate", "--predictions", str(good), "--references", str(refs), "--metrics", "BLEU,CIDEr",

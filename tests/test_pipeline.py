@@ -154,8 +154,8 @@ def test_force_and_until_choose_the_stages(smoke):
     assert extract_only.actions() == {"extract-train": "skip", "extract-test": "skip", "train": "skip",
                                       "predict": "skip", "evaluate": "skip", "report": "skip"}
     assert extract_only.out.count("not needed for --until") == 4
-    unknown = pipeline(run_dir, "--force", "trian")
-    assert unknown.code == 1
+    unknown = pipeline(run_dir, "--force", "trian")  # a usage error: exit 2
+    assert unknown.code == 2
     assert unknown.err.strip() == ("captioner: error: no pipeline stage 'trian'; stages: extract-train, "
                                    "extract-test, train, predict, evaluate, report")
 

@@ -360,18 +360,18 @@ def test_cli_train_errors_are_one_line(tmp_path, random_store, data_dir):
     assert "config file not found" in missing.stderr
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "data": _data(random_store, data_dir)}))
-    bad_key = _cli("train", str(config), "--set", "model.hiden_size=3")
-    assert bad_key.returncode == 1 and "unknown config key" in bad_key.stderr
+    bad_key = _cli("train", str(config), "--set", "model.hiden_size=3")  # a config's mistakes are usage errors
+    assert bad_key.returncode == 2 and "unknown config key" in bad_key.stderr
     assert bad_key.stderr.strip().count("\n") == 0
     nothing = _cli("train", str(config), "--resume")
     assert nothing.returncode == 1 and "nothing to resume" in nothing.stderr
     bad_value = _cli("train", str(config), "--set", "epochs=ten")
-    assert bad_value.returncode == 1 and "epochs must be a whole number, got 'ten'" in bad_value.stderr
+    assert bad_value.returncode == 2 and "epochs must be a whole number, got 'ten'" in bad_value.stderr
     no_epochs = _cli("train", str(config), "--set", "epochs=0")  # used to exit 0 without training
-    assert no_epochs.returncode == 1 and no_epochs.stderr.strip().count("\n") == 0
+    assert no_epochs.returncode == 2 and no_epochs.stderr.strip().count("\n") == 0
     assert f"{config}: epochs must be at least 1, got 0" in no_epochs.stderr
     no_units = _cli("train", str(config), "--set", "model.hidden_size=0")  # used to be a torch traceback
-    assert no_units.returncode == 1 and no_units.stderr.strip().count("\n") == 0
+    assert no_units.returncode == 2 and no_units.stderr.strip().count("\n") == 0
     assert "model.hidden_size must be at least 1, got 0" in no_units.stderr
     assert not (tmp_path / "run").exists()
 

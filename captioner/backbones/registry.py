@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import CaptionerError
+from ..errors import CaptionerError, UsageError
 from .base import Backbone
 
 _FACTORIES: dict[str, Callable[..., Backbone]] = {}
@@ -67,18 +67,18 @@ def _create_one(spec: str, weights: str | None) -> Backbone:
             raise CaptionerError(f"backbone {spec}: weights given twice (in the name and as weights=)")
         weights = path.strip()
     if not name:
-        raise CaptionerError(f"empty backbone name in {spec!r}; available: {_names_hint()}")
+        raise UsageError(f"empty backbone name in {spec!r}; available: {_names_hint()}")
     if weights is not None and not weights:
-        raise CaptionerError(f"backbone {name}: empty weights path")
+        raise UsageError(f"backbone {name}: empty weights path")
     prefix, colon, arch = name.partition(":")
     if colon:
         factory = _FACTORIES.get(prefix + ":")
         if factory is None or not arch:
-            raise CaptionerError(f"unknown backbone {name!r}; available: {_names_hint()}")
+            raise UsageError(f"unknown backbone {name!r}; available: {_names_hint()}")
         return factory(arch, weights)
     factory = _FACTORIES.get(name)
     if factory is None:
-        raise CaptionerError(f"unknown backbone {name!r}; available: {_names_hint()}")
+        raise UsageError(f"unknown backbone {name!r}; available: {_names_hint()}")
     return factory(weights)
 
 
