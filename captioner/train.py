@@ -38,6 +38,7 @@ from .datasets import Captions, join_features, load_captions
 from .errors import CaptionerError
 from .model import (PROVENANCE_KEYS, SOURCES, CaptionModel, Checkpoint, ModelConfig, check_provenance,
                     load_checkpoint, provenance_differences, save_checkpoint, source_name)
+from .predict import Decoding, predict_captions
 from .store import open_features
 from .text import EOS_ID, PAD_ID, Vocabulary, tokenize
 
@@ -53,7 +54,7 @@ class DataConfig:
     val_features: str | None = None
     val_captions: str | None = None
     val_split: str | None = "val"
-    max_words: int = 20  # longer captions are cut; also the decoding limit in validation
+    max_words: int = 20  # longer training captions are cut (decoding.max_len limits generated ones)
     min_count: int = 2  # words seen fewer times in the training captions become <unk>
     # Captions of videos you have no features for (the rest of a corpus): trained with an
     # all-zero feature vector as videos, they teach a source-conditioned decoder that corpus's
@@ -102,6 +103,10 @@ class TrainConfig:
     # Scores computed on the validation set each epoch (captioner.metrics names); best.pt is
     # chosen by the first (BLEU means BLEU-4); an empty list chooses by validation loss.
     val_metrics: list[str] = field(default_factory=lambda: ["CIDEr"])
+    # How this model's captions are decoded, saved in its checkpoints: `captioner caption`, the
+    # server and the pipeline use it unless told otherwise, and validation does too, with
+    # val_beam_size as a cheaper beam.
+    decoding: Decoding = field(default_factory=Decoding)
     val_beam_size: int = 1
     # Fine-tuning: start from this checkpoint's weights and architecture (the model section is
     # then ignored). init_vocab "extend" keeps every pre-trained word at its id and appends the
@@ -355,13 +360,11 @@ def validate(model: CaptionModel, data: CaptionTensors, references: Captions, vo
     if cfg.val_metrics:
         from .metrics import score
 
-        predictions = {}
-        for start in range(0, len(data.video_ids), batch_size):
-            feats = data.feats[start: start + batch_size]
-            hyps = model.generate(feats, beam_size=cfg.val_beam_size, max_len=cfg.data.max_words,
-                                  sources=data.sources[start: start + batch_size])
-            for vid, best in zip(data.video_ids[start: start + batch_size], hyps):
-                predictions[vid] = vocab.decode(best[0][0]) or "<empty>"  # the scorers need a word
+        sources = [SOURCES[k] for k in data.sources.tolist()]
+        hyps = predict_captions(model, vocab, data.feats, sources,
+                                cfg.decoding.but(beam=cfg.val_beam_size), batch_size=batch_size)
+        # The scorers need a word, and an empty caption must still count against the model.
+        predictions = {vid: best[0].caption or "<empty>" for vid, best in zip(data.video_ids, hyps)}
         scores = score(predictions, {vid: references[vid] for vid in predictions}, cfg.val_metrics)
         result.update({f"val_{name}": value for name, value in scores.items()})
     return result
