@@ -390,8 +390,8 @@ def _training_precision(provenance: dict, runtime: str, device: str) -> str:
 
     if resolve(runtime, "auto", device)[0] != "openvino":
         return "auto"
-    if provenance.get("precision") == "bf16" and cpu_has_bf16():
-        return "bf16"
+    if provenance.get("precision") in ("bf16", "mixed") and cpu_has_bf16():
+        return provenance["precision"]
     return "fp32"
 
 

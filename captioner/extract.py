@@ -47,7 +47,7 @@ class ExtractConfig:
     workers: int | None = None  # decoding processes (0: decode inline); None: by device and cores
     device: str = "auto"  # auto | cpu | cuda
     runtime: str = "auto"  # auto | torch | openvino (see captioner.runtime)
-    precision: str = "auto"  # auto | fp32 | bf16
+    precision: str = "auto"  # auto | fp32 | bf16 | mixed (captioner.runtime)
     ray_address: str | None = None
     ray_videos_per_task: int = 8
     # Mirror every frame left-right: a second view of a training set, for data.augment_features.

@@ -3,11 +3,13 @@
     fx = load_backbone("efficientnet_lite2")            # runtime="auto", precision="auto"
     fx.features(frames_uint8)                           # (N, feature_dim) float32 numpy
 
-`auto` runs OpenVINO on a CPU (2-2.5x PyTorch fp32 there) and PyTorch on CUDA, in fp32.
-bf16 (another 1.3-2x on CPUs whose OpenVINO capabilities list BF16) is opt-in: on real MSVD
-clips it keeps Inception-v3 and I3D features within cosine 0.9999 of fp32, but EfficientNet-
-Lite1/2's only within 0.997-0.998 per video (0.986 per frame), below the 0.999 the project
-asks of a runtime, and it changes some captions.
+`auto` runs OpenVINO on a CPU (2-2.5x PyTorch fp32 there) and PyTorch on CUDA. On OpenVINO,
+bf16 (another 1.3-2x on CPUs whose OpenVINO capabilities list BF16) keeps Inception-v3 and I3D
+features within cosine 0.9999 of fp32, but EfficientNet-Lite1/2's only within 0.997-0.998 per
+video (0.986 per frame), below the 0.999 the project asks of a runtime, and it changes some
+captions. So `auto` there is fp32 for image backbones and `mixed` for combinations with a clip
+member: the clip members (I3D, most of the time of a concept model) in bf16, the image members
+in fp32. `bf16` runs every member in bf16.
 
 The OpenVINO model is converted from the same module `backbones.create` builds (so every
 backbone that converts gets it, user weights included), with preprocessing (uint8 NHWC in,
@@ -41,7 +43,7 @@ from .atomic import atomic_write
 from .errors import CaptionerError, UsageError
 
 RUNTIMES = ("auto", "torch", "openvino")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "mixed")
 # Bump when conversion or the graph's preprocessing changes: older cached models then miss.
 FORMAT_VERSION = 1
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -59,15 +61,16 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", default="auto", metavar="RUNTIME",
                         help="auto (OpenVINO on CPU, PyTorch on CUDA), torch or openvino")
     parser.add_argument("--precision", default="auto", metavar="PRECISION",
-                        help="auto (fp32; mixed precision on CUDA), fp32 or bf16 (faster on CPUs with bf16 "
-                             "units, features within cosine 0.98-0.9999 of fp32)")
+                        help="auto (on CPU: fp32, with clip members such as I3D in bf16 where the CPU has "
+                             "bf16 units; mixed precision on CUDA), fp32, bf16 (faster, features within cosine "
+                             "0.98-0.9999 of fp32) or mixed (OpenVINO: bf16 clip members, fp32 image members)")
 
 
 def check_options(runtime: str, precision: str) -> None:
     if runtime not in RUNTIMES:
         raise UsageError(f"unknown --runtime {runtime!r} (auto, torch or openvino)")
     if precision not in PRECISIONS:
-        raise UsageError(f"unknown --precision {precision!r} (auto, fp32 or bf16)")
+        raise UsageError(f"unknown --precision {precision!r} (auto, fp32, bf16 or mixed)")
 
 
 def resolve_device(device: str) -> str:
@@ -98,12 +101,17 @@ def resolve(runtime: str, precision: str, device: str) -> tuple[str, str]:
         runtime = "torch" if device == "cuda" else "openvino"
     if runtime == "openvino" and device == "cuda":
         raise UsageError("--runtime openvino runs on the CPU; with --device cuda use --runtime torch or auto")
+    if precision == "mixed" and runtime != "openvino":
+        raise UsageError("--precision mixed is an OpenVINO precision; with --runtime torch use fp32 or bf16")
     if precision == "auto":
-        # CUDA keeps the backbone's mixed precision (bf16, or fp16 on older GPUs); CPU bf16 is
-        # opt-in (see the module doc).
-        precision = "autocast" if runtime == "torch" and device == "cuda" else "fp32"
-    if precision == "bf16" and runtime == "openvino" and not cpu_has_bf16():
-        raise UsageError("--precision bf16: this CPU has no bf16 support (OpenVINO's "
+        # CUDA keeps the backbone's mixed precision (bf16, or fp16 on older GPUs). On the CPU see
+        # the module doc; `mixed` falls back to fp32 for backbones without clip members.
+        if runtime == "torch":
+            precision = "autocast" if device == "cuda" else "fp32"
+        else:
+            precision = "mixed" if cpu_has_bf16() else "fp32"
+    if precision in ("bf16", "mixed") and runtime == "openvino" and not cpu_has_bf16():
+        raise UsageError(f"--precision {precision}: this CPU has no bf16 support (OpenVINO's "
                          "OPTIMIZATION_CAPABILITIES lacks BF16); use fp32")
     return runtime, precision
 
@@ -335,15 +343,17 @@ class OpenVINOFeatures:
     def load(cls, spec: str, precision: str) -> "OpenVINOFeatures":
         cache = _ModelCache(cache_dir() / "openvino")
         entry = cache.lookup(spec)
-        if entry is not None:
+        cache_hit = entry is not None
+        members = [cache.compile(key, precision) for key in entry["members"]] if cache_hit else []
+        if not cache_hit or any(m is None for m in members):
+            cache_hit = False
+            entry = cache.convert(spec)
             members = [cache.compile(key, precision) for key in entry["members"]]
-            if all(m is not None for m in members):
-                return cls(entry, members, precision, cache_hit=True)
-        entry = cache.convert(spec)
-        members = [cache.compile(key, precision) for key in entry["members"]]
-        if any(m is None for m in members):
-            raise ConversionError("OpenVINO cannot compile the converted network")
-        return cls(entry, members, precision, cache_hit=False)
+            if any(m is None for m in members):
+                raise ConversionError("OpenVINO cannot compile the converted network")
+        if precision == "mixed" and not any(m.clip_len > 1 for m in members):
+            precision = "fp32"  # nothing runs in bf16: the features are fp32 ones
+        return cls(entry, members, precision, cache_hit=cache_hit)
 
 
 def _ov_version() -> str:
@@ -386,6 +396,8 @@ class _ModelCache:
         model_dir = self.root / key
         try:
             meta = json.loads((model_dir / "meta.json").read_text())
+            if precision == "mixed":
+                precision = "bf16" if meta["clip_len"] > 1 else "fp32"
             compiled = _core().compile_model(str(model_dir / "model.xml"), "CPU", {
                 "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
                 "CACHE_DIR": str(model_dir / "compiled")})

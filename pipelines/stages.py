@@ -1,9 +1,14 @@
 """The captioning pipeline: one config from videos to a report, as cached stages.
 
     extract-pretrain ──> pretrain ──┐            (only with videos.pretrain: image pre-training)
-    extract-train ──────────────────┼──> train ──> predict ──> evaluate ──> report
-    extract-val ────────────────────┘                 ^           ^
-    extract-test ─────────────────────────────────────┴───────────┘
+    extract-train ─┬─ (training-set) ┼──> train ──> predict ──> evaluate ──> report
+    extract-images ┘                 │                 ^           ^
+    extract-val ─────────────────────┘                 │           │
+    extract-test ──────────────────────────────────────┴───────────┘
+
+training-set runs when `training_set.corpus` is given (the default model's recipe,
+`captioner.training_set`): it joins the train videos, the photos of videos.images and the
+corpus's other videos, known by their captions alone, into the store the train stage reads.
 
 evaluate's baselines also read extract-train; video sets listing the same videos share one store.
 
@@ -34,7 +39,7 @@ from captioner.train import TrainConfig
 from .graph import MARKER, Stage, Step, execute, format_plan, plan
 
 STORE = "features"  # the feature store inside an extraction stage's directory
-VIDEO_SETS = ("pretrain", "train", "val", "test")
+VIDEO_SETS = ("pretrain", "images", "train", "val", "test")
 LAUNCH = "torchrun.json"  # a multi-node training stage's launch command, for the other nodes
 
 
@@ -50,7 +55,23 @@ class VideosConfig:
     test: list[str] = field(default_factory=list)
     pretrain: list[str] = field(default_factory=list)  # images for the pretrain stage; empty: no pre-training
     pretrain_frames: str = "uniform:1"  # an image is a one-frame video
+    images: list[str] = field(default_factory=list)  # photos trained on beside the videos (training_set)
     max_failures: int = 0  # undecodable videos a set may have before its extraction counts as failed
+
+
+@dataclass
+class TrainingSetConfig:
+    """Train on more than the train videos (captioner.training_set): photos beside them and the
+    other videos of a caption corpus by their captions alone. Needs a concept backbone."""
+
+    corpus: str | None = None  # caption file of the videos known by captions alone; null: no training-set stage
+    corpus_split: str | None = None  # a split name or a file listing ids; null: the whole file
+    exclude: list[str] = field(default_factory=list)  # files listing held-out videos (paths or ids) never trained on
+    captions_per_video: int = 12  # of each caption-only video
+    views: int = 2  # other draws of their derived concepts, as data.augment_features
+    image_captions: str | None = None  # captions of videos.images
+    image_split: str | None = "train"
+    seed: int = 0
 
 
 @dataclass
@@ -107,6 +128,7 @@ class PipelineConfig:
     # data.features / data.val_features (and train.init_from after pre-training).
     pretrain: TrainConfig = field(default_factory=TrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    training_set: TrainingSetConfig = field(default_factory=TrainingSetConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -130,6 +152,16 @@ def load_pipeline(path: str | os.PathLike, overrides: list[str] | None = None) -
         if not getattr(config.videos, name):
             raise CaptionerError(f"videos.{name} is empty: list the {name} videos (files, folders or .txt lists)",
                                  path)
+    if config.training_set.corpus:
+        for name in ("augment_features", "text_captions"):
+            if getattr(config.train.data, name):
+                raise CaptionerError(f"train.data.{name} is set by the pipeline's training-set stage when "
+                                     "training_set.corpus is given; remove it", path)
+        if config.videos.images and not config.training_set.image_captions:
+            raise CaptionerError("videos.images needs training_set.image_captions (the photos' captions)", path)
+    elif config.videos.images:
+        raise CaptionerError("videos.images are trained on through the training-set stage: set training_set.corpus "
+                             "(or move the photos to videos.pretrain to pre-train on them)", path)
     if config.distributed.nproc_per_node < 1 or config.distributed.nnodes < 1:
         raise CaptionerError("distributed.nproc_per_node and distributed.nnodes must be at least 1", path)
     if config.distributed.nnodes > 1 and not config.distributed.master_addr:
@@ -166,12 +198,62 @@ def _extract_stage(config: PipelineConfig, name: str, progress: bool) -> Stage:
 
     # Where and how fast extraction runs does not change the features, so batch size, workers,
     # device, runtime (see captioner.store) and the Ray address are not part of the key. bf16
-    # does change them a little; it is keyed only when asked for, so the keys of fp32 stores
-    # made before precisions existed stay what they were.
+    # and mixed change them a little; they are keyed when asked for by name, so the keys of fp32
+    # stores made before precisions existed stay what they were. What `auto` resolved to is
+    # recorded in the store, which is never filled in two precisions.
     params = {"backbone": extract_config.backbone, "frames": extract_config.frames}
-    if extract_config.precision == "bf16":
-        params["precision"] = "bf16"
+    if extract_config.precision in ("bf16", "mixed"):
+        params["precision"] = extract_config.precision
     return Stage(stage_name, run, params=params, inputs=paths, outputs=[f"{STORE}/store.json"], dir_params=params)
+
+
+# ----------------------------------------------------------------------------- training set
+TRAINING_SET = "training-set"
+
+
+def _id_lists(files: list[str]) -> set[str]:
+    """Ids named by files listing videos: a path's stem (as extract names videos) or a bare id per line."""
+    ids = set()
+    for file in files:
+        try:
+            lines = Path(file).read_text(encoding="utf-8-sig").splitlines()
+        except OSError as error:
+            raise CaptionerError(f"cannot read the list of held-out videos ({error.strerror})", file) from None
+        ids.update(Path(line.strip()).stem for line in lines if line.strip() and not line.startswith("#"))
+    return ids
+
+
+def _training_set_stage(config: PipelineConfig, stores: Mapping[str, str]) -> Stage:
+    cfg, data = config.training_set, config.train.data
+    deps = list(dict.fromkeys(filter(None, [stores["train"], stores.get("images")])))
+
+    def run(dirs: Mapping[str, Path]) -> None:
+        from captioner.datasets import load_captions
+        from captioner.store import open_features
+        from captioner.training_set import build_training_set
+
+        # Videos of the val and test stores are never trained on, whatever the corpus holds.
+        exclude = _id_lists(cfg.exclude)
+        for name in ("val", "test"):
+            if name in stores and stores[name] != stores["train"]:
+                exclude.update(open_features(dirs[stores[name]] / STORE).ids())
+        images = stores.get("images")
+        built = build_training_set(
+            dirs[TRAINING_SET], dirs[stores["train"]] / STORE, load_captions(data.captions, data.split),
+            images=dirs[images] / STORE if images else None,
+            image_captions=load_captions(cfg.image_captions, cfg.image_split) if images else None,
+            corpus=load_captions(cfg.corpus, cfg.corpus_split), exclude=exclude,
+            captions_per_video=cfg.captions_per_video, views=cfg.views, seed=cfg.seed)
+        _write_json(dirs[TRAINING_SET] / "counts.json", built.counts)
+        print(f"{TRAINING_SET}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in built.counts.items()),
+              file=sys.stderr)
+
+    params = {**asdict(cfg), "captions_split": data.split}
+    inputs = [Path(f) for f in (data.captions, cfg.corpus, cfg.image_captions) if f]
+    inputs += [Path(f) for f in cfg.exclude] + _split_files(data.split, cfg.corpus_split, cfg.image_split)
+    return Stage(TRAINING_SET, run, params=params, inputs=inputs, deps=deps + [s for n, s in stores.items()
+                                                                             if n in ("val", "test")],
+                 outputs=["features/store.json", "captions.jsonl", "counts.json"])
 
 
 # ----------------------------------------------------------------------------- train
@@ -230,7 +312,8 @@ def run_torchrun(command: list[str]) -> None:
 
 def _train_stage(config: PipelineConfig, name: str, stores: Mapping[str, str]) -> Stage:
     cfg: TrainConfig = getattr(config, name)
-    features = stores[name]
+    joined = name == "train" and bool(config.training_set.corpus)
+    features = TRAINING_SET if joined else stores[name]
     val_features = stores.get("val") if name == "train" else None
     deps = list(dict.fromkeys(filter(None, [features, val_features])))
     if name == "train" and config.videos.pretrain:
@@ -240,6 +323,10 @@ def _train_stage(config: PipelineConfig, name: str, stores: Mapping[str, str]) -
         staged = copy.deepcopy(cfg)
         staged.run_dir = str(dirs[name])
         staged.data.features = str(dirs[features] / STORE)
+        if joined:  # the training set's own store, views and caption file
+            staged.data.augment_features = sorted(str(p) for p in dirs[TRAINING_SET].glob("view*"))
+            staged.data.captions = str(dirs[TRAINING_SET] / "captions.jsonl")
+            staged.data.split = None
         staged.data.val_features = str(dirs[val_features] / STORE) if val_features else None
         if "pretrain" in deps:
             staged.init_from = str(dirs["pretrain"] / "best.pt")
@@ -376,6 +463,8 @@ def build_stages(config: PipelineConfig, progress: bool = True) -> list[Stage]:
     stages = [_extract_stage(config, name, progress) for name in stores if stores[name] == f"extract-{name}"]
     if config.videos.pretrain:
         stages.append(_train_stage(config, "pretrain", stores))
+    if config.training_set.corpus:
+        stages.append(_training_set_stage(config, stores))
     stages += [_train_stage(config, "train", stores), _predict_stage(config, stores),
                _evaluate_stage(config, stores), _report_stage(config, stores, progress)]
     return stages

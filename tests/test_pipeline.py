@@ -345,3 +345,4 @@ def test_extraction_is_keyed_by_bf16_but_not_by_the_runtime():
 
     assert key() == key("extract.runtime=torch") == key("extract.runtime=openvino", "extract.precision=fp32")
     assert key("extract.precision=bf16") == {**key(), "precision": "bf16"}
+    assert key("extract.precision=mixed") == {**key(), "precision": "mixed"}
