@@ -472,5 +472,6 @@ def test_repeated_segment_captions_are_one_cue(tmp_path):
     assert [(c.start.total_seconds(), c.end.total_seconds(), c.content) for c in cues] == [
         (0, 6, "a dog runs"), (6, 9, "a cat"), (9, 13.5, "a dog runs")]
     vtt = list(webvtt.read(str(write_subtitles(segments, tmp_path / "s.vtt"))))
-    assert [(c.start_in_seconds, c.end_in_seconds, c.text) for c in vtt] == [
-        (0, 6, "a dog runs"), (6, 9, "a cat"), (9, 13.5, "a dog runs")]
+    assert [(c.start, c.end, c.text) for c in vtt] == [("00:00:00.000", "00:00:06.000", "a dog runs"),
+                                                       ("00:00:06.000", "00:00:09.000", "a cat"),
+                                                       ("00:00:09.000", "00:00:13.500", "a dog runs")]

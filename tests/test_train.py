@@ -147,7 +147,9 @@ def test_augmentation_views_teach_every_view(tmp_path):
                          warmup_steps=0, model={"embed_size": 32, "hidden_size": 64, "dropout": 0.0},
                          data={"features": str(tmp_path / "main"), "captions": str(captions), "split": None,
                                "val_split": None, "min_count": 1, "augment_features": views})
-        results[name] = load_checkpoint(train(config)).caption(second_view, beam_size=1)
+        checkpoint = load_checkpoint(train(config))
+        results[name] = [best[0].caption for best in
+                         checkpoint.predict(second_view, decoding=checkpoint.decoding.but(beam=1))]
     assert results["augmented"] == expected
     assert sum(a == b for a, b in zip(results["plain"], expected)) < len(subjects) // 2, results["plain"]
 
