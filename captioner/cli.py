@@ -254,34 +254,51 @@ def _run_report(args) -> int:
 
 # ----------------------------------------------------------------------------- caption
 def _add_caption(sub) -> None:
-    p = sub.add_parser("caption", help="caption video or image files",
+    p = sub.add_parser("caption", help="caption video or image files, frames' features in a store",
                        description="Caption each input with a trained model (default: the model shipped "
-                                   "in the package; nothing is downloaded). Prints path<TAB>caption.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="video/image files, folders or glob patterns")
+                                   "in the package; nothing is downloaded). Prints path<TAB>caption "
+                                   "(id<TAB>caption with --features).")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="video/image files, folders, glob patterns or .txt lists; with --features, store ids "
+                        "(default: every video in the store)")
+    p.add_argument("--features", default=None, metavar="STORE",
+                   help="caption the videos of a feature store `captioner extract` made (no video is decoded)")
     p.add_argument("--model", default="default",
                    help="'default' (the model inside the package) or a checkpoint file (.pt); `captioner models` "
                         "lists them")
-    p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy; default %(default)s)")
+    p.add_argument("--beam", type=int, default=None,
+                   help="beam size (1 = greedy; default: the model's own, 3 for the default model)")
     p.add_argument("--n-best", type=int, default=None, metavar="N",
                    help="captions kept as alternatives in --json, best first (default: 3, or the beam size if "
                         "smaller); beam search finds at most --beam captions, so N above --beam is an error")
-    p.add_argument("--max-len", type=int, default=20, help="longest caption in words (default %(default)s)")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="longest caption in words (default: the model's own, 20 for the default model)")
     p.add_argument("--length-penalty", type=float, default=None,
-                   help="beam score = log-probability / (words + 1) ** this (default 0.5; 0 favours short captions)")
+                   help="beam score = log-probability / (words + 1) ** this (default: the model's own, 0.5 for "
+                        "the default model; 0 favours short captions)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="inputs captioned together by one batched search (default 1 for files, 64 with --features)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per line: path, id, caption, score, alternatives, model, timing")
     p.add_argument("--segments", type=float, default=None, metavar="SECONDS",
                    help="also caption consecutive windows of this many seconds")
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--srt", default=None, metavar="FILE",
-                     help="write segment captions as SRT (a folder when several inputs are given)")
-    out.add_argument("--vtt", default=None, metavar="FILE",
-                     help="write segment captions as WebVTT (a folder when several inputs are given)")
+    p.add_argument("--output-dir", "--output_dir", dest="output_dir", default=None, metavar="DIR",
+                   help="write one file per input and format into DIR, named by the input's id (its file stem, "
+                        "or more of its path where two inputs share a stem); default '.' when only "
+                        "--output-format is given")
+    p.add_argument("--output-format", "--output_format", dest="output_format", default=None, metavar="FORMAT",
+                   help="txt, json, srt, vtt (these two need --segments) or all (default all: txt, json and, "
+                        "with --segments, srt and vtt); several joined with ','")
+    p.add_argument("--srt", default=None, metavar="FILE",
+                   help="write segment captions as SRT (a folder when several inputs are given)")
+    p.add_argument("--vtt", default=None, metavar="FILE",
+                   help="write segment captions as WebVTT (a folder when several inputs are given)")
     add_device_argument(p)
     add_runtime_arguments(p)
     p.add_argument("--verbose", action="store_true", help="print the time split per input on stderr")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="a progress bar over each input's segments on stderr (default: when stderr is a terminal)")
+                   help="a progress bar over the inputs (and each one's segments) on stderr "
+                        "(default: when stderr is a terminal)")
     p.set_defaults(handler=_run_caption)
 
 
@@ -299,115 +316,132 @@ def _process_age() -> float:
         return 0.0
 
 
-class _SegmentBar:
-    """A tqdm bar over one input's segments, on stderr like extract's, made when the count is known."""
+def _check_caption_args(args) -> tuple[str, ...]:
+    """Usage errors before anything is loaded; returns the output formats to write."""
+    import math
 
-    def __init__(self, name: str):
-        self.name = name
-        self.bar = None
+    if not args.paths and not args.features:
+        raise UsageError("give at least one PATH to caption, or --features STORE")
+    if args.n_best is None:
+        args.n_best = 3 if args.beam is None else min(3, args.beam)
+    if args.n_best < 1 or any(v is not None and v < 1 for v in (args.beam, args.max_len, args.batch_size)):
+        raise UsageError("--beam, --n-best, --max-len and --batch-size must be at least 1")
+    if args.beam is not None and args.n_best > args.beam:
+        raise UsageError(f"--n-best {args.n_best} is more than --beam {args.beam}: beam search finds at most "
+                         f"{args.beam} captions; raise --beam to {args.n_best} or more")
+    if args.length_penalty is not None and not (math.isfinite(args.length_penalty) and args.length_penalty >= 0):
+        raise UsageError("--length-penalty must be a finite number, 0 or more")
+    if args.segments is not None and not args.segments > 0:
+        raise UsageError("--segments must be a positive number of seconds")
+    if args.features and args.segments is not None:
+        raise UsageError("--segments needs the videos themselves; a feature store holds one vector per video")
+    formats: tuple[str, ...] = ()
+    if args.output_dir is not None or args.output_format is not None:
+        from .caption import SUBTITLE_FORMATS, parse_output_formats
 
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="segment", desc=self.name, dynamic_ncols=True, file=sys.stderr)
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        formats = parse_output_formats(args.output_format or "all")
+        timed = [f for f in formats if f in SUBTITLE_FORMATS]
+        if timed and args.segments is None and args.output_format not in (None, "all"):
+            raise UsageError(f"--output-format {','.join(timed)} needs --segments SECONDS (subtitles are timed)")
+    for flag in ("srt", "vtt"):
+        if getattr(args, flag) and args.segments is None:
+            raise UsageError(f"--{flag} needs --segments SECONDS")
+    return formats
 
 
 def _run_caption(args) -> int:
     import json
-    import math
     import time
     from pathlib import Path
 
-    if (args.srt or args.vtt) and args.segments is None:
-        raise UsageError("--srt/--vtt need --segments SECONDS")
-    if args.n_best is None:
-        args.n_best = min(3, args.beam)
-    if args.beam < 1 or args.n_best < 1 or args.max_len < 1:
-        raise UsageError("--beam, --n-best and --max-len must be at least 1")
-    if args.n_best > args.beam:
-        raise UsageError(f"--n-best {args.n_best} is more than --beam {args.beam}: beam search finds at most "
-                         f"{args.beam} captions; raise --beam to {args.n_best} or more")
-    if args.segments is not None and not args.segments > 0:
-        raise UsageError("--segments must be a positive number of seconds")
-    if args.length_penalty is not None and not math.isfinite(args.length_penalty):
-        raise UsageError(f"--length-penalty must be a finite number, got {args.length_penalty}")
+    formats = _check_caption_args(args)
     from .atomic import check_output_path
 
     check_options(args.runtime, args.precision)
     check_device(args.device)
-    from .caption import Captioner, check_model, write_subtitles
-
-    check_model(args.model)
+    from .caption import Captioner, CaptionProgress, check_model, output_path, write_outputs, write_subtitles
     from .inputs import expand_globs, find_inputs
 
+    check_model(args.model)
     startup = _process_age()  # interpreter and library start-up; model_load is then weights only
 
-    candidates, unmatched = expand_globs(args.paths)
     failed = 0
-    for pattern in unmatched:
-        print(f"captioner: {pattern}: no file matches this pattern", file=sys.stderr)
-        failed += 1
-    paths, missing = find_inputs(candidates)
-    for _, error in missing:  # every missing entry is reported; the rest are still captioned
-        print(f"captioner: {error}", file=sys.stderr)
-        failed += 1
-    if not paths:
-        return 1 if failed else 2
-    subtitle_target = args.srt or args.vtt
-    # A folder when more than one input was asked for, even if only one of them exists.
-    many = len(paths) + len(missing) + len(unmatched) > 1
-    if subtitle_target:
-        check_output_path(subtitle_target, folder=many, flag="--srt" if args.srt else "--vtt")
-    show_progress = (sys.stderr.isatty() if args.progress is None else args.progress) and args.segments is not None
-    captioner = Captioner.load(args.model, device=args.device, runtime=args.runtime, precision=args.precision)
-    if args.length_penalty is not None:
-        captioner.length_penalty = args.length_penalty
-    bars: dict = {}
+    if args.features:
+        from .store import open_features
 
-    def follow(path, done: int, total: int) -> None:
-        bars.setdefault(path, _SegmentBar(Path(path).name))(done, total)
+        store = open_features(args.features)
+        paths, many = args.paths or store.ids(), True
+    else:
+        candidates, unmatched = expand_globs(args.paths)
+        for pattern in unmatched:
+            print(f"captioner: {pattern}: no file matches this pattern", file=sys.stderr)
+            failed += 1
+        paths, missing = find_inputs(candidates)
+        for _, error in missing:  # every missing entry is reported; the rest are still captioned
+            print(f"captioner: {error}", file=sys.stderr)
+            failed += 1
+        if not paths:
+            return 1 if failed else 2
+        # A folder when more than one input was asked for, even if only one of them exists.
+        many = len(paths) + len(missing) + len(unmatched) > 1
+    subtitles = [(fmt, target) for fmt, target in (("srt", args.srt), ("vtt", args.vtt)) if target]
+    for fmt, target in subtitles:
+        check_output_path(target, folder=many, flag=f"--{fmt}")
+    if formats:
+        args.output_dir = args.output_dir or "."
+        check_output_path(args.output_dir, folder=True, flag="--output-dir")
+    progress = CaptionProgress(len(paths), sys.stderr.isatty() if args.progress is None else args.progress)
+    captioner = Captioner.load(args.model, device=args.device, runtime=args.runtime, precision=args.precision,
+                               load_backbone=not args.features)
+    decoding = dict(beam=args.beam, n_best=args.n_best, max_len=args.max_len, length_penalty=args.length_penalty)
+    if args.features:
+        results = captioner.caption_store(store, paths, batch_size=args.batch_size or 64, **decoding)
+    else:
+        results = captioner.caption_many(paths, segments=args.segments, progress=progress.segments,
+                                         batch_size=args.batch_size or 1, **decoding)
+
+    def write(what: str, paths_written) -> None:
+        nonlocal failed
+        try:
+            paths_written()
+        except CaptionerError as exc:
+            progress.write(f"captioner: {exc}", sys.stderr)
+            failed += 1
+        except OSError as exc:
+            progress.write(f"captioner: {exc.filename or what}: cannot write {what} ({exc.strerror or exc})",
+                           sys.stderr)
+            failed += 1
 
     started = time.perf_counter()  # each input's total runs from the previous input's output
-    for path, result in captioner.caption_many(paths, beam=args.beam, n_best=args.n_best, max_len=args.max_len,
-                                               segments=args.segments, progress=follow if show_progress else None):
-        bar = bars.pop(path, None)
-        if bar is not None:
-            bar.close()
-        if isinstance(result, CaptionerError):
-            print(f"captioner: {result if result.path else f'{path}: {result}'}", file=sys.stderr)
-            failed += 1
+    try:
+        for path, result in results:
+            progress.advance()
+            if isinstance(result, CaptionerError):
+                progress.write(f"captioner: {result if result.path else f'{path}: {result}'}", sys.stderr)
+                failed += 1
+                started = time.perf_counter()
+                continue
+            result.timing = {"startup": round(startup, 4), "model_load": round(captioner.load_seconds, 4),
+                             **result.timing, "total": round(startup + captioner.load_seconds
+                                                              + time.perf_counter() - started, 4)}
+            startup = 0.0  # paid once, by the first input
+            captioner.load_seconds = 0.0
             started = time.perf_counter()
-            continue
-        result.timing = {"startup": round(startup, 4), "model_load": round(captioner.load_seconds, 4),
-                         **result.timing, "total": round(startup + captioner.load_seconds
-                                                          + time.perf_counter() - started, 4)}
-        startup = 0.0  # paid once, by the first input
-        captioner.load_seconds = 0.0
-        started = time.perf_counter()
-        if args.json:
-            print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
-        else:
-            print(f"{result.path}\t{result.caption}", flush=True)
-        if args.verbose:
-            print("captioner: " + result.path + ": " + ", ".join(f"{k} {v:.3f}s" for k, v in result.timing.items()),
-                  file=sys.stderr)
-        if subtitle_target:  # after the caption is out: a failed write loses nothing else
-            fmt = "srt" if args.srt else "vtt"
-            target = Path(subtitle_target) / f"{result.id}.{fmt}" if many else Path(subtitle_target)
-            try:
-                write_subtitles(result.segments, target, fmt)
-            except CaptionerError as exc:
-                print(f"captioner: {exc}", file=sys.stderr)
-                failed += 1
-            except OSError as exc:
-                print(f"captioner: {target}: cannot write subtitles ({exc.strerror or exc})", file=sys.stderr)
-                failed += 1
+            name = result.id if args.features else result.path
+            progress.write(json.dumps(result.to_dict(), ensure_ascii=False) if args.json
+                           else f"{name}\t{result.caption}")
+            if args.verbose:
+                progress.write("captioner: " + name + ": " + ", ".join(f"{k} {v:.3f}s"
+                                                                         for k, v in result.timing.items()),
+                               sys.stderr)
+            # Files are written after the caption is out: a failed write loses nothing else.
+            for fmt, target in subtitles:
+                file = output_path(target, result, fmt) if many else Path(target)
+                write("subtitles", lambda: write_subtitles(result.segments, file, fmt))
+            if formats:
+                write("output files", lambda: write_outputs(result, args.output_dir, formats))
+    finally:
+        progress.close()
     return 1 if failed else 0
 
 

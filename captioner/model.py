@@ -33,6 +33,7 @@ from .errors import CaptionerError
 from .hashing import file_sha256
 from .numpy_decoder import (PROVENANCE_KEYS, SOURCES, InferenceExport, check_provenance,  # noqa: F401
                             export_path, provenance_differences, source_name, write_export)
+from .predict import Decoding, Hypothesis, checkpoint_decoding, predict_captions
 from .text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
 from .train_config import ModelConfig  # noqa: F401  (re-exported)
 
@@ -315,23 +316,23 @@ class Checkpoint:
     def decode(self, ids) -> str:
         return self.vocab.decode(ids)
 
-    @torch.no_grad()
-    def caption(self, feats, beam_size: int = 3, max_len: int = 20, length_penalty: float = 0.0,
-                no_repeat: bool = True, sources: str | list[str] = "video") -> list[str]:
-        """One caption per pooled feature vector (rows of a (B, D) array or tensor).
+    @property
+    def decoding(self) -> Decoding:
+        """How this model is decoded unless told otherwise (its training config's `decoding`)."""
+        return checkpoint_decoding(self.config)
+
+    def predict(self, feats, sources: str | list[str] = "video", n_best: int = 1,
+                decoding: Decoding | None = None) -> list[list[Hypothesis]]:
+        """The n-best captions of each pooled feature vector (rows of a (B, D) array or tensor),
+        decoded as `decoding` says (default: this checkpoint's own settings).
 
         `sources` ("image" or "video", one for all rows or one per row) says what the vectors
         were extracted from; it matters only to a model trained with condition_on_source.
         """
-        param = next(self.model.parameters())
-        feats = torch.as_tensor(np.asarray(feats, dtype=np.float32), device=param.device)
+        feats = np.asarray(feats, dtype=np.float32) if not isinstance(feats, torch.Tensor) else feats
         if feats.ndim == 1:
             feats = feats[None]
-        hyps = self.model.generate(feats, beam_size=beam_size, max_len=max_len,
-                                   length_penalty=length_penalty, no_repeat=no_repeat,
-                                   sources=source_ids([sources] * feats.size(0) if isinstance(sources, str)
-                                                      else sources, param.device))
-        return [self.decode(best[0][0]) for best in hyps]
+        return predict_captions(self.model, self.vocab, feats, sources, decoding or self.decoding, n_best)
 
 
 def export_checkpoint(source: str | os.PathLike, dest: str | os.PathLike, *, half: bool = False) -> Path:
@@ -388,7 +389,9 @@ def _export_arrays(payload: dict, path: Path) -> tuple[dict, dict]:
         weights.pop("head.weight", None)  # the word embedding again: stored once
     meta = {"model_config": payload["model_config"], "vocab": payload["vocab"],
             "provenance": payload["provenance"], "epoch": payload.get("epoch", 0),
-            "metrics": payload.get("metrics", {}), "checkpoint_sha256": file_sha256(path)}
+            "metrics": payload.get("metrics", {}), "checkpoint_sha256": file_sha256(path),
+            # What the torch-free path decodes with unless told otherwise: the checkpoint's own.
+            "decoding": asdict(checkpoint_decoding(payload.get("config")))}
     return weights, meta
 
 

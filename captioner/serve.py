@@ -289,7 +289,7 @@ async def receive_upload(request: Request, folder: Path, limits: ServeLimits) ->
 # ----------------------------------------------------------------------------- parameters
 @dataclass
 class JobParams:
-    beam: int = 3
+    beam: int | None = None  # None: the model's own (its checkpoint's decoding settings)
     segments: float | None = None
     keyframes: int = 0
 
@@ -307,7 +307,7 @@ class JobParams:
                 raise HTTPException(422, f"{name} must be between {low:g} and {high:g}, got {text}")
             return value
 
-        return cls(beam=number("beam", int, 1, MAX_BEAM, 3),
+        return cls(beam=number("beam", int, 1, MAX_BEAM, None),
                    segments=number("segments", float, 0.5, 3600.0, None),
                    keyframes=number("keyframes", int, 0, MAX_KEYFRAMES, 0))
 
@@ -402,7 +402,8 @@ _ERRORS = {
 _UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary", "description": "a video (or image) file"},
-        "beam": {"type": "integer", "minimum": 1, "maximum": MAX_BEAM, "default": 3},
+        "beam": {"type": "integer", "minimum": 1, "maximum": MAX_BEAM,
+                 "description": "beam size (default: the model's own, 3 for the default model)"},
         "segments": {"type": "number", "minimum": 0.5, "description": "also caption windows of this many seconds"},
         "keyframes": {"type": "integer", "minimum": 0, "maximum": MAX_KEYFRAMES, "default": 0,
                       "description": "return this many frames as data-URI JPEGs"}}}}}}}

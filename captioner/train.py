@@ -39,6 +39,7 @@ from .device import cuda_autocast_dtype, resolve_device
 from .errors import CaptionerError
 from .model import (PROVENANCE_KEYS, SOURCES, CaptionModel, Checkpoint, check_provenance,
                     load_checkpoint, provenance_differences, save_checkpoint, source_name)
+from .predict import predict_captions
 from .store import open_features
 from .text import EOS_ID, PAD_ID, Vocabulary, tokenize
 from .train_config import DataConfig, ModelConfig, TrainConfig  # noqa: F401  (re-exported)
@@ -263,13 +264,11 @@ def validate(model: CaptionModel, data: CaptionTensors, references: Captions, vo
     if cfg.val_metrics:
         from .metrics import score
 
-        predictions = {}
-        for start in range(0, len(data.video_ids), batch_size):
-            feats = data.feats[start: start + batch_size]
-            hyps = model.generate(feats, beam_size=cfg.val_beam_size, max_len=cfg.data.max_words,
-                                  sources=data.sources[start: start + batch_size])
-            for vid, best in zip(data.video_ids[start: start + batch_size], hyps):
-                predictions[vid] = vocab.decode(best[0][0]) or "<empty>"  # the scorers need a word
+        sources = [SOURCES[k] for k in data.sources.tolist()]
+        hyps = predict_captions(model, vocab, data.feats, sources,
+                                cfg.decoding.but(beam=cfg.val_beam_size), batch_size=batch_size)
+        # The scorers need a word, and an empty caption must still count against the model.
+        predictions = {vid: best[0].caption or "<empty>" for vid, best in zip(data.video_ids, hyps)}
         scores = score(predictions, {vid: references[vid] for vid in predictions}, cfg.val_metrics)
         result.update({f"val_{name}": value for name, value in scores.items()})
     return result

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from .config import require
 from .errors import UsageError
+from .predict import Decoding
 
 
 @dataclass
@@ -56,7 +57,7 @@ class DataConfig:
     val_features: str | None = None
     val_captions: str | None = None
     val_split: str | None = "val"
-    max_words: int = 20  # longer captions are cut; also the decoding limit in validation
+    max_words: int = 20  # longer training captions are cut (decoding.max_len limits generated ones)
     min_count: int = 2  # words seen fewer times in the training captions become <unk>
     # Captions of videos you have no features for (the rest of a corpus): trained with an
     # all-zero feature vector as videos, they teach a source-conditioned decoder that corpus's
@@ -105,6 +106,10 @@ class TrainConfig:
     # Scores computed on the validation set each epoch (captioner.metrics names); best.pt is
     # chosen by the first (BLEU means BLEU-4); an empty list chooses by validation loss.
     val_metrics: list[str] = field(default_factory=lambda: ["CIDEr"])
+    # How this model's captions are decoded, saved in its checkpoints: `captioner caption`, the
+    # server and the pipeline use it unless told otherwise, and validation does too, with
+    # val_beam_size as a cheaper beam.
+    decoding: Decoding = field(default_factory=Decoding)
     val_beam_size: int = 1
     # Fine-tuning: start from this checkpoint's weights and architecture (the model section is
     # then ignored). init_vocab "extend" keeps every pre-trained word at its id and appends the

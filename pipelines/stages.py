@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Mapping
 
 from captioner.atomic import atomic_write
-from captioner.config import load_config, save_config
+from captioner.config import load_config, require, save_config
 from captioner.errors import CaptionerError, UsageError
 from captioner.extract import ExtractConfig
 from captioner.train_config import TrainConfig  # torch-free: a config typo fails fast
@@ -86,9 +86,20 @@ class DistributedConfig:
 
 @dataclass
 class PredictConfig:
-    beam_size: int = 3
-    max_len: int = 20
+    # Decoding settings; null takes the trained model's own (its config's `decoding` section),
+    # which is also what `captioner caption` uses, so reports score the captions users get.
+    beam_size: int | None = None
+    length_penalty: float | None = None
+    max_len: int | None = None
     device: str = "auto"  # auto | cpu | cuda
+
+    def validate(self) -> None:
+        own = "(or null: the model's own)"
+        require(self.beam_size is None or self.beam_size >= 1, "predict.beam_size", f"at least 1 {own}",
+                self.beam_size)
+        require(self.length_penalty is None or self.length_penalty >= 0, "predict.length_penalty",
+                f"0 or more {own}", self.length_penalty)
+        require(self.max_len is None or self.max_len >= 1, "predict.max_len", f"at least 1 {own}", self.max_len)
 
 
 @dataclass
@@ -350,25 +361,27 @@ def _predict_stage(config: PipelineConfig, stores: Mapping[str, str]) -> Stage:
 
     def run(dirs: Mapping[str, Path]) -> None:
         from captioner.device import resolve_device
-        from captioner.model import load_checkpoint, source_name
+        from captioner.model import load_checkpoint
+        from captioner.predict import predict_store
         from captioner.store import open_features
 
         checkpoint = load_checkpoint(dirs["train"] / "best.pt", resolve_device(cfg.device))
         store = open_features(dirs[stores["test"]] / STORE)
         checkpoint.check_features(store.provenance, store.path)
-        ids = store.ids()
+        decoding = checkpoint.decoding.but(beam=cfg.beam_size, length_penalty=cfg.length_penalty,
+                                           max_len=cfg.max_len)
         predictions = {}
-        for start in range(0, len(ids), 256):
-            batch = ids[start:start + 256]
-            feats, metas = store.pooled_with_meta(batch)
-            sources = [source_name(meta.get("is_image", False)) for meta in metas]
-            captions = checkpoint.caption(feats, beam_size=cfg.beam_size, max_len=cfg.max_len, sources=sources)
-            predictions.update(zip(batch, captions))
+        for item in predict_store(checkpoint.model, checkpoint.vocab, store, decoding=decoding):
+            if item.error is not None:
+                raise item.error
+            predictions[item.id] = item.hypotheses[0].caption
         _write_json(dirs["predict"] / "predictions.json", predictions)
         print(f"predict: captioned {len(predictions)} videos with {checkpoint.path} (epoch "
-              f"{checkpoint.epoch})", file=sys.stderr)
+              f"{checkpoint.epoch}; beam {decoding.beam}, length penalty {decoding.length_penalty:g}, "
+              f"max length {decoding.max_len})", file=sys.stderr)
 
-    return Stage("predict", run, params={"beam_size": cfg.beam_size, "max_len": cfg.max_len},
+    return Stage("predict", run, params={"beam_size": cfg.beam_size, "length_penalty": cfg.length_penalty,
+                                         "max_len": cfg.max_len},
                  deps=["train", stores["test"]], outputs=["predictions.json"])
 
 

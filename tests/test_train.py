@@ -82,7 +82,8 @@ def test_memorises_captions_of_real_clips(msvd_store, msvd_train_captions, tmp_p
     best = train(config)
     checkpoint = load_checkpoint(best)
     _, feats = store.pooled_matrix(clips)
-    predictions = dict(zip(clips, checkpoint.caption(feats, beam_size=1)))
+    greedy = checkpoint.decoding.but(beam=1)
+    predictions = {clip: best[0].caption for clip, best in zip(clips, checkpoint.predict(feats, decoding=greedy))}
     bleu4 = score(predictions, captions, ["BLEU-4"])["BLEU-4"]
     print(f"memorisation BLEU-4 {bleu4:.3f}: {predictions}")
     assert bleu4 > 0.9
@@ -110,9 +111,13 @@ def test_source_conditioning_learns_a_style_per_source(tmp_path):
                      model={"embed_size": 32, "hidden_size": 64, "dropout": 0.0, "condition_on_source": True})
     checkpoint = load_checkpoint(train(config))
     _, vectors = open_features(tmp_path / "features").pooled_matrix([f"photo_{s}" for s in subjects])
-    assert checkpoint.caption(vectors, beam_size=1, sources="image") == [
-        f"a brown {s} stands on the green grass" for s in subjects]
-    assert checkpoint.caption(vectors, beam_size=1, sources="video") == [f"a {s} is running" for s in subjects]
+    greedy = checkpoint.decoding.but(beam=1)
+
+    def captions(source):
+        return [best[0].caption for best in checkpoint.predict(vectors, source, decoding=greedy)]
+
+    assert captions("image") == [f"a brown {s} stands on the green grass" for s in subjects]
+    assert captions("video") == [f"a {s} is running" for s in subjects]
 
 
 def _views_toy(tmp_path, subjects):
@@ -142,7 +147,9 @@ def test_augmentation_views_teach_every_view(tmp_path):
                          warmup_steps=0, model={"embed_size": 32, "hidden_size": 64, "dropout": 0.0},
                          data={"features": str(tmp_path / "main"), "captions": str(captions), "split": None,
                                "val_split": None, "min_count": 1, "augment_features": views})
-        results[name] = load_checkpoint(train(config)).caption(second_view, beam_size=1)
+        checkpoint = load_checkpoint(train(config))
+        results[name] = [best[0].caption for best in
+                         checkpoint.predict(second_view, decoding=checkpoint.decoding.but(beam=1))]
     assert results["augmented"] == expected
     assert sum(a == b for a, b in zip(results["plain"], expected)) < len(subjects) // 2, results["plain"]
 
