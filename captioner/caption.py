@@ -287,6 +287,18 @@ class Captioner:
                 yield item.id, self._result(item.meta.get("path") or item.id, item.id, item.hypotheses, item.pooled,
                                             decoding)
 
+    def store_predictions(self, store, beam: int | None = None, length_penalty: float | None = None,
+                          max_len: int | None = None) -> dict[str, str]:
+        """Every video of a feature store captioned, id -> caption, as `evaluate` reads them; the
+        first video that fails raises its CaptionerError (a pipeline's predictions are all or none)."""
+        predictions = {}
+        for video_id, result in self.caption_store(store, beam=beam, n_best=1, max_len=max_len,
+                                                   length_penalty=length_penalty):
+            if isinstance(result, CaptionerError):
+                raise result
+            predictions[video_id] = result.caption
+        return predictions
+
     def _pool(self, path, video_id: str, decoded_and_seconds) -> "_Pooled | CaptionerError":
         """An input's pooled features (from a (decoded, seconds) pair or a future of one), or its error."""
         timing: dict = {}

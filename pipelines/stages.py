@@ -211,32 +211,17 @@ def _extract_stage(config: PipelineConfig, name: str, progress: bool) -> Stage:
 TRAINING_SET = "training-set"
 
 
-def _id_lists(files: list[str]) -> set[str]:
-    """Ids named by files listing videos: a path's stem (as extract names videos) or a bare id per line."""
-    ids = set()
-    for file in files:
-        try:
-            lines = Path(file).read_text(encoding="utf-8-sig").splitlines()
-        except OSError as error:
-            raise CaptionerError(f"cannot read the list of held-out videos ({error.strerror})", file) from None
-        ids.update(Path(line.strip()).stem for line in lines if line.strip() and not line.startswith("#"))
-    return ids
-
-
 def _training_set_stage(config: PipelineConfig, stores: Mapping[str, str]) -> Stage:
     cfg, data = config.training_set, config.train.data
     deps = list(dict.fromkeys(filter(None, [stores["train"], stores.get("images")])))
 
     def run(dirs: Mapping[str, Path]) -> None:
         from captioner.datasets import load_captions
-        from captioner.store import open_features
-        from captioner.training_set import build_training_set
+        from captioner.training_set import build_training_set, held_out_ids
 
         # Videos of the val and test stores are never trained on, whatever the corpus holds.
-        exclude = _id_lists(cfg.exclude)
-        for name in ("val", "test"):
-            if name in stores and stores[name] != stores["train"]:
-                exclude.update(open_features(dirs[stores[name]] / STORE).ids())
+        exclude = held_out_ids(cfg.exclude, [dirs[stores[name]] / STORE for name in ("val", "test")
+                                             if name in stores and stores[name] != stores["train"]])
         images = stores.get("images")
         built = build_training_set(
             dirs[TRAINING_SET], dirs[stores["train"]] / STORE, load_captions(data.captions, data.split),
@@ -360,25 +345,18 @@ def _predict_stage(config: PipelineConfig, stores: Mapping[str, str]) -> Stage:
     cfg = config.predict
 
     def run(dirs: Mapping[str, Path]) -> None:
-        from captioner.device import resolve_device
-        from captioner.model import load_checkpoint
-        from captioner.predict import predict_store
-        from captioner.store import open_features
+        from captioner.caption import Captioner
 
-        checkpoint = load_checkpoint(dirs["train"] / "best.pt", resolve_device(cfg.device))
-        store = open_features(dirs[stores["test"]] / STORE)
-        checkpoint.check_features(store.provenance, store.path)
-        decoding = checkpoint.decoding.but(beam=cfg.beam_size, length_penalty=cfg.length_penalty,
-                                           max_len=cfg.max_len)
-        predictions = {}
-        for item in predict_store(checkpoint.model, checkpoint.vocab, store, decoding=decoding):
-            if item.error is not None:
-                raise item.error
-            predictions[item.id] = item.hypotheses[0].caption
+        # The same path as `captioner caption --features STORE`: the checkpoint's decoding settings
+        # unless the config overrides them.
+        captioner = Captioner.load(dirs["train"] / "best.pt", device=cfg.device, load_backbone=False)
+        predictions = captioner.store_predictions(dirs[stores["test"]] / STORE, beam=cfg.beam_size,
+                                                  length_penalty=cfg.length_penalty, max_len=cfg.max_len)
         _write_json(dirs["predict"] / "predictions.json", predictions)
-        print(f"predict: captioned {len(predictions)} videos with {checkpoint.path} (epoch "
-              f"{checkpoint.epoch}; beam {decoding.beam}, length penalty {decoding.length_penalty:g}, "
-              f"max length {decoding.max_len})", file=sys.stderr)
+        decoding = captioner.decoding.but(cfg.beam_size, cfg.length_penalty, cfg.max_len)
+        print(f"predict: captioned {len(predictions)} videos with {captioner.checkpoint_path} (beam "
+              f"{decoding.beam}, length penalty {decoding.length_penalty:g}, max length {decoding.max_len})",
+              file=sys.stderr)
 
     return Stage("predict", run, params={"beam_size": cfg.beam_size, "length_penalty": cfg.length_penalty,
                                          "max_len": cfg.max_len},
