@@ -192,6 +192,10 @@ class _Decoder:
                         break
         except BaseException:  # Ctrl-C, an error in the caller (GeneratorExit), disk full, ...
             self._stop_workers()
+            # With its workers dead this returns at once; waiting lets the pool's manager thread
+            # close its wakeup pipe before the interpreter's exit hook writes to it (Python 3.11
+            # races the two and prints an "Exception ignored ... Bad file descriptor" traceback).
+            self._pool.shutdown(wait=True, cancel_futures=True)
             raise
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
