@@ -6,7 +6,7 @@ Heavy modules (torch, decord) are imported on first use, so `import captioner` a
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["__version__", "open_features", "Captioner", "CaptionerError"]
 

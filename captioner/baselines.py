@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import CaptionerError
+from .errors import CaptionerError, UsageError
 from .text import tokenize
 
 NGRAM_ORDERS = (1, 2, 3, 4)
@@ -101,7 +101,7 @@ def nearest_neighbour_captions(train_store, train_references: Mapping[str, Seque
     Only training videos that have both features and captions take part.
     """
     if k < 1:
-        raise CaptionerError(f"k must be at least 1, got {k}")
+        raise UsageError(f"k must be at least 1, got {k}")
     stored = set(train_store.ids())
     train_ids = [i for i in train_references if i in stored and any(_normal(c) for c in train_references[i])]
     if not train_ids:

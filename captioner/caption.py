@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -21,16 +22,16 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import __version__
 from .atomic import atomic_write
+from .catalog import DEFAULT_MODEL
 from .concepts import heads, top_concepts
-from .errors import CaptionerError
+from .errors import CaptionerError, UsageError
+from .inputs import video_id, video_ids
 from .numpy_decoder import InferenceExport, export_path, read_export, source_name
+from .predict import DEFAULT_DECODING, Decoding, Hypothesis, checkpoint_decoding, predict_captions
+from .version import __version__
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-DEFAULT_MODEL = ASSETS / "default" / "model.pt"
-# Beam search ranks by log-probability / (words + 1) ** this: 0 favours short, generic captions.
-DEFAULT_LENGTH_PENALTY = 0.5
+DEFAULT_LENGTH_PENALTY = DEFAULT_DECODING.length_penalty  # kept for scripts that import it from here
 
 
 @dataclass
@@ -65,18 +66,32 @@ class Caption:
         return asdict(self)
 
 
+@dataclass
+class _Pooled:
+    """An input on its way to a caption: its features are computed, its words not yet."""
+
+    path: str | os.PathLike
+    id: str
+    info: object  # video.VideoInfo
+    pooled: np.ndarray
+    timing: dict
+
+
 class Captioner:
     """A caption model together with the backbone and frame sampling it was trained with.
 
     The decoder is the torch-free one (captioner.numpy_decoder), read from the inference export
-    beside the checkpoint; with the OpenVINO runtime nothing here imports torch.
+    beside the checkpoint; with the OpenVINO runtime nothing here imports torch. Every caption
+    goes through captioner.predict, with the checkpoint's own decoding settings (`self.decoding`)
+    unless a call says otherwise.
     """
 
     def __init__(self, model: InferenceExport, backbone, device: str, model_id: str, load_seconds: float = 0.0,
-                 length_penalty: float = DEFAULT_LENGTH_PENALTY):
+                 decoding: Decoding | None = None):
         self.model = model
-        self.length_penalty = length_penalty
-        self.backbone = backbone
+        self.decoding = decoding or checkpoint_decoding(model.meta)
+        self._backbone = backbone
+        self._backbone_loader: Callable[[], object] | None = None
         self.device = device
         self.model_id = model_id
         self.load_seconds = load_seconds
@@ -85,27 +100,32 @@ class Captioner:
         self.concept_heads = heads(provenance)
         self.checkpoint_path = model.path  # load() names the checkpoint the export came from
 
+    @property
+    def backbone(self):
+        """The backbone; with load(load_backbone=False), loaded here the first time it is needed."""
+        if self._backbone is None and self._backbone_loader is not None:
+            self._backbone = self._backbone_loader()
+        return self._backbone
+
     @classmethod
     def load(cls, model: str | os.PathLike = "default", device: str = "auto", runtime: str = "auto",
-             precision: str = "auto") -> "Captioner":
+             precision: str = "auto", load_backbone: bool = True) -> "Captioner":
         """Load a checkpoint ("default" is the model inside the package) and its backbone.
 
         `runtime` and `precision` choose how the backbone runs (captioner.runtime): "auto" is
         OpenVINO on a CPU, where a warm compiled-model cache makes loading torch-free. The
         precision "auto" is the one the checkpoint's training features were computed in.
+        `load_backbone=False` defers the backbone to the first video: captioning from a feature
+        store (`caption_store`) never needs one.
         """
-        from .numpy_decoder import file_sha256
-        from .runtime import check_options, load_backbone, resolve_device
+        from .device import resolve_device
+        from .hashing import file_sha256
+        from .runtime import check_options
 
         started = time.perf_counter()
         check_options(runtime, precision)  # a mistyped flag is reported before any model is read
         device = resolve_device(device)
-        path = DEFAULT_MODEL if str(model) == "default" else Path(model)
-        if str(model) == "default" and not path.is_file():
-            raise CaptionerError("the default model is missing from the installed package; "
-                                 "reinstall video-captioner", path)
-        if not path.is_file():
-            raise CaptionerError("checkpoint not found", path)
+        path = check_model(model)
         digest = file_sha256(path)
         inference = _inference_model(path, digest)
         provenance = inference.provenance or {}
@@ -113,12 +133,20 @@ class Captioner:
             raise CaptionerError("checkpoint does not record which backbone made its training features", path)
         if precision == "auto":
             precision = _training_precision(provenance, runtime, device)
-        backbone = load_backbone(provenance, runtime=runtime, precision=precision, device=device)
-        inference.check_features({**backbone.provenance(), "frames": provenance.get("frames")}, path)
+
+        def backbone():
+            from .runtime import load_backbone
+
+            loaded = load_backbone(provenance, runtime=runtime, precision=precision, device=device)
+            inference.check_features({**loaded.provenance(), "frames": provenance.get("frames")}, path)
+            return loaded
+
         name = "default" if str(model) == "default" else path.stem
         model_id = f"{name}:{provenance['backbone']}:{digest[:12]}"
-        captioner = cls(inference, backbone, device, model_id, time.perf_counter() - started)
+        captioner = cls(inference, backbone() if load_backbone else None, device, model_id)
+        captioner._backbone_loader = backbone
         captioner.checkpoint_path = path
+        captioner.load_seconds = time.perf_counter() - started
         return captioner
 
     # ------------------------------------------------------------------ features
@@ -140,82 +168,170 @@ class Captioner:
         timing["backbone"] = timing.get("backbone", 0.0) + time.perf_counter() - t0
         return features.mean(0)
 
-    def _describe(self, pooled, source: str, beam: int, n_best: int, max_len: int,
-                  timing: dict) -> list[tuple[str, float]]:
-        from threadpoolctl import threadpool_limits
-
+    def _describe(self, pooled: np.ndarray, sources: list[str], decoding: Decoding, n_best: int,
+                  timings: list[dict]) -> list[list[Hypothesis]]:
+        """Captions of pooled rows; each row's dict in `timings` gets its share of the time."""
         t0 = time.perf_counter()
-        # A few (beam, 512) x (512, 2560) products per word: BLAS threads only add overhead
-        # here, and on a busy 2-core machine they made decoding 10-20x slower (measured).
-        with threadpool_limits(1, user_api="blas"):
-            hyps = self.model.decoder.generate(pooled[None], beam_size=beam, max_len=max_len, n_best=n_best,
-                                               length_penalty=self.length_penalty, sources=[source])[0]
-        timing["caption"] = timing.get("caption", 0.0) + time.perf_counter() - t0
-        return [(self.model.vocab.decode(tokens), float(score)) for tokens, score in hyps]
+        hyps = predict_captions(self.model.decoder, self.model.vocab, pooled, sources, decoding, n_best)
+        share = (time.perf_counter() - t0) / max(1, len(timings))
+        for timing in timings:
+            timing["caption"] = timing.get("caption", 0.0) + share
+        return hyps
+
+    def _result(self, path: str, video_id: str, nbest: list[Hypothesis], pooled: np.ndarray | None,
+                decoding: Decoding, timing: dict | None = None, segments: list[Segment] | None = None) -> Caption:
+        caption, score = nbest[0]
+        concepts = top_concepts(pooled, self.concept_heads) if self.concept_heads and pooled is not None else None
+        return Caption(path=str(path), id=video_id, caption=caption, score=score,
+                       alternatives=[{"caption": c, "score": s} for c, s in nbest], model=self.model_id,
+                       timing={k: round(v, 4) for k, v in (timing or {}).items()}, segments=segments,
+                       concepts=concepts, checkpoint=str(self.checkpoint_path) if self.checkpoint_path else None,
+                       beam=decoding.beam, length_penalty=decoding.length_penalty, max_len=decoding.max_len,
+                       captioner_version=__version__)
 
     # ------------------------------------------------------------------ public
-    def caption(self, path: str | os.PathLike, beam: int = 3, n_best: int = 3, max_len: int = 20,
-                segments: float | None = None, progress: Callable[[int, int], None] | None = None) -> Caption:
+    def caption(self, path: str | os.PathLike, beam: int | None = None, n_best: int = 3, max_len: int | None = None,
+                segments: float | None = None, progress: Callable[[int, int], None] | None = None,
+                length_penalty: float | None = None) -> Caption:
         """Caption one video or image; with `segments`, also each window of that many seconds.
 
+        `beam`, `max_len` and `length_penalty` default to the checkpoint's (`self.decoding`).
         progress(windows done, windows in all) is called before the first segment window and after
         each; an exception raised from it stops the work there.
         """
-        if beam < 1:
-            raise CaptionerError(f"beam size must be at least 1, got {beam}")
-        return self._caption_decoded(path, self._decoded(path), beam, n_best, max_len, segments, progress)
+        decoding = self.decoding.but(beam, length_penalty, max_len)
+        pooled = self._pool(path, video_id(Path(path)), self._decoded(path))
+        if isinstance(pooled, CaptionerError):
+            raise pooled
+        return self._caption_pooled([pooled], decoding, n_best, segments, {path: progress} if progress else None)[0]
 
-    def caption_many(self, paths, beam: int = 3, n_best: int = 3, max_len: int = 20,
+    def caption_many(self, paths, beam: int | None = None, n_best: int = 3, max_len: int | None = None,
                      segments: float | None = None,
-                     progress: Callable[[str, int, int], None] | None = None
-                     ) -> Iterator[tuple[str, Caption | CaptionerError]]:
+                     progress: Callable[[str, int, int], None] | None = None, length_penalty: float | None = None,
+                     batch_size: int = 1) -> Iterator[tuple[str, Caption | CaptionerError]]:
         """Caption inputs in order: (path, its Caption, or the CaptionerError it failed with).
 
-        `progress(path, windows done, windows in all)` follows each input's segment windows.
+        Each Caption's id follows `captioner extract`'s rule (the file stem, or more of the path
+        where two inputs share a stem), so ids stay unique. `batch_size` inputs are captioned
+        together by one batched beam search (their frames go through the backbone one input at
+        a time; a video's frames are a batch already). `progress(path, windows done, windows in
+        all)` follows each input's segment windows.
 
         Each input's frames are decoded while the one before runs through the backbone and the
         decoder (one ahead), so on 2 cores decoding and inference overlap.
         """
-        if beam < 1:
-            raise CaptionerError(f"beam size must be at least 1, got {beam}")
+        decoding = self.decoding.but(beam, length_penalty, max_len)
+        if batch_size < 1:
+            raise CaptionerError(f"batch size must be at least 1, got {batch_size}")
         paths = list(paths)
+        ids = video_ids([Path(p) for p in paths])  # same-stem inputs get ids of their own, as in a store
+        follow = None if progress is None else {p: (lambda done, total, p=p: progress(p, done, total)) for p in paths}
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner-decode")
         try:
             upcoming = pool.submit(self._decoded, paths[0]) if paths else None
+            batch: list = []
             for k, path in enumerate(paths):
                 current = upcoming
                 if k + 1 < len(paths):
                     upcoming = pool.submit(self._decoded, paths[k + 1])
-                try:
-                    follow = None if progress is None else (lambda done, total, p=path: progress(p, done, total))
-                    yield path, self._caption_decoded(path, current.result(), beam, n_best, max_len, segments,
-                                                      follow)
-                except CaptionerError as error:
-                    yield path, error
+                # Pooled at once, so only the vectors of a batch wait for it, never its frames.
+                batch.append(self._pool(path, ids[Path(path)], current))
+                if len(batch) == batch_size or k + 1 == len(paths):
+                    yield from zip(paths[k + 1 - len(batch):k + 1],
+                                   self._caption_pooled(batch, decoding, n_best, segments, follow))
+                    batch = []
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _caption_decoded(self, path, decoded_and_seconds, beam: int, n_best: int, max_len: int,
-                         segments: float | None, progress: Callable[[int, int], None] | None = None) -> Caption:
-        timing: dict = {}
-        decoded, seconds = decoded_and_seconds
-        info = decoded.info
-        pooled = self._pooled(decoded, seconds, timing)
-        nbest = self._describe(pooled, source_name(info.is_image), beam, max(1, min(n_best, beam)), max_len, timing)
-        windows = None
-        if segments is not None:
-            windows = self._segments(path, info, segments, beam, max_len, timing, whole=nbest[0],
-                                     progress=progress)
-        caption, score = nbest[0]
-        return Caption(path=str(path), id=Path(path).stem, caption=caption, score=score,
-                       alternatives=[{"caption": c, "score": s} for c, s in nbest], model=self.model_id,
-                       timing={k: round(v, 4) for k, v in timing.items()}, segments=windows,
-                       concepts=top_concepts(pooled, self.concept_heads) if self.concept_heads else None,
-                       checkpoint=str(self.checkpoint_path) if self.checkpoint_path else None, beam=beam,
-                       length_penalty=self.length_penalty, max_len=max_len, captioner_version=__version__)
+    def caption_frames(self, frames, fps: float | None = None, beam: int | None = None, n_best: int = 3,
+                       max_len: int | None = None, length_penalty: float | None = None,
+                       name: str = "frames") -> Caption:
+        """Caption frames already in memory: uint8 RGB, (T, H, W, 3) for a video or (H, W, 3) for a still.
 
-    def _segments(self, path, info, seconds: float, beam: int, max_len: int, timing: dict,
-                  whole: tuple[str, float], progress: Callable[[int, int], None] | None = None) -> list[Segment]:
+        The model's frame sampling picks from them as from a file; `fps` (their rate) is needed
+        only when that sampling is by time (fps:F). `name` becomes the Caption's path and id.
+        """
+        decoding = self.decoding.but(beam, length_penalty, max_len)
+        t0 = time.perf_counter()
+        decoded = _frames_as_video(frames, fps, self.sampling, self.backbone.clip_len, name)
+        return self._caption_pooled([self._pool(name, name, (decoded, time.perf_counter() - t0))], decoding,
+                                    n_best, None, None)[0]
+
+    def caption_store(self, store, ids=None, beam: int | None = None, n_best: int = 3, max_len: int | None = None,
+                      length_penalty: float | None = None,
+                      batch_size: int = 64) -> Iterator[tuple[str, Caption | CaptionerError]]:
+        """Caption videos from a feature store `captioner extract` built, without decoding or a backbone.
+
+        `store` is a path or an open FeatureStore; `ids` the videos to caption (default all, in
+        store order). Yields (id, its Caption or the CaptionerError it failed with); a Caption's
+        path is the file the store recorded for it. A store made with another backbone than the
+        model's training features is refused (CaptionerError), as is a mirrored one.
+        """
+        from .predict import predict_store
+        from .store import open_features
+
+        decoding = self.decoding.but(beam, length_penalty, max_len)
+        if batch_size < 1:
+            raise CaptionerError(f"batch size must be at least 1, got {batch_size}")
+        store = open_features(store) if isinstance(store, (str, os.PathLike)) else store
+        self.model.check_features(store.provenance, store.path)
+        # Other frames give other pooled vectors, so other captions than `captioner caption`'s.
+        sampled = (store.provenance or {}).get("frames")
+        if sampled is not None and str(sampled) != str(self.sampling):
+            raise CaptionerError(f"the store's features sample frames {sampled}, the model's were {self.sampling}; "
+                                 f"re-extract with --frames {self.sampling}", store.path)
+        for item in predict_store(self.model.decoder, self.model.vocab, store, ids, decoding, n_best, batch_size):
+            if item.error is not None:
+                yield item.id, item.error
+            else:
+                yield item.id, self._result(item.meta.get("path") or item.id, item.id, item.hypotheses, item.pooled,
+                                            decoding)
+
+    def store_predictions(self, store, beam: int | None = None, length_penalty: float | None = None,
+                          max_len: int | None = None) -> dict[str, str]:
+        """Every video of a feature store captioned, id -> caption, as `evaluate` reads them; the
+        first video that fails raises its CaptionerError (a pipeline's predictions are all or none)."""
+        predictions = {}
+        for video_id, result in self.caption_store(store, beam=beam, n_best=1, max_len=max_len,
+                                                   length_penalty=length_penalty):
+            if isinstance(result, CaptionerError):
+                raise result
+            predictions[video_id] = result.caption
+        return predictions
+
+    def _pool(self, path, video_id: str, decoded_and_seconds) -> "_Pooled | CaptionerError":
+        """An input's pooled features (from a (decoded, seconds) pair or a future of one), or its error."""
+        timing: dict = {}
+        try:
+            decoded, seconds = decoded_and_seconds.result() if hasattr(decoded_and_seconds, "result") \
+                else decoded_and_seconds
+            return _Pooled(path, video_id, decoded.info, self._pooled(decoded, seconds, timing), timing)
+        except CaptionerError as error:
+            return error
+
+    def _caption_pooled(self, batch: list, decoding: Decoding, n_best: int, segments: float | None,
+                        progress: dict | None) -> list[Caption | CaptionerError]:
+        """Captions of pooled inputs (errors stay in place), decoded in one batched search."""
+        results = list(batch)
+        ready = [(k, item) for k, item in enumerate(batch) if isinstance(item, _Pooled)]
+        if not ready:
+            return results
+        nbests = self._describe(np.stack([item.pooled for _, item in ready]),
+                                [source_name(item.info.is_image) for _, item in ready], decoding, n_best,
+                                [item.timing for _, item in ready])
+        for (k, item), nbest in zip(ready, nbests):
+            try:
+                windows = None if segments is None else self._segments(
+                    item.path, item.info, segments, decoding, item.timing, whole=nbest[0],
+                    progress=None if progress is None else progress.get(item.path))
+            except CaptionerError as error:
+                results[k] = error
+                continue
+            results[k] = self._result(item.path, item.id, nbest, item.pooled, decoding, item.timing, windows)
+        return results
+
+    def _segments(self, path, info, seconds: float, decoding: Decoding, timing: dict, whole: Hypothesis,
+                  progress: Callable[[int, int], None] | None = None) -> list[Segment]:
         windows = segment_windows(info.duration, seconds)
         if info.is_image or info.duration <= 0:  # one segment: the caption of the whole input
             return [Segment(0.0, max(info.duration, 0.0), *whole)]
@@ -233,13 +349,61 @@ class Captioner:
                 if k + 1 < len(windows):
                     upcoming = pool.submit(self._decoded, path, *windows[k + 1])
                 pooled = self._pooled(*decoded, timing)
-                caption, score = self._describe(pooled, "video", beam, 1, max_len, timing)[0]
+                caption, score = self._describe(pooled[None], ["video"], decoding, 1, [timing])[0][0]
                 result.append(Segment(start, end, caption, score))
                 if progress is not None:
                     progress(len(result), len(windows))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return result
+
+
+def check_model(model: str | os.PathLike) -> Path:
+    """The checkpoint file `model` names ("default": the one inside the package), or why there is none.
+
+    A name that is not a path (no folder, no extension) is taken for a model name: there is one,
+    "default", so anything else is a usage error (exit 2); a path to a missing file is exit 1.
+    """
+    if str(model) == "default":
+        if not DEFAULT_MODEL.is_file():
+            raise CaptionerError("the default model is missing from the installed package; "
+                                 "reinstall video-captioner", DEFAULT_MODEL)
+        return DEFAULT_MODEL
+    path = Path(model)
+    if not path.is_file():
+        if not path.exists() and len(path.parts) == 1 and not path.suffix:
+            raise UsageError(f"unknown model {str(model)!r}: give 'default' or a checkpoint file (.pt); "
+                             "`captioner models` lists them")
+        raise CaptionerError("checkpoint not found" if not path.exists() else "is a folder, not a checkpoint file",
+                             path)
+    return path
+
+
+def _frames_as_video(frames, fps: float | None, sampling: str, clip_len: int, name: str):
+    """In-memory frames as what `video.decode` returns: the model's sampling applied to them."""
+    from .video import DecodedVideo, Sampling, VideoInfo, check_frame_size, clip_windows, sample_indices
+
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim not in (3, 4) or frames.shape[-1] != 3 or 0 in frames.shape:
+        raise CaptionerError(f"frames must be uint8 RGB, (T, H, W, 3) or (H, W, 3) for a still image; got "
+                             f"{frames.dtype} {frames.shape}", name)
+    still = frames.ndim == 3
+    frames = frames[None] if still else frames
+    check_frame_size(frames.shape[2], frames.shape[1], name)
+    plan = Sampling.parse(sampling)
+    if plan.mode == "fps" and fps is None and not still:
+        raise CaptionerError(f"this model samples frames by time ({sampling}): give the frames' fps", name)
+    if fps is not None and not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise CaptionerError(f"fps must be a positive number, got {fps!r}", name)
+    # Without a rate, uniform sampling only needs the frames evenly spaced: any rate will do.
+    rate = 0.0 if still else float(fps or 25.0)
+    count = len(frames)
+    info = VideoInfo(path=name, duration=0.0 if still else count / rate, fps=rate, num_frames=count,
+                     width=frames.shape[2], height=frames.shape[1], is_image=still, backend="memory")
+    indices = np.zeros(1, np.int64) if still else sample_indices(info, plan)
+    timestamps = indices / rate if rate else np.zeros(len(indices))
+    picked = frames[clip_windows(indices, count, clip_len)] if clip_len > 1 else frames[indices]
+    return DecodedVideo(frames=np.ascontiguousarray(picked), indices=indices, timestamps=timestamps, info=info)
 
 
 def _training_precision(provenance: dict, runtime: str, device: str) -> str:
@@ -293,29 +457,127 @@ def segment_windows(duration: float, seconds: float) -> list[tuple[float, float]
             for k in range(count)]
 
 
+def merge_repeats(segments: list[Segment]) -> list[Segment]:
+    """Consecutive segments with the same caption as one (from the first's start to the last's end):
+    one cue on screen for as long as the caption holds, not the same line flashing again."""
+    merged: list[Segment] = []
+    runs: list[int] = []
+    for segment in segments:
+        if merged and merged[-1].caption == segment.caption:
+            last, n = merged[-1], runs[-1]
+            merged[-1] = Segment(last.start, segment.end, last.caption, (last.score * n + segment.score) / (n + 1))
+            runs[-1] += 1
+        else:
+            merged.append(segment)
+            runs.append(1)
+    return merged
+
+
 def write_subtitles(segments: list[Segment], path: str | os.PathLike, fmt: str | None = None) -> Path:
-    """Write segment captions as SRT or WebVTT (by `fmt`, else by the file extension)."""
+    """Write segment captions as SRT or WebVTT (by `fmt`, else by the file extension); consecutive
+    segments with the same caption become one cue."""
     from datetime import timedelta
 
     path = Path(path)
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     if fmt not in ("srt", "vtt"):
         raise CaptionerError("subtitle format must be srt or vtt", path)
+    cues = merge_repeats(segments)
     if fmt == "srt":
         import srt
 
         subtitles = [srt.Subtitle(index=i + 1, start=timedelta(seconds=s.start), end=timedelta(seconds=s.end),
-                                  content=s.caption) for i, s in enumerate(segments)]
+                                  content=s.caption) for i, s in enumerate(cues)]
         text = srt.compose(subtitles)
     else:
         import webvtt
 
         vtt = webvtt.WebVTT()
-        for s in segments:
+        for s in cues:
             vtt.captions.append(webvtt.Caption(_vtt_time(s.start), _vtt_time(s.end), s.caption))
         text = vtt.content
     atomic_write(path, text)
     return path
+
+
+# ---------------------------------------------------------------------- output files
+OUTPUT_FORMATS = ("txt", "json", "srt", "vtt")
+SUBTITLE_FORMATS = ("srt", "vtt")
+
+
+def parse_output_formats(spec: str) -> tuple[str, ...]:
+    """'txt', 'srt,vtt' or 'all' (whisper's --output_format) as a tuple of OUTPUT_FORMATS."""
+    from .errors import UsageError
+
+    names = [name.strip().lower() for name in str(spec).split(",") if name.strip()]
+    if names == ["all"]:
+        return OUTPUT_FORMATS
+    unknown = [name for name in names if name not in OUTPUT_FORMATS]
+    if unknown or not names:
+        raise UsageError(f"output format must be one of {', '.join(OUTPUT_FORMATS)} or all "
+                         f"(several joined with ','), got {spec!r}")
+    return tuple(dict.fromkeys(names))
+
+
+def output_path(folder: str | os.PathLike, result: Caption, fmt: str) -> Path:
+    """FOLDER/<id>.<fmt>: ids are unique per run (captioner.inputs.video_ids), so files never collide."""
+    return Path(folder) / f"{result.id}.{fmt}"
+
+
+def write_outputs(result: Caption, folder: str | os.PathLike, formats=OUTPUT_FORMATS) -> list[Path]:
+    """One file per format for a caption: txt (the caption), json (what `caption --json` prints),
+    srt and vtt (its segments; skipped when it was captioned without segments)."""
+    import json
+
+    written = []
+    for fmt in formats:
+        path = output_path(folder, result, fmt)
+        if fmt == "txt":
+            atomic_write(path, result.caption + "\n")
+        elif fmt == "json":
+            atomic_write(path, json.dumps(result.to_dict(), indent=1, ensure_ascii=False) + "\n")
+        elif result.segments is None:
+            continue
+        else:
+            write_subtitles(result.segments, path, fmt)
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------- progress
+class CaptionProgress:
+    """`extract`'s bar for `caption`, on stderr: inputs done, with the current input's segment
+    windows beside it. Lines printed through `write` appear above the bar, never inside it."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.bar = None
+        if enabled and total > 0:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="video", dynamic_ncols=True, file=sys.stderr, desc="caption")
+
+    def segments(self, path, done: int, total: int) -> None:
+        """A caption_many progress callback: windows of the input being captioned."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{Path(path).name}: segment {done}/{total}")
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str("")
+            self.bar.update(1)
+
+    def write(self, line: str, file=None) -> None:
+        file = file or sys.stdout
+        if self.bar is None:
+            print(line, file=file, flush=True)
+            return
+        self.bar.clear()
+        print(line, file=file, flush=True)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _vtt_time(seconds: float) -> str:

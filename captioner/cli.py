@@ -1,8 +1,11 @@
 """The `captioner` command: a thin layer over the Python API.
 
 Each subcommand parses its flags, imports the library lazily (so `captioner --help` never
-imports torch) and calls one API function. User errors (`CaptionerError`) become one line on
-stderr and a non-zero exit; anything else is a bug and keeps its traceback.
+imports torch) and calls one API function. Every flag, name and config value is checked before
+anything heavy (torch, timm, OpenVINO, the web framework) is imported, so a typo fails in a
+fraction of a second. User errors (`CaptionerError`) become one line on stderr and exit 1;
+usage errors (`UsageError`: what was asked for is itself wrong) exit 2; anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,15 +14,21 @@ import argparse
 import os
 import sys
 
-from . import __version__
 from .errors import CaptionerError, UsageError
-from .runtime import add_runtime_arguments
+from .device import add_device_argument, check_device
+from .runtime import add_runtime_arguments, check_options
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's default prints usage too; keep it, exit 2
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# The sampling syntax `captioner.video.Sampling.parse` takes, time windows included.
+FRAMES_HELP = ("uniform:N (N evenly spread frames; default uniform:16), fps:F (F frames per second, by "
+               "timestamp) or all; add @START-END to sample only that window of each video, in seconds "
+               "(e.g. uniform:8@2.5-10; an open end as in fps:2@30-)")
 
 
 # ----------------------------------------------------------------------------- extract
@@ -33,14 +42,13 @@ def _add_extract(sub) -> None:
     p.add_argument("--backbone", default="efficientnet_lite2",
                    help="registry name, several joined with '+' (e.g. efficientnet_lite2+i3d), or "
                         "ARCH=PATH for a timm/torchvision architecture with local weights")
-    p.add_argument("--frames", default="uniform:16", metavar="SAMPLING",
-                   help="uniform:N (default uniform:16), fps:F or all")
+    p.add_argument("--frames", default="uniform:16", metavar="SAMPLING", help=FRAMES_HELP)
     p.add_argument("--batch-size", type=int, default=None,
                    help="frames per backbone batch (default: 16 with OpenVINO, 4 with PyTorch on CPU, "
                         "where small batches run faster, 64 on CUDA)")
     p.add_argument("--workers", type=int, default=None,
                    help="decoding processes (default: one per spare core, at least 1)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_argument(p)
     add_runtime_arguments(p)
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="distribute videos over a Ray cluster ('auto' or host:port)")
@@ -59,6 +67,7 @@ def _run_extract(args) -> int:
     config = ExtractConfig(backbone=args.backbone, frames=args.frames, batch_size=args.batch_size,
                            workers=args.workers, device=args.device, runtime=args.runtime,
                            precision=args.precision, ray_address=args.ray_address, mirror=args.mirror)
+    config.validate()  # every flag's form, before the inputs are searched or a backbone loads
     summary = extract(args.inputs, args.out, config, failures_path=args.failures,
                       progress=not args.quiet)
     return 0 if summary.failed == 0 else 1
@@ -66,21 +75,35 @@ def _run_extract(args) -> int:
 
 # ----------------------------------------------------------------------------- features
 def _add_features(sub) -> None:
-    p = sub.add_parser("features", help="inspect, import or export a feature store")
+    p = sub.add_parser("features", help="inspect, import or export a feature store",
+                       description="Exchange features with other tools: S2VT-style code reads one <id>.npy per "
+                                   "video, others one HDF5 file with a (T, D) dataset per video id.")
     fsub = p.add_subparsers(dest="features_command", metavar="ACTION", parser_class=_Parser)
     fsub.required = True
-    imp = fsub.add_parser("import", help="import an HDF5 file or a folder of <id>.npy files")
-    imp.add_argument("source")
-    imp.add_argument("--out", required=True, metavar="STORE")
-    imp.add_argument("--format", default="auto", choices=["auto", "hdf5", "npy"])
+    formats = "auto (default: a .h5/.hdf5 name or an existing file is HDF5, else a folder of .npy), hdf5 or npy"
+    imp = fsub.add_parser("import", help="import an HDF5 file or a folder of <id>.npy files into a store",
+                          description="Copy features made elsewhere into a feature store: each (T, D) "
+                                      "(per-frame) or (D,) array becomes one video, named by its HDF5 dataset "
+                                      "(or the group holding a 'features' dataset, or a video_id attribute) or "
+                                      ".npy file stem, with its time-mean as the pooled vector. The store "
+                                      "records backbone imported:SOURCE; `captioner train` reads it like any "
+                                      "other store.")
+    imp.add_argument("source", metavar="SOURCE", help="an HDF5 file (one dataset per video id) or a folder of "
+                                                      "<id>.npy files")
+    imp.add_argument("--out", required=True, metavar="STORE", help="feature store to write (created if missing)")
+    imp.add_argument("--format", default="auto", choices=["auto", "hdf5", "npy"], help=f"SOURCE's format: {formats}")
     imp.set_defaults(handler=_run_features_import)
-    exp = fsub.add_parser("export", help="export to one HDF5 file or a folder of <id>.npy files")
-    exp.add_argument("store")
-    exp.add_argument("dest")
-    exp.add_argument("--format", default="auto", choices=["auto", "hdf5", "npy"])
+    exp = fsub.add_parser("export", help="export a store to one HDF5 file or a folder of <id>.npy files",
+                          description="Write every video's per-frame (or per-clip) features, a (T, D) float32 "
+                                      "array, as one HDF5 dataset per video id or one <id>.npy file per video.")
+    exp.add_argument("store", metavar="STORE", help="feature store written by `captioner extract` or `features import`")
+    exp.add_argument("dest", metavar="DEST", help="an .h5/.hdf5 file, or a folder for the .npy files")
+    exp.add_argument("--format", default="auto", choices=["auto", "hdf5", "npy"], help=f"DEST's format: {formats}")
     exp.set_defaults(handler=_run_features_export)
-    info = fsub.add_parser("info", help="print what a store holds and how it was extracted")
-    info.add_argument("store")
+    info = fsub.add_parser("info", help="print what a store holds and how it was extracted",
+                           description="Print a store's video count, feature size and provenance (backbone, "
+                                       "weights checksum, sampling, precision) as JSON.")
+    info.add_argument("store", metavar="STORE", help="feature store")
     info.set_defaults(handler=_run_features_info)
 
 
@@ -117,7 +140,7 @@ def _add_train(sub) -> None:
                        description="Train the caption model described by a YAML config (see configs/). "
                                    "Writes RUN/config.yaml, last.pt, best.pt and metrics.csv. "
                                    "Multi-GPU/CPU: python -m torch.distributed.run --nproc_per_node=N "
-                                   "-m captioner.train CONFIG")
+                                   "-m captioner train CONFIG")
     p.add_argument("config", metavar="CONFIG", help="training config (YAML)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set epochs=5 --set model.hidden_size=256")
@@ -126,9 +149,14 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from .train import train_from_config
+    from .config import load_config
+    from .train_config import TrainConfig
 
-    best = train_from_config(args.config, args.overrides, resume=args.resume)
+    config = load_config(TrainConfig, args.config, args.overrides)  # every key, type and range; torch-free
+    config.require_data()
+    from .train import train
+
+    best = train(config, resume=args.resume)
     # Under torchrun every process returns here; one line is enough.
     if best.exists() and int(os.environ.get("RANK", "0")) == 0:
         print(f"best checkpoint: {best}")
@@ -226,30 +254,51 @@ def _run_report(args) -> int:
 
 # ----------------------------------------------------------------------------- caption
 def _add_caption(sub) -> None:
-    p = sub.add_parser("caption", help="caption video or image files",
+    p = sub.add_parser("caption", help="caption video or image files, frames' features in a store",
                        description="Caption each input with a trained model (default: the model shipped "
-                                   "in the package; nothing is downloaded). Prints path<TAB>caption.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="video/image files, folders or glob patterns")
-    p.add_argument("--model", default="default", help="'default' or a checkpoint file (.pt)")
-    p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy; default %(default)s)")
-    p.add_argument("--n-best", type=int, default=3, help="alternatives kept in --json (default %(default)s)")
-    p.add_argument("--max-len", type=int, default=20, help="longest caption in words (default %(default)s)")
+                                   "in the package; nothing is downloaded). Prints path<TAB>caption "
+                                   "(id<TAB>caption with --features).")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="video/image files, folders, glob patterns or .txt lists; with --features, store ids "
+                        "(default: every video in the store)")
+    p.add_argument("--features", default=None, metavar="STORE",
+                   help="caption the videos of a feature store `captioner extract` made (no video is decoded)")
+    p.add_argument("--model", default="default",
+                   help="'default' (the model inside the package) or a checkpoint file (.pt); `captioner models` "
+                        "lists them")
+    p.add_argument("--beam", type=int, default=None,
+                   help="beam size (1 = greedy; default: the model's own, 3 for the default model)")
+    p.add_argument("--n-best", type=int, default=None, metavar="N",
+                   help="captions kept as alternatives in --json, best first (default: 3, or the beam size if "
+                        "smaller); beam search finds at most --beam captions, so N above --beam is an error")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="longest caption in words (default: the model's own, 20 for the default model)")
     p.add_argument("--length-penalty", type=float, default=None,
-                   help="beam score = log-probability / (words + 1) ** this (default 0.5; 0 favours short captions)")
+                   help="beam score = log-probability / (words + 1) ** this (default: the model's own, 0.5 for "
+                        "the default model; 0 favours short captions)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="inputs captioned together by one batched search (default 1 for files, 64 with --features)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per line: path, id, caption, score, alternatives, model, timing")
     p.add_argument("--segments", type=float, default=None, metavar="SECONDS",
                    help="also caption consecutive windows of this many seconds")
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--srt", default=None, metavar="FILE",
-                     help="write segment captions as SRT (a folder when several inputs are given)")
-    out.add_argument("--vtt", default=None, metavar="FILE",
-                     help="write segment captions as WebVTT (a folder when several inputs are given)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--output-dir", "--output_dir", dest="output_dir", default=None, metavar="DIR",
+                   help="write one file per input and format into DIR, named by the input's id (its file stem, "
+                        "or more of its path where two inputs share a stem); default '.' when only "
+                        "--output-format is given")
+    p.add_argument("--output-format", "--output_format", dest="output_format", default=None, metavar="FORMAT",
+                   help="txt, json, srt, vtt (these two need --segments) or all (default all: txt, json and, "
+                        "with --segments, srt and vtt); several joined with ','")
+    p.add_argument("--srt", default=None, metavar="FILE",
+                   help="write segment captions as SRT (a folder when several inputs are given)")
+    p.add_argument("--vtt", default=None, metavar="FILE",
+                   help="write segment captions as WebVTT (a folder when several inputs are given)")
+    add_device_argument(p)
     add_runtime_arguments(p)
     p.add_argument("--verbose", action="store_true", help="print the time split per input on stderr")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="a progress bar over each input's segments on stderr (default: when stderr is a terminal)")
+                   help="a progress bar over the inputs (and each one's segments) on stderr "
+                        "(default: when stderr is a terminal)")
     p.set_defaults(handler=_run_caption)
 
 
@@ -267,40 +316,37 @@ def _process_age() -> float:
         return 0.0
 
 
-def _expand_caption_inputs(patterns: list[str]) -> tuple[list[str], list[str]]:
-    """Files, folders and globs to media paths; returns (paths, patterns that matched nothing)."""
-    import glob
-    from pathlib import Path
+def _check_caption_args(args) -> tuple[str, ...]:
+    """Usage errors before anything is loaded; returns the output formats to write."""
+    import math
 
-    paths, unmatched = [], []
-    for pattern in patterns:
-        if glob.has_magic(pattern) and not Path(pattern).exists():
-            matches = sorted(glob.glob(pattern, recursive=True))
-            if not matches:
-                unmatched.append(pattern)
-            paths.extend(matches)
-        else:
-            paths.append(pattern)
-    return paths, unmatched
+    if not args.paths and not args.features:
+        raise UsageError("give at least one PATH to caption, or --features STORE")
+    if args.n_best is None:
+        args.n_best = 3 if args.beam is None else min(3, args.beam)
+    if args.n_best < 1 or any(v is not None and v < 1 for v in (args.beam, args.max_len, args.batch_size)):
+        raise UsageError("--beam, --n-best, --max-len and --batch-size must be at least 1")
+    if args.beam is not None and args.n_best > args.beam:
+        raise UsageError(f"--n-best {args.n_best} is more than --beam {args.beam}: beam search finds at most "
+                         f"{args.beam} captions; raise --beam to {args.n_best} or more")
+    if args.length_penalty is not None and not (math.isfinite(args.length_penalty) and args.length_penalty >= 0):
+        raise UsageError("--length-penalty must be a finite number, 0 or more")
+    if args.segments is not None and not args.segments > 0:
+        raise UsageError("--segments must be a positive number of seconds")
+    if args.features and args.segments is not None:
+        raise UsageError("--segments needs the videos themselves; a feature store holds one vector per video")
+    formats: tuple[str, ...] = ()
+    if args.output_dir is not None or args.output_format is not None:
+        from .caption import SUBTITLE_FORMATS, parse_output_formats
 
-
-class _SegmentBar:
-    """A tqdm bar over one input's segments, on stderr like extract's, made when the count is known."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.bar = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="segment", desc=self.name, dynamic_ncols=True, file=sys.stderr)
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        formats = parse_output_formats(args.output_format or "all")
+        timed = [f for f in formats if f in SUBTITLE_FORMATS]
+        if timed and args.segments is None and args.output_format not in (None, "all"):
+            raise UsageError(f"--output-format {','.join(timed)} needs --segments SECONDS (subtitles are timed)")
+    for flag in ("srt", "vtt"):
+        if getattr(args, flag) and args.segments is None:
+            raise UsageError(f"--{flag} needs --segments SECONDS")
+    return formats
 
 
 def _run_caption(args) -> int:
@@ -308,81 +354,94 @@ def _run_caption(args) -> int:
     import time
     from pathlib import Path
 
-    if (args.srt or args.vtt) and args.segments is None:
-        raise UsageError("--srt/--vtt need --segments SECONDS")
-    if args.beam < 1 or args.n_best < 1 or args.max_len < 1:
-        raise UsageError("--beam, --n-best and --max-len must be at least 1")
-    if args.segments is not None and not args.segments > 0:
-        raise UsageError("--segments must be a positive number of seconds")
+    formats = _check_caption_args(args)
     from .atomic import check_output_path
-    from .runtime import check_options
 
     check_options(args.runtime, args.precision)
-    from .caption import Captioner, write_subtitles
-    from .video import find_inputs
+    check_device(args.device)
+    from .caption import Captioner, CaptionProgress, check_model, output_path, write_outputs, write_subtitles
+    from .inputs import expand_globs, find_inputs
 
+    check_model(args.model)
     startup = _process_age()  # interpreter and library start-up; model_load is then weights only
 
-    candidates, unmatched = _expand_caption_inputs(args.paths)
     failed = 0
-    for pattern in unmatched:
-        print(f"captioner: {pattern}: no file matches this pattern", file=sys.stderr)
-        failed += 1
-    paths, missing = find_inputs(candidates)
-    for _, error in missing:  # every missing entry is reported; the rest are still captioned
-        print(f"captioner: {error}", file=sys.stderr)
-        failed += 1
-    if not paths:
-        return 1 if failed else 2
-    subtitle_target = args.srt or args.vtt
-    # A folder when more than one input was asked for, even if only one of them exists.
-    many = len(paths) + len(missing) + len(unmatched) > 1
-    if subtitle_target:
-        check_output_path(subtitle_target, folder=many, flag="--srt" if args.srt else "--vtt")
-    show_progress = (sys.stderr.isatty() if args.progress is None else args.progress) and args.segments is not None
-    captioner = Captioner.load(args.model, device=args.device, runtime=args.runtime, precision=args.precision)
-    if args.length_penalty is not None:
-        captioner.length_penalty = args.length_penalty
-    bars: dict = {}
+    if args.features:
+        from .store import open_features
 
-    def follow(path, done: int, total: int) -> None:
-        bars.setdefault(path, _SegmentBar(Path(path).name))(done, total)
+        store = open_features(args.features)
+        paths, many = args.paths or store.ids(), True
+    else:
+        candidates, unmatched = expand_globs(args.paths)
+        for pattern in unmatched:
+            print(f"captioner: {pattern}: no file matches this pattern", file=sys.stderr)
+            failed += 1
+        paths, missing = find_inputs(candidates)
+        for _, error in missing:  # every missing entry is reported; the rest are still captioned
+            print(f"captioner: {error}", file=sys.stderr)
+            failed += 1
+        if not paths:
+            return 1 if failed else 2
+        # A folder when more than one input was asked for, even if only one of them exists.
+        many = len(paths) + len(missing) + len(unmatched) > 1
+    subtitles = [(fmt, target) for fmt, target in (("srt", args.srt), ("vtt", args.vtt)) if target]
+    for fmt, target in subtitles:
+        check_output_path(target, folder=many, flag=f"--{fmt}")
+    if formats:
+        args.output_dir = args.output_dir or "."
+        check_output_path(args.output_dir, folder=True, flag="--output-dir")
+    progress = CaptionProgress(len(paths), sys.stderr.isatty() if args.progress is None else args.progress)
+    captioner = Captioner.load(args.model, device=args.device, runtime=args.runtime, precision=args.precision,
+                               load_backbone=not args.features)
+    decoding = dict(beam=args.beam, n_best=args.n_best, max_len=args.max_len, length_penalty=args.length_penalty)
+    if args.features:
+        results = captioner.caption_store(store, paths, batch_size=args.batch_size or 64, **decoding)
+    else:
+        results = captioner.caption_many(paths, segments=args.segments, progress=progress.segments,
+                                         batch_size=args.batch_size or 1, **decoding)
+
+    def write(what: str, paths_written) -> None:
+        nonlocal failed
+        try:
+            paths_written()
+        except CaptionerError as exc:
+            progress.write(f"captioner: {exc}", sys.stderr)
+            failed += 1
+        except OSError as exc:
+            progress.write(f"captioner: {exc.filename or what}: cannot write {what} ({exc.strerror or exc})",
+                           sys.stderr)
+            failed += 1
 
     started = time.perf_counter()  # each input's total runs from the previous input's output
-    for path, result in captioner.caption_many(paths, beam=args.beam, n_best=args.n_best, max_len=args.max_len,
-                                               segments=args.segments, progress=follow if show_progress else None):
-        bar = bars.pop(path, None)
-        if bar is not None:
-            bar.close()
-        if isinstance(result, CaptionerError):
-            print(f"captioner: {result if result.path else f'{path}: {result}'}", file=sys.stderr)
-            failed += 1
+    try:
+        for path, result in results:
+            progress.advance()
+            if isinstance(result, CaptionerError):
+                progress.write(f"captioner: {result if result.path else f'{path}: {result}'}", sys.stderr)
+                failed += 1
+                started = time.perf_counter()
+                continue
+            result.timing = {"startup": round(startup, 4), "model_load": round(captioner.load_seconds, 4),
+                             **result.timing, "total": round(startup + captioner.load_seconds
+                                                              + time.perf_counter() - started, 4)}
+            startup = 0.0  # paid once, by the first input
+            captioner.load_seconds = 0.0
             started = time.perf_counter()
-            continue
-        result.timing = {"startup": round(startup, 4), "model_load": round(captioner.load_seconds, 4),
-                         **result.timing, "total": round(startup + captioner.load_seconds
-                                                          + time.perf_counter() - started, 4)}
-        startup = 0.0  # paid once, by the first input
-        captioner.load_seconds = 0.0
-        started = time.perf_counter()
-        if args.json:
-            print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
-        else:
-            print(f"{result.path}\t{result.caption}", flush=True)
-        if args.verbose:
-            print("captioner: " + result.path + ": " + ", ".join(f"{k} {v:.3f}s" for k, v in result.timing.items()),
-                  file=sys.stderr)
-        if subtitle_target:  # after the caption is out: a failed write loses nothing else
-            fmt = "srt" if args.srt else "vtt"
-            target = Path(subtitle_target) / f"{Path(path).stem}.{fmt}" if many else Path(subtitle_target)
-            try:
-                write_subtitles(result.segments, target, fmt)
-            except CaptionerError as exc:
-                print(f"captioner: {exc}", file=sys.stderr)
-                failed += 1
-            except OSError as exc:
-                print(f"captioner: {target}: cannot write subtitles ({exc.strerror or exc})", file=sys.stderr)
-                failed += 1
+            name = result.id if args.features else result.path
+            progress.write(json.dumps(result.to_dict(), ensure_ascii=False) if args.json
+                           else f"{name}\t{result.caption}")
+            if args.verbose:
+                progress.write("captioner: " + name + ": " + ", ".join(f"{k} {v:.3f}s"
+                                                                         for k, v in result.timing.items()),
+                               sys.stderr)
+            # Files are written after the caption is out: a failed write loses nothing else.
+            for fmt, target in subtitles:
+                file = output_path(target, result, fmt) if many else Path(target)
+                write("subtitles", lambda: write_subtitles(result.segments, file, fmt))
+            if formats:
+                write("output files", lambda: write_outputs(result, args.output_dir, formats))
+    finally:
+        progress.close()
     return 1 if failed else 0
 
 
@@ -394,7 +453,10 @@ def _add_pipeline(sub) -> None:
                                    "are skipped; an interrupted stage resumes.")
     psub = p.add_subparsers(dest="pipeline_command", metavar="ACTION", parser_class=_Parser)
     psub.required = True
-    run = psub.add_parser("run", help="print the plan, then run the stages that are not up to date")
+    run = psub.add_parser("run", help="print the plan, then run the stages that are not up to date",
+                          description="Print which stages run and why (a changed value, input file or upstream "
+                                      "stage), then run them in order; finished stages are skipped and an "
+                                      "interrupted one resumes. A failing stage stops the run with one line.")
     run.add_argument("config", metavar="CONFIG", help="pipeline config (YAML)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set train.lr=3e-4 --set distributed.nproc_per_node=4")
@@ -444,7 +506,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default %(default)s: this machine only; 0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
-    p.add_argument("--model", default="default", help="'default' or a checkpoint file (.pt)")
+    p.add_argument("--model", default="default",
+                   help="'default' (the model inside the package) or a checkpoint file (.pt); `captioner models` "
+                        "lists them")
     p.add_argument("--max-upload-mb", type=float, default=100.0, metavar="N",
                    help="largest accepted upload in MB (default %(default)g); larger ones get HTTP 413")
     p.add_argument("--queue", type=int, default=4, metavar="N",
@@ -458,7 +522,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="a web origin (e.g. https://example.org) whose pages may post videos here; repeatable. "
                         "Posts from other sites' pages get HTTP 403")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_argument(p)
     add_runtime_arguments(p)
     p.set_defaults(handler=_run_serve)
 
@@ -477,9 +541,11 @@ def _run_serve(args) -> int:
         if parts.scheme not in ("http", "https") or not parts.netloc or origin != f"{parts.scheme}://{parts.netloc}":
             raise UsageError(f"--allow-origin takes an origin such as https://example.org:8443 "
                              f"(scheme, host and port only), got {origin!r}")
-    from .runtime import check_options
-
     check_options(args.runtime, args.precision)
+    check_device(args.device)
+    from .caption import check_model
+
+    check_model(args.model)  # before the web framework is imported
     from .serve import ServeLimits, serve
 
     limits = ServeLimits(max_upload_mb=args.max_upload_mb, queue=args.queue, uploads=args.uploads,
@@ -490,14 +556,73 @@ def _run_serve(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- models
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the shipped model, checkpoints under a folder, and the backbones",
+                       description="List what `--model` and `--backbone` take: the default model inside the "
+                                   "package (and every checkpoint under --runs), with the backbone it reads, "
+                                   "then every registered backbone with its feature size, input and the weights "
+                                   "it needs (and whether they are installed).")
+    p.add_argument("--runs", default=None, metavar="DIR",
+                   help="also list the checkpoints (*.pt but last.pt) under this folder, e.g. runs/")
+    p.add_argument("--json", action="store_true", help="print one JSON object: models and backbones")
+    p.set_defaults(handler=_run_models)
+
+
+def _run_models(args) -> int:
+    import json
+
+    from .catalog import BACKBONES, list_models
+
+    models = list_models(args.runs)
+    if args.json:
+        print(json.dumps({"models": [m.to_dict() for m in models], "backbones": [b.to_dict() for b in BACKBONES]},
+                         indent=2))
+        return 0
+    print("models (--model):")
+    for m in models:
+        print(f"  {m.name}")
+        if m.name != m.path:
+            print(f"      file       {m.path}")
+        if m.note:
+            print(f"      note       {m.note}")
+        else:
+            print(f"      id         {m.model_id}")
+            print(f"      backbone   {m.backbone} ({m.feature_dim}-d, frames {m.frames})")
+            print(f"      vocabulary {m.vocabulary} words")
+    print("backbones (extract --backbone; join with '+'):")
+    width = max(len(b.name) for b in BACKBONES)
+    for b in BACKBONES:
+        dim = f"{b.feature_dim}-d" if b.feature_dim else "arch-d"
+        installed = b.installed()
+        state = "" if installed is None else "  [installed]" if installed else f"  [missing: {b.pip}]"
+        print(f"  {b.name:<{width}}  {dim:>7}  {b.input:<22}  {b.weights}{state}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
+class _VersionAction(argparse.Action):
+    """`--version`: captioner, Python, torch, OpenVINO and the devices, from package metadata
+    (importing torch to ask its version would take seconds)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .catalog import environment, format_environment
+
+        print(format_environment(environment()))
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="captioner", description="Caption videos in English.")
-    parser.add_argument("--version", action="version", version=f"captioner {__version__}")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the versions of captioner, Python, torch and OpenVINO, and the devices")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in (_add_extract, _add_features, _add_caption, _add_train, _add_evaluate, _add_report,
-                _add_pipeline, _add_serve):
+                _add_pipeline, _add_serve, _add_models):
         add(sub)
     return parser
 

@@ -7,6 +7,10 @@ type, so `lr: 1e-3` (a string to YAML 1.1, which wants `1.0e-3`) is still a floa
 `epochs: ten` is a one-line error instead of a crash deep inside training. Finally every
 config class with a `validate()` method checks its ranges (`epochs: 0`, `lr: -1`), so a bad
 value stops the command before any process group, file or model exists.
+
+What a config says wrongly (an unknown key, a value of the wrong type or range, invalid YAML) is a
+`UsageError` (exit 2, like a bad flag); a config file that is missing or unreadable is a
+`CaptionerError` (exit 1, like any missing input).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .atomic import atomic_write
-from .errors import CaptionerError
+from .errors import CaptionerError, UsageError
 
 T = TypeVar("T")
 
@@ -59,18 +63,18 @@ def _coerce(name: str, tp, value, source: str):
     if isinstance(value, tp) and not (tp is not bool and isinstance(value, bool)):
         return value
     expected = {float: "a number", int: "a whole number", bool: "true or false", str: "a string"}[tp]
-    raise CaptionerError(f"{name} must be {expected}{' or null' if optional else ''}, got {value!r}", source)
+    raise UsageError(f"{name} must be {expected}{' or null' if optional else ''}, got {value!r}", source)
 
 
 def from_dict(cls: type[T], data: dict, source: str = "config") -> T:
     """Build `cls` from a mapping, refusing unknown keys (typos must not pass silently)."""
     if not isinstance(data, dict):
-        raise CaptionerError(f"expected a mapping for {cls.__name__}, got {type(data).__name__}", source)
+        raise UsageError(f"expected a mapping for {cls.__name__}, got {type(data).__name__}", source)
     field_types = _field_types(cls)
     unknown = sorted(set(data) - set(field_types))
     if unknown:
-        raise CaptionerError(f"unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
-                             f"known: {', '.join(field_types)}", source)
+        raise UsageError(f"unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
+                         f"known: {', '.join(field_types)}", source)
     kwargs = {}
     for name, value in data.items():
         tp = field_types[name]
@@ -95,7 +99,7 @@ def validate_config(obj) -> None:
 def require(ok: bool, name: str, requirement: str, value) -> None:
     """A config range check: `name must be REQUIREMENT, got VALUE` unless `ok`."""
     if not ok:
-        raise CaptionerError(f"{name} must be {requirement}, got {value!r}")
+        raise UsageError(f"{name} must be {requirement}, got {value!r}")
 
 
 def to_dict(obj) -> dict:
@@ -107,7 +111,7 @@ def apply_overrides(obj: T, overrides: list[str] | None, source: str = "--set") 
     data = to_dict(obj)
     for item in overrides or []:
         if "=" not in item:
-            raise CaptionerError(f"override {item!r} is not key=value", source)
+            raise UsageError(f"override {item!r} is not key=value", source)
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
@@ -118,11 +122,11 @@ def apply_overrides(obj: T, overrides: list[str] | None, source: str = "--set") 
         for part in parts[:-1]:
             field_types = _field_types(cls)
             if part not in field_types or not _is_dataclass_type(field_types[part]):
-                raise CaptionerError(f"unknown config section {part!r} in override {item!r}", source)
+                raise UsageError(f"unknown config section {part!r} in override {item!r}", source)
             node, cls = node[part], field_types[part]
         if parts[-1] not in _field_types(cls):
-            raise CaptionerError(f"unknown config key {key!r} in override {item!r}; "
-                                 f"known: {', '.join(_field_types(cls))}", source)
+            raise UsageError(f"unknown config key {key!r} in override {item!r}; "
+                             f"known: {', '.join(_field_types(cls))}", source)
         node[parts[-1]] = value
     return from_dict(type(obj), data, source)
 
@@ -144,8 +148,8 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None,
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            raise CaptionerError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path,
-                                 mark.line + 1 if mark else None) from None
+            raise UsageError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path,
+                             mark.line + 1 if mark else None) from None
         obj = from_dict(cls, data, str(path))
     obj = apply_overrides(obj, overrides)
     try:
@@ -153,7 +157,8 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None,
     except CaptionerError as exc:
         if exc.path is not None:
             raise
-        raise CaptionerError(exc.reason, path if path is not None else "--set") from None
+        # A value out of range is a usage error wherever the check lives (exit 2).
+        raise UsageError(exc.reason, path if path is not None else "--set") from None
     return obj
 
 

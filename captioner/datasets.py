@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import CaptionerError
+from .errors import CaptionerError, UsageError
 
 log = logging.getLogger("captioner")
 
@@ -340,7 +340,7 @@ def _select_split(path: Path, captions: Captions, split: str, split_of: SplitOf)
         return selected
     name = SPLITS.get(split.lower())
     if name is None:
-        raise CaptionerError(f"unknown split {split!r}: use train, val, test or a file listing ids", path)
+        raise UsageError(f"unknown split {split!r}: use train, val, test or a file listing ids", path)
     if split_of is None:
         raise CaptionerError(f"cannot select split {split!r}: this file has no split information and "
                              "no split list was found beside it (MSVD: youtube_mapping.txt; Flickr8k: "

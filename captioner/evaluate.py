@@ -20,12 +20,13 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Iterable, Mapping, Sequence
 
 from .atomic import atomic_write
 from .datasets import jsonl_records
-from .errors import CaptionerError
+from .errors import CaptionerError, UsageError
+from .inputs import video_ids
 from .metrics import DEFAULT_METRICS, Scorer, parse_metrics
 
 log = logging.getLogger("captioner")
@@ -74,7 +75,7 @@ def _looks_like_jsonl(path: Path, text: str) -> bool:
 
 
 def _read_caption_jsonl(path: Path, text: str) -> dict[str, str]:
-    predictions: dict[str, str] = {}
+    records = []
     failed = 0
     for line, record in jsonl_records(path, text):
         if not isinstance(record, dict):
@@ -84,7 +85,15 @@ def _read_caption_jsonl(path: Path, text: str) -> dict[str, str]:
             continue
         if "caption" not in record or not ("id" in record or "path" in record):
             raise CaptionerError("each line needs 'caption' and 'id' or 'path'", path, line)
-        video_id = str(record["id"]) if record.get("id") is not None else Path(str(record["path"])).stem
+        records.append((line, record))
+    # Lines without an id are named by their paths as `captioner caption` names its inputs.
+    ids_from_paths = video_ids(PurePath(str(r["path"])) for _, r in records if r.get("id") is None)
+    predictions: dict[str, str] = {}
+    for line, record in records:
+        if record.get("id") is not None:
+            video_id = str(record["id"])
+        else:
+            video_id = ids_from_paths[PurePath(str(record["path"]))]
         if video_id in predictions:
             raise CaptionerError(f"duplicate prediction for id {video_id!r}", path, line)
         predictions[video_id] = _caption(record["caption"], path, "'caption'", line)
@@ -267,6 +276,8 @@ def evaluate_files(predictions: str | os.PathLike, references: str | os.PathLike
                    scorer: Scorer | None = None, min_coverage: float = 0.0) -> Evaluation:
     """`evaluate` on files: what `captioner evaluate` runs."""
     metrics = parse_metrics(metrics)  # a typo fails before any file is read or Java started
+    if k < 1:
+        raise UsageError(f"--k must be at least 1, got {k}")
     predicted = read_predictions(predictions)
     refs = read_references(references, split)
     train_refs = read_references(train_references, train_split) if train_references is not None else None

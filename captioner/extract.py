@@ -29,9 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .atomic import atomic_write, check_output_path
+from .device import is_cuda, resolve_device
 from .errors import CaptionerError, UsageError
+from .inputs import find_inputs, video_ids
+from .version import __version__
 
 # Videos a decoding process handles before it is replaced (bounds decord's leak).
 VIDEOS_PER_WORKER = 64
@@ -48,13 +50,31 @@ class ExtractConfig:
     frames: str = "uniform:16"
     batch_size: int | None = None  # frames per backbone batch; None: by device (see default_batch_size)
     workers: int | None = None  # decoding processes (0: decode inline); None: by device and cores
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     runtime: str = "auto"  # auto | torch | openvino (see captioner.runtime)
     precision: str = "auto"  # auto | fp32 | bf16 | mixed (captioner.runtime)
     ray_address: str | None = None
     ray_videos_per_task: int = 8
     # Mirror every frame left-right: a second view of a training set, for data.augment_features.
     mirror: bool = False
+
+    def validate(self) -> None:
+        """Every value's form, without torch: a pipeline config is checked when it is loaded."""
+        from .catalog import check_backbone
+        from .device import check_device
+        from .runtime import check_options
+        from .video import Sampling
+
+        Sampling.parse(self.frames)
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise UsageError(f"--workers must be 0 or more, got {self.workers}")
+        if self.ray_videos_per_task < 1:
+            raise UsageError(f"ray_videos_per_task must be at least 1, got {self.ray_videos_per_task}")
+        check_options(self.runtime, self.precision)
+        check_device(self.device)
+        check_backbone(self.backbone)
 
 
 @dataclass
@@ -82,37 +102,19 @@ class ExtractSummary:
                 f"failed {self.failed} of {self.total} inputs in {self.seconds:.1f}s ({rate})")
 
 
-# ----------------------------------------------------------------------------- inputs
-def video_ids(paths: list[Path]) -> dict[Path, str]:
-    """A store id per input: the file stem, or the fuller path where stems collide."""
-    stems = collections.Counter(p.stem for p in paths)
-    ids: dict[Path, str] = {}
-    for path in paths:
-        if stems[path.stem] == 1:
-            ids[path] = path.stem
-        else:
-            ids[path] = path.with_suffix("").as_posix().lstrip("/")
-    return ids
-
-
-def resolve_device(device: str) -> str:
-    from .runtime import resolve_device as resolve
-
-    return resolve(device)
-
-
+# ----------------------------------------------------------------------------- settings
 def default_batch_size(device: str, runtime: str = "torch") -> int:
     # Measured with EfficientNet-Lite2 on 2 CPU cores: PyTorch 25 frames/s at batch 1-4 against
     # 15 at batch 32 (small batches stay in cache); OpenVINO gains up to batch 16.
     # GPUs want large batches.
-    if device == "cuda":
+    if is_cuda(device):
         return 64
     return 16 if runtime == "openvino" else 4
 
 
 def default_workers(device: str) -> int:
     cores = os.cpu_count() or 1
-    if device == "cuda":
+    if is_cuda(device):
         return max(1, min(cores - 1, 16))  # the GPU is fast: every spare core decodes
     # On CPU, inference needs the cores: a decoding process beside torch's threads slows both
     # (measured on 2 cores: 11 frames/s with one worker against 13 decoding inline).
@@ -193,6 +195,10 @@ class _Decoder:
                         break
         except BaseException:  # Ctrl-C, an error in the caller (GeneratorExit), disk full, ...
             self._stop_workers()
+            # With its workers dead this returns at once; waiting lets the pool's manager thread
+            # close its wakeup pipe before the interpreter's exit hook writes to it (Python 3.11
+            # races the two and prints an "Exception ignored ... Bad file descriptor" traceback).
+            self._pool.shutdown(wait=True, cancel_futures=True)
             raise
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -295,6 +301,33 @@ def _video_meta(decoded, path: Path, provenance: dict, sampling: str) -> dict:
             "is_image": info.is_image, "decoder": info.backend, "captioner_version": __version__}
 
 
+_RAY_BACKBONES: dict[tuple[str, ...], object] = {}  # per Ray worker process: load weights once
+
+
+def _embed_chunk(paths: list[str], backbone_name: str, sampling: str, device: str, batch_size: int,
+                 mirror: bool, runtime: str, precision: str) -> list[tuple]:
+    """Runs on a Ray worker: (path, (features, meta)) or (path, reason) for each of `paths`."""
+    from .runtime import load_backbone
+
+    key = (backbone_name, device, runtime, precision)
+    if key not in _RAY_BACKBONES:
+        # Each worker resolves `auto` for its own node: its CPU decides OpenVINO's precision.
+        _RAY_BACKBONES[key] = load_backbone(backbone_name, runtime, precision, device)
+    backbone = _RAY_BACKBONES[key]
+    provenance = store_provenance(backbone, sampling, mirror)
+    results = []
+    for path in paths:
+        path, decoded = _decode_task(path, sampling, backbone.decode_short_side, backbone.clip_len)
+        if isinstance(decoded, str):
+            results.append((path, decoded))
+            continue
+        frames = mirrored(decoded.frames) if mirror else decoded.frames
+        features = np.concatenate([backbone.features(frames[i:i + batch_size], still=decoded.info.is_image)
+                                   for i in range(0, len(frames), batch_size)])
+        results.append((path, (features, _video_meta(decoded, Path(path), provenance, sampling))))
+    return results
+
+
 # ----------------------------------------------------------------------------- entry point
 def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
             config: ExtractConfig | None = None, *, failures_path: str | os.PathLike | None = None,
@@ -304,19 +337,15 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
     Videos already in the store are skipped; videos that fail are reported (one line each on
     `log`, default stderr, and in the failure list) while the rest are still extracted.
     """
-    from .runtime import check_options, load_backbone
+    from .runtime import load_backbone
     from .store import open_features
-    from .video import Sampling, find_inputs
+    from .video import Sampling
 
     config = config or ExtractConfig()
     log = log or sys.stderr
     started = time.perf_counter()
+    config.validate()
     sampling = str(Sampling.parse(config.frames))
-    if config.batch_size is not None and config.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {config.batch_size}")
-    if config.workers is not None and config.workers < 0:
-        raise UsageError(f"--workers must be 0 or more, got {config.workers}")
-    check_options(config.runtime, config.precision)
     check_output_path(store_path, folder=True, flag="--out")
     paths, missing = find_inputs(inputs)
     if not paths:
@@ -370,9 +399,15 @@ def _extract_into(store, paths, missing, ids, backbone, provenance, sampling, co
         _write_line(log, bar, f"captioner: {error}")
     try:
         if config.ray_address:
-            from .distributed import extract_on_ray
+            from .distributed import map_chunks_on_ray
 
-            results = extract_on_ray(todo, config, sampling, device, config.ray_address)
+            # Ray gives each GPU task one GPU of its own, visible to it as cuda:0; a cuda:N asked
+            # for on the driver's machine means nothing on the workers.
+            worker_device = "cuda" if is_cuda(device) else device
+            results = map_chunks_on_ray(
+                _embed_chunk, [str(p) for p in todo], config.ray_videos_per_task,
+                (config.backbone, sampling, worker_device, config.batch_size, config.mirror, config.runtime,
+                 config.precision), config.ray_address, gpu=is_cuda(device))
             for path, outcome in results:
                 if isinstance(outcome, str):
                     fail(path, outcome)

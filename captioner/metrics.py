@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from .errors import CaptionerError
+from .errors import CaptionerError, UsageError
 
 BLEU_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
 METRIC_KEYS = (*BLEU_KEYS, "METEOR", "ROUGE-L", "CIDEr", "SPICE")
@@ -67,11 +67,11 @@ def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
         if not key:
             continue
         if key not in _ALIASES:
-            raise CaptionerError(f"unknown metric {name.strip()!r}; choose from BLEU, BLEU-1..BLEU-4, "
-                                 "METEOR, ROUGE-L, CIDEr, SPICE")
+            raise UsageError(f"unknown metric {name.strip()!r}; choose from BLEU, BLEU-1..BLEU-4, "
+                             "METEOR, ROUGE-L, CIDEr, SPICE")
         wanted.update(_ALIASES[key])
     if not wanted:
-        raise CaptionerError("no metrics requested")
+        raise UsageError("no metrics requested")
     return tuple(k for k in METRIC_KEYS if k in wanted)
 
 

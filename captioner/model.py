@@ -29,48 +29,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_open
-from .config import require
 from .errors import CaptionerError
+from .hashing import file_sha256
 from .numpy_decoder import (PROVENANCE_KEYS, SOURCES, InferenceExport, check_provenance,  # noqa: F401
-                            export_path, file_sha256, provenance_differences, source_name,
-                            write_export)
+                            export_path, provenance_differences, source_name, write_export)
+from .predict import Decoding, Hypothesis, checkpoint_decoding, predict_captions
 from .text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
+from .train_config import ModelConfig  # noqa: F401  (re-exported)
 
 CHECKPOINT_FORMAT = "captioner-checkpoint"
 CHECKPOINT_VERSION = 1
-
-
-@dataclass
-class ModelConfig:
-    feature_dim: int = 0  # set from the feature store when training starts
-    embed_size: int = 256
-    hidden_size: int = 256  # small enough to train on a CPU; the configs in configs/ use 512
-    num_layers: int = 1
-    dropout: float = 0.3
-    video_input: str = "every_step"  # or "first_step"
-    tie_weights: bool = False  # share the word embedding with the output layer
-    condition_on_source: bool = False  # add a learned image/video vector to the video input
-    # [start, end) of each classifier head's probabilities in the input vector (concept
-    # backbones, see captioner/concepts.py); the rest of the vector is appearance features.
-    concept_heads: list = field(default_factory=list)
-
-    def validate(self) -> None:
-        """Range checks that need no data (feature_dim 0 means: taken from the feature store)."""
-        for name in ("embed_size", "hidden_size", "num_layers"):
-            value = getattr(self, name)
-            require(value >= 1, f"model.{name}", "at least 1", value)
-        require(self.feature_dim >= 0, "model.feature_dim", "positive (or 0: from the feature store)",
-                self.feature_dim)
-        require(0 <= self.dropout < 1, "model.dropout", "at least 0 and below 1", self.dropout)
-        if self.video_input not in ("every_step", "first_step"):
-            raise CaptionerError(f"model.video_input must be every_step or first_step, not {self.video_input!r}")
-        if self.tie_weights and self.embed_size != self.hidden_size:
-            raise CaptionerError("model.tie_weights needs model.embed_size == model.hidden_size "
-                                 f"(got {self.embed_size} and {self.hidden_size})")
-        for start, end in self.concept_heads:
-            if not 0 <= start < end <= (self.feature_dim or end):
-                raise CaptionerError(f"model.concept_heads: [{start}, {end}) is not inside the "
-                                     f"{self.feature_dim}-d input")
 
 
 class ConceptInput(nn.Module):
@@ -348,23 +316,23 @@ class Checkpoint:
     def decode(self, ids) -> str:
         return self.vocab.decode(ids)
 
-    @torch.no_grad()
-    def caption(self, feats, beam_size: int = 3, max_len: int = 20, length_penalty: float = 0.0,
-                no_repeat: bool = True, sources: str | list[str] = "video") -> list[str]:
-        """One caption per pooled feature vector (rows of a (B, D) array or tensor).
+    @property
+    def decoding(self) -> Decoding:
+        """How this model is decoded unless told otherwise (its training config's `decoding`)."""
+        return checkpoint_decoding(self.config)
+
+    def predict(self, feats, sources: str | list[str] = "video", n_best: int = 1,
+                decoding: Decoding | None = None) -> list[list[Hypothesis]]:
+        """The n-best captions of each pooled feature vector (rows of a (B, D) array or tensor),
+        decoded as `decoding` says (default: this checkpoint's own settings).
 
         `sources` ("image" or "video", one for all rows or one per row) says what the vectors
         were extracted from; it matters only to a model trained with condition_on_source.
         """
-        param = next(self.model.parameters())
-        feats = torch.as_tensor(np.asarray(feats, dtype=np.float32), device=param.device)
+        feats = np.asarray(feats, dtype=np.float32) if not isinstance(feats, torch.Tensor) else feats
         if feats.ndim == 1:
             feats = feats[None]
-        hyps = self.model.generate(feats, beam_size=beam_size, max_len=max_len,
-                                   length_penalty=length_penalty, no_repeat=no_repeat,
-                                   sources=source_ids([sources] * feats.size(0) if isinstance(sources, str)
-                                                      else sources, param.device))
-        return [self.decode(best[0][0]) for best in hyps]
+        return predict_captions(self.model, self.vocab, feats, sources, decoding or self.decoding, n_best)
 
 
 def export_checkpoint(source: str | os.PathLike, dest: str | os.PathLike, *, half: bool = False) -> Path:
@@ -421,7 +389,9 @@ def _export_arrays(payload: dict, path: Path) -> tuple[dict, dict]:
         weights.pop("head.weight", None)  # the word embedding again: stored once
     meta = {"model_config": payload["model_config"], "vocab": payload["vocab"],
             "provenance": payload["provenance"], "epoch": payload.get("epoch", 0),
-            "metrics": payload.get("metrics", {}), "checkpoint_sha256": file_sha256(path)}
+            "metrics": payload.get("metrics", {}), "checkpoint_sha256": file_sha256(path),
+            # What the torch-free path decodes with unless told otherwise: the checkpoint's own.
+            "decoding": asdict(checkpoint_decoding(payload.get("config")))}
     return weights, meta
 
 

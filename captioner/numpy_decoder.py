@@ -14,7 +14,6 @@ lives here too; `captioner.model` re-exports it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -58,14 +57,6 @@ def check_provenance(trained_on: dict | None, given: dict | None, checkpoint_pat
 
 
 # ---------------------------------------------------------------------- the export file
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_path(checkpoint_path: str | os.PathLike) -> Path:
     """Where a checkpoint's inference export lives: beside it, `model.pt` -> `model.inference.npz`."""
     path = Path(checkpoint_path)

@@ -30,11 +30,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from . import __version__
 from .errors import CaptionerError
 from .evaluate import MODEL, Evaluation, evaluate, read_predictions, read_references
+from .inputs import find_media
 from .metrics import DEFAULT_METRICS, Scorer, parse_metrics
 from .text import tokenize
+from .version import __version__
 
 log = logging.getLogger("captioner")
 
@@ -64,8 +65,6 @@ BOOTSTRAP_RESAMPLES = 500
 BOOTSTRAP_SEED = 0
 # Fields of `captioner caption --json` lines that say what made the captions.
 _PROVENANCE_FIELDS = ("model", "checkpoint", "beam", "length_penalty", "max_len")
-_VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv",
-                   ".gif", ".3gp", ".ts", ".jpg", ".jpeg", ".png"}
 
 
 # ----------------------------------------------------------------------------- facts
@@ -290,12 +289,7 @@ def _find_videos(videos_dir: str | os.PathLike, ids: Sequence[str]) -> dict[str,
     root = Path(videos_dir)
     if not root.is_dir():
         raise CaptionerError("videos folder not found", root)
-    wanted = set(ids)
-    found: dict[str, Path] = {}
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() in _VIDEO_SUFFIXES and path.stem in wanted and path.stem not in found:
-            found[path.stem] = path
-    return found
+    return find_media(root, ids)
 
 
 def thumbnail_strips(videos: Mapping[str, Path], progress: bool = True) -> dict[str, str | CaptionerError]:

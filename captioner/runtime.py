@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
+from .cache import cache_dir
+from .device import is_cuda, resolve_device
 from .errors import CaptionerError, UsageError
 
 RUNTIMES = ("auto", "torch", "openvino")
@@ -52,12 +54,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "mixed", "int8")
 FORMAT_VERSION = 1
 # int8: the operations NNCF quantized run in int8, the others (pooling, softmax, ...) in fp32.
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
-
-
-def cache_dir() -> Path:
-    """Where captioner caches what it can rebuild (XDG_CACHE_HOME respected)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "captioner"
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,33 +75,12 @@ def check_options(runtime: str, precision: str) -> None:
         raise UsageError(f"unknown --precision {precision!r} (auto, fp32, bf16, mixed or int8)")
 
 
-def resolve_device(device: str) -> str:
-    """cpu or cuda. Without an NVIDIA driver there is no CUDA, which spares importing torch to ask."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"unknown device {device!r} (cpu, cuda or auto)")
-    if device == "cpu" or (device == "auto" and not _nvidia_driver_present()):
-        return "cpu"
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if device == "cuda":
-        raise UsageError("--device cuda asked for, but torch sees no CUDA device")
-    return "cpu"
-
-
-def _nvidia_driver_present() -> bool:
-    import ctypes.util
-
-    return Path("/proc/driver/nvidia").exists() or ctypes.util.find_library("cuda") is not None
-
-
 def resolve(runtime: str, precision: str, device: str) -> tuple[str, str]:
     """(runtime, precision) that `auto` means on this device."""
     check_options(runtime, precision)
     if runtime == "auto":
-        runtime = "torch" if device == "cuda" else "openvino"
-    if runtime == "openvino" and device == "cuda":
+        runtime = "torch" if is_cuda(device) else "openvino"
+    if runtime == "openvino" and is_cuda(device):
         raise UsageError("--runtime openvino runs on the CPU; with --device cuda use --runtime torch or auto")
     if precision == "mixed" and runtime != "openvino":
         raise UsageError("--precision mixed is an OpenVINO precision; with --runtime torch use fp32 or bf16")
@@ -115,7 +90,7 @@ def resolve(runtime: str, precision: str, device: str) -> tuple[str, str]:
         # CUDA keeps the backbone's mixed precision (bf16, or fp16 on older GPUs). On the CPU see
         # the module doc; `mixed` falls back to fp32 for backbones without clip members.
         if runtime == "torch":
-            precision = "autocast" if device == "cuda" else "fp32"
+            precision = "autocast" if is_cuda(device) else "fp32"
         else:
             precision = "mixed" if cpu_has_bf16() else "fp32"
     if precision in ("bf16", "mixed") and runtime == "openvino" and not cpu_has_bf16():
@@ -147,7 +122,10 @@ def load_backbone(provenance_or_name: str | dict, runtime: str = "auto", precisi
     """A feature extractor for a backbone spec (or a provenance dict's "backbone"), on the runtime
     and precision asked for. With runtime="auto", a backbone OpenVINO cannot convert runs on
     PyTorch (with a warning that says why); with runtime="openvino" that is a CaptionerError."""
+    from .catalog import check_backbone
+
     spec = provenance_or_name["backbone"] if isinstance(provenance_or_name, dict) else provenance_or_name
+    check_backbone(spec)  # a typo is reported before torch or OpenVINO loads
     device = resolve_device(device)
     asked = runtime
     runtime, precision = resolve(runtime, precision, device)

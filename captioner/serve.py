@@ -49,9 +49,10 @@ from fastapi.responses import HTMLResponse
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
-from . import __version__
 from .caption import Captioner, segment_windows, write_subtitles
 from .errors import CaptionerError
+from .inputs import video_id
+from .version import __version__
 
 log = logging.getLogger("captioner.serve")
 
@@ -288,7 +289,7 @@ async def receive_upload(request: Request, folder: Path, limits: ServeLimits) ->
 # ----------------------------------------------------------------------------- parameters
 @dataclass
 class JobParams:
-    beam: int = 3
+    beam: int | None = None  # None: the model's own (its checkpoint's decoding settings)
     segments: float | None = None
     keyframes: int = 0
 
@@ -306,7 +307,7 @@ class JobParams:
                 raise HTTPException(422, f"{name} must be between {low:g} and {high:g}, got {text}")
             return value
 
-        return cls(beam=number("beam", int, 1, MAX_BEAM, 3),
+        return cls(beam=number("beam", int, 1, MAX_BEAM, None),
                    segments=number("segments", float, 0.5, 3600.0, None),
                    keyframes=number("keyframes", int, 0, MAX_KEYFRAMES, 0))
 
@@ -352,7 +353,7 @@ def caption_upload(captioner: Captioner, upload: Upload, params: JobParams,
                                  f"into more than {MAX_SEGMENTS} windows; choose longer segments")
     result = captioner.caption(upload.path, beam=params.beam, n_best=3, segments=params.segments, progress=check)
     response = result.to_dict()
-    response.update(path=upload.name, id=PurePosixPath(upload.name).stem)
+    response.update(path=upload.name, id=video_id(PurePosixPath(upload.name)))
     check()
     if params.keyframes:
         response["keyframes"] = keyframe_images(upload.path, params.keyframes)
@@ -401,7 +402,8 @@ _ERRORS = {
 _UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary", "description": "a video (or image) file"},
-        "beam": {"type": "integer", "minimum": 1, "maximum": MAX_BEAM, "default": 3},
+        "beam": {"type": "integer", "minimum": 1, "maximum": MAX_BEAM,
+                 "description": "beam size (default: the model's own, 3 for the default model)"},
         "segments": {"type": "number", "minimum": 0.5, "description": "also caption windows of this many seconds"},
         "keyframes": {"type": "integer", "minimum": 0, "maximum": MAX_KEYFRAMES, "default": 0,
                       "description": "return this many frames as data-URI JPEGs"}}}}}}}

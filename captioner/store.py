@@ -34,7 +34,7 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
-from .atomic import TMP_PREFIX, atomic_write
+from .atomic import TMP_PREFIX, atomic_open, atomic_write
 from .errors import CaptionerError, UsageError
 
 FORMAT = "captioner-features"
@@ -479,19 +479,17 @@ def export_features(store: FeatureStore, dest: str | os.PathLike, fmt: str = "au
     if fmt == "hdf5":
         import h5py
 
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".partial")
-        with h5py.File(tmp, "w") as h5:
+        with atomic_open(dest, "w+b") as fh, h5py.File(fh, "w") as h5:
             h5.attrs["provenance"] = json.dumps(store.provenance or {}, default=_jsonable)
             for vid in ids:
                 ds = h5.create_dataset(vid.replace("/", "%2F"), data=store.frames(vid))
                 ds.attrs["meta"] = json.dumps(store.meta(vid), default=_jsonable, ensure_ascii=False)
                 ds.attrs["video_id"] = vid
-        os.replace(tmp, dest)
     else:
         dest.mkdir(parents=True, exist_ok=True)
-        for vid in ids:
-            np.save(dest / (_file_name(vid)[: -len(_SUFFIX)] + ".npy"), store.frames(vid))
+        for vid in ids:  # `features import` reads these back: a killed export must leave no torn file
+            with atomic_open(dest / (_file_name(vid)[: -len(_SUFFIX)] + ".npy"), "wb") as fh:
+                np.save(fh, store.frames(vid))
     return len(ids)
 
 

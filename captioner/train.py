@@ -1,7 +1,7 @@
 """Training: teacher forcing with cross-entropy on (pooled video vector, caption) pairs.
 
     captioner train configs/train_msvd.yaml [--set key=value ...] [--resume]
-    python -m torch.distributed.run --nproc_per_node=N -m captioner.train CONFIG   (DDP)
+    python -m torch.distributed.run --nproc_per_node=N -m captioner train CONFIG   (DDP)
 
 A run directory holds config.yaml, last.pt (everything --resume needs), best.pt (the
 checkpoint with the best validation score) and metrics.csv (one row per epoch).
@@ -33,111 +33,18 @@ import torch.nn.functional as F
 
 from .atomic import TMP_PREFIX, atomic_open, atomic_write
 from .concepts import class_word_table, heads
-from .config import load_config, require, save_config, validate_config
+from .config import load_config, save_config, validate_config
 from .datasets import Captions, join_features, load_captions
+from .device import cuda_autocast_dtype, resolve_device
 from .errors import CaptionerError
-from .model import (PROVENANCE_KEYS, SOURCES, CaptionModel, Checkpoint, ModelConfig, check_provenance,
+from .model import (PROVENANCE_KEYS, SOURCES, CaptionModel, Checkpoint, check_provenance,
                     load_checkpoint, provenance_differences, save_checkpoint, source_name)
+from .predict import predict_captions
 from .store import open_features
 from .text import EOS_ID, PAD_ID, Vocabulary, tokenize
+from .train_config import DataConfig, ModelConfig, TrainConfig  # noqa: F401  (re-exported)
 
 log = logging.getLogger("captioner")
-
-
-@dataclass
-class DataConfig:
-    features: str = ""  # feature store of the training videos
-    captions: str = ""  # caption file (any format captioner.datasets reads)
-    split: str | None = "train"  # split name, a file listing ids, or null for the whole file
-    # Validation: on when val_captions or val_split is set; stores/files default to the above.
-    val_features: str | None = None
-    val_captions: str | None = None
-    val_split: str | None = "val"
-    max_words: int = 20  # longer captions are cut; also the decoding limit in validation
-    min_count: int = 2  # words seen fewer times in the training captions become <unk>
-    # Captions of videos you have no features for (the rest of a corpus): trained with an
-    # all-zero feature vector as videos, they teach a source-conditioned decoder that corpus's
-    # language. Videos that do have features are skipped here (they are trained on as usual).
-    text_captions: str | None = None
-    text_split: str | None = None
-    text_captions_per_video: int = 0  # at most this many per video (0: all)
-    # Stores holding other views of the training videos (same ids and backbone), e.g. made with
-    # `captioner extract --mirror`. Each time a caption is trained on, its video's vector comes
-    # from `features` or one of these, at random: more looks at each of few photos. Videos a
-    # view lacks keep their `features` vector. Validation, self-critical steps and captioning
-    # use `features` only.
-    augment_features: list[str] = field(default_factory=list)
-
-    def validate(self) -> None:
-        require(self.max_words >= 1, "data.max_words", "at least 1", self.max_words)
-        require(self.min_count >= 1, "data.min_count", "at least 1", self.min_count)
-        require(self.text_captions_per_video >= 0, "data.text_captions_per_video", "0 (all) or more",
-                self.text_captions_per_video)
-
-
-@dataclass
-class TrainConfig:
-    run_dir: str = "runs/caption"
-    seed: int = 0
-    epochs: int = 30
-    batch_size: int = 64  # captions per optimizer step, over all processes
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float = 5.0  # max gradient norm; 0 turns clipping off
-    lr_schedule: str = "cosine"  # cosine | constant | step (x lr_gamma every lr_step_epochs)
-    warmup_steps: int = 200
-    lr_step_epochs: int = 10
-    lr_gamma: float = 0.5
-    label_smoothing: float = 0.0
-    # "xe": cross-entropy on the reference captions (teacher forcing). "scst": self-critical
-    # sequence training (Rennie et al. 2017), fine-tuning a cross-entropy model (init_from)
-    # to maximise the CIDEr-D of its own sampled captions; batch_size then counts videos,
-    # each sampled scst_samples times, and the baseline is the mean reward of the other
-    # samples of the same video (Luo 2020), so no extra greedy decoding is needed.
-    objective: str = "xe"
-    scst_samples: int = 5
-    scheduled_sampling: float = 0.0  # probability of feeding the model's own word, reached linearly at the last epoch
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
-    device: str = "auto"  # auto | cpu | cuda
-    # Scores computed on the validation set each epoch (captioner.metrics names); best.pt is
-    # chosen by the first (BLEU means BLEU-4); an empty list chooses by validation loss.
-    val_metrics: list[str] = field(default_factory=lambda: ["CIDEr"])
-    val_beam_size: int = 1
-    # Fine-tuning: start from this checkpoint's weights and architecture (the model section is
-    # then ignored). init_vocab "extend" keeps every pre-trained word at its id and appends the
-    # new frequent words of this data (fresh rows); "keep" uses the pre-trained vocabulary as is.
-    init_from: str | None = None
-    init_vocab: str = "extend"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-
-    def validate(self) -> None:
-        """Every range a value of this class must lie in; the nested configs check their own."""
-        from .metrics import parse_metrics
-
-        require(self.epochs >= 1, "epochs", "at least 1", self.epochs)
-        require(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
-        require(math.isfinite(self.lr) and self.lr > 0, "lr", "a positive number", self.lr)
-        require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "0 or more",
-                self.weight_decay)
-        require(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "0 (off) or more",
-                self.grad_clip)
-        require(self.lr_schedule in ("cosine", "constant", "step"), "lr_schedule", "cosine, constant or step",
-                self.lr_schedule)
-        require(self.warmup_steps >= 0, "warmup_steps", "0 or more", self.warmup_steps)
-        require(self.lr_step_epochs >= 1, "lr_step_epochs", "at least 1", self.lr_step_epochs)
-        require(math.isfinite(self.lr_gamma) and self.lr_gamma > 0, "lr_gamma", "a positive number", self.lr_gamma)
-        require(0 <= self.label_smoothing < 1, "label_smoothing", "at least 0 and below 1", self.label_smoothing)
-        require(self.objective in ("xe", "scst"), "objective", "xe or scst", self.objective)
-        if self.objective == "scst":
-            require(self.scst_samples >= 2, "scst_samples", "at least 2 (the baseline is the other samples' "
-                    "mean reward)", self.scst_samples)
-        require(0 <= self.scheduled_sampling <= 1, "scheduled_sampling", "between 0 and 1", self.scheduled_sampling)
-        require(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda", self.device)
-        require(self.val_beam_size >= 1, "val_beam_size", "at least 1", self.val_beam_size)
-        require(self.init_vocab in ("extend", "keep"), "init_vocab", "extend or keep", self.init_vocab)
-        if self.val_metrics:
-            parse_metrics(self.val_metrics)
 
 
 # ----------------------------------------------------------------------------- data
@@ -268,8 +175,10 @@ def scst_layout(videos: int, batch_size: int) -> tuple[int, int]:
 
 
 def _autocast_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    """(autocast on, its dtype): mixed precision on CUDA when cfg.amp asks for it. With autocast
+    off the dtype is unused; float16 is one CPU autocast accepts without a warning."""
     amp = cfg.amp and device.type == "cuda"
-    return amp, torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    return amp, cuda_autocast_dtype() if amp else torch.float16
 
 
 def _optimizer_step(model, loss, optimizer, scheduler, scaler, cfg: TrainConfig) -> None:
@@ -355,13 +264,11 @@ def validate(model: CaptionModel, data: CaptionTensors, references: Captions, vo
     if cfg.val_metrics:
         from .metrics import score
 
-        predictions = {}
-        for start in range(0, len(data.video_ids), batch_size):
-            feats = data.feats[start: start + batch_size]
-            hyps = model.generate(feats, beam_size=cfg.val_beam_size, max_len=cfg.data.max_words,
-                                  sources=data.sources[start: start + batch_size])
-            for vid, best in zip(data.video_ids[start: start + batch_size], hyps):
-                predictions[vid] = vocab.decode(best[0][0]) or "<empty>"  # the scorers need a word
+        sources = [SOURCES[k] for k in data.sources.tolist()]
+        hyps = predict_captions(model, vocab, data.feats, sources,
+                                cfg.decoding.but(beam=cfg.val_beam_size), batch_size=batch_size)
+        # The scorers need a word, and an empty caption must still count against the model.
+        predictions = {vid: best[0].caption or "<empty>" for vid, best in zip(data.video_ids, hyps)}
         scores = score(predictions, {vid: references[vid] for vid in predictions}, cfg.val_metrics)
         result.update({f"val_{name}": value for name, value in scores.items()})
     return result
@@ -394,29 +301,330 @@ def make_optimizer(model, cfg: TrainConfig, steps_per_epoch: int):
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(cfg, step, total_steps, steps_per_epoch))
     device = next(model.parameters()).device
-    # bf16 autocast needs no loss scaling; fp16 (GPUs without bf16) does.
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda"
-                                  and not torch.cuda.is_bf16_supported())
+    amp, amp_dtype = _autocast_settings(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
     return optimizer, scheduler, scaler
 
 
 # ----------------------------------------------------------------------------- the run
-def _setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise CaptionerError("device cuda requested but CUDA is not available")
-    if use_cuda:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Train (or resume) the run in cfg.run_dir; returns the path of best.pt.
+
+    The steps, in order: every check that needs no data, before any process group, file or
+    model exists; the checkpoint a resumed run continues; the processes; the data and the
+    vocabulary; the model and what updates it; then epoch after epoch.
+    """
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    files = RunFiles(Path(cfg.run_dir))
+    device = _check_before_start(cfg, resume, world, files)
+    previous = _resumed_checkpoint(files, world, device) if resume else None
+    _join_process_group(world, device)
+    if rank != 0:
+        log.setLevel(logging.ERROR)  # one copy of every warning, from rank 0
+
+    data = load_training_data(cfg, previous, device, with_validation=rank == 0)
+    trainer = _make_trainer(cfg, data, previous, world, rank, device)
+    progress = _restore(previous, trainer, files, rank, device) if previous is not None else Progress()
+    del previous  # the model holds its own copy of the weights now
+    trainer.distribute(world, device)
+
+    run_log = RunLog.open(cfg, files, resume, progress, data, world, device) if rank == 0 else None
+    for epoch in range(progress.epoch, cfg.epochs):
+        started = time.perf_counter()
+        row = {"epoch": epoch + 1, **trainer.run_epoch(cfg, data.train, epoch, rank, world)}
+        seconds = time.perf_counter() - started
+        rng = _gather_rng_states(device, world)
+        if run_log is not None:
+            if data.val is not None:
+                row.update(validate(trainer.model, data.val, data.val_refs, data.vocab, cfg))
+            improved = progress.record(row, run_log.selection)
+            run_log.save_epoch(trainer, data, row, improved,
+                               {**trainer.state(), "rng": rng, "world": world, **progress.state()})
+            run_log.print_epoch(row, seconds, improved, data.train)
+        if world > 1:
+            dist.barrier()
+    if run_log is not None:
+        run_log.close()
+    if world > 1:
+        dist.destroy_process_group()
+    return files.best
+
+
+# ---- before anything starts
+@dataclass(frozen=True)
+class RunFiles:
+    """A run directory: config.yaml, last.pt (all --resume needs), best.pt and metrics.csv."""
+
+    dir: Path
+
+    @property
+    def last(self) -> Path:
+        return self.dir / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.dir / "best.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.csv"
+
+
+def _check_before_start(cfg: TrainConfig, resume: bool, world: int, files: RunFiles) -> torch.device:
+    """Every check that needs no data: config values, the run directory, the process count and
+    the device. Returns this process's device."""
+    validate_config(cfg)
+    if cfg.objective == "scst" and world > 1:
+        raise CaptionerError("objective scst runs in one process; start it without torchrun")
+    if cfg.batch_size < world:
+        raise CaptionerError(f"batch_size {cfg.batch_size} is smaller than the {world} processes")
+    if resume and not files.last.is_file():
+        raise CaptionerError("nothing to resume: no last.pt (start without --resume)", files.dir)
+    if not resume and files.last.exists():
+        raise CaptionerError("run directory already holds a run; pass --resume to continue it or "
+                             "choose another run_dir", files.dir)
+    if not cfg.data.features or not cfg.data.captions:
+        raise CaptionerError("data.features and data.captions must be set")
+    if resolve_device(cfg.device) == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _resumed_checkpoint(files: RunFiles, world: int, device: torch.device) -> Checkpoint:
+    """last.pt of the run to continue, which must be resumed with the process count it was trained with."""
+    previous = load_checkpoint(files.last, device)
+    trained_with = previous.train_state["world"]
+    if trained_with != world:
+        raise CaptionerError(f"run was trained with {trained_with} processes; resume it with the same number",
+                             files.last)
+    return previous
+
+
+def _join_process_group(world: int, device: torch.device) -> None:
+    """Bind this process to its GPU and, under torchrun, join the others (NCCL on GPUs, else Gloo)."""
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return rank, world, device
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
+# ---- data and vocabulary
+@dataclass
+class TrainingData:
+    """What a run trains and validates on, tokenised with its vocabulary, on the training device."""
+
+    train: CaptionTensors
+    val: CaptionTensors | None  # None without validation, and on every rank but 0
+    val_refs: Captions | None
+    vocab: Vocabulary
+    provenance: dict | None  # of the training features
+    text_only: int  # videos trained on their captions alone (data.text_captions)
+    pretrained: Checkpoint | None  # init_from's checkpoint, until its weights are copied
+
+
+def load_training_data(cfg: TrainConfig, previous: Checkpoint | None, device: torch.device,
+                       with_validation: bool = True) -> TrainingData:
+    """Captions joined to features and tokenised once, with the vocabulary: the resumed run's,
+    init_from's (extended by this data's frequent words unless init_vocab is "keep") or built
+    from these captions. Sets cfg.model to the architecture the run trains."""
+    train_caps, train_store = load_split(cfg.data.features, cfg.data.captions, cfg.data.split)
+    provenance = train_store.provenance
+    text_only = load_text_only(cfg.data, set(train_caps))
+    all_captions = [*train_caps.values(), *text_only.values()]
+    pretrained = None
+    if previous is not None:
+        check_provenance(previous.provenance, provenance, previous.path, cfg.data.features)
+        vocab, model_config = previous.vocab, previous.model.config
+    elif cfg.init_from:
+        pretrained = load_checkpoint(cfg.init_from, device)
+        pretrained.check_features(provenance, cfg.data.features)
+        model_config = pretrained.model.config
+        vocab = pretrained.vocab
+        if cfg.init_vocab == "extend":
+            vocab = vocab.extend((tokenize(c) for caps in all_captions for c in caps), cfg.data.min_count)
+    else:
+        vocab = Vocabulary.build((tokenize(c) for caps in all_captions for c in caps), cfg.data.min_count)
+        model_config = ModelConfig(**{**asdict(cfg.model), "feature_dim": train_store.feature_dim,
+                                      "concept_heads": [[h.start, h.end] for h in heads(provenance)]})
+    if model_config.feature_dim != train_store.feature_dim:
+        raise CaptionerError(f"features are {train_store.feature_dim}-d but the model expects "
+                             f"{model_config.feature_dim}-d", cfg.data.features)
+    cfg.model = model_config
+    train_data = make_tensors(train_store, train_caps, vocab, cfg.data.max_words, device, text_only,
+                              cfg.data.augment_features)
+    val_data = val_refs = None
+    if with_validation and (cfg.data.val_captions or cfg.data.val_split):
+        val_features = cfg.data.val_features or cfg.data.features
+        val_refs, val_store = load_split(val_features, cfg.data.val_captions or cfg.data.captions,
+                                         cfg.data.val_split)
+        check_provenance(provenance, val_store.provenance, cfg.data.features, val_features)
+        val_data = make_tensors(val_store, val_refs, vocab, cfg.data.max_words, device)
+    return TrainingData(train_data, val_data, val_refs, vocab, provenance, len(text_only), pretrained)
+
+
+# ---- the model and what updates it
+@dataclass
+class Trainer:
+    """The model and everything that updates it; last.pt holds all of it, so --resume continues exactly."""
+
+    model: CaptionModel
+    ddp_model: torch.nn.Module  # what train_epoch runs: the model, or its DDP wrapper (distribute)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator  # shuffling and augmentation views: the same draws on every rank
+    reward: object | None  # metrics.CiderReward for objective scst
+
+    def run_epoch(self, cfg: TrainConfig, data: CaptionTensors, epoch: int, rank: int, world: int) -> dict:
+        """One epoch of the configured objective: {"train_loss"} (and "train_CIDEr" for scst)."""
+        if self.reward is not None:
+            loss, cider = scst_epoch(self.model, data, self.reward, self.optimizer, self.scheduler, self.scaler,
+                                     cfg, self.generator)
+            return {"train_loss": loss, "train_CIDEr": cider}
+        sample_prob = cfg.scheduled_sampling * epoch / max(1, cfg.epochs - 1)
+        return {"train_loss": train_epoch(self.ddp_model, data, self.optimizer, self.scheduler, self.scaler, cfg,
+                                          self.generator, sample_prob, rank, world)}
+
+    def state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "generator": self.generator.get_state()}
+
+    def distribute(self, world: int, device: torch.device) -> None:
+        """Wrap the model for DistributedDataParallel in a run of several processes."""
+        if world > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def _make_trainer(cfg: TrainConfig, data: TrainingData, previous: Checkpoint | None, world: int, rank: int,
+                  device: torch.device) -> Trainer:
+    """The model (init_from's weights copied in), Adam, the schedule, the loss scaler, the generator."""
+    torch.manual_seed(cfg.seed)
+    concept_words = concept_word_ids(data.provenance, data.vocab, previous or data.pretrained)
+    model = CaptionModel(cfg.model, len(data.vocab), concept_words).to(device)
+    if data.pretrained is not None:
+        _load_pretrained_weights(model, data.pretrained.model.state_dict())
+        data.pretrained = None  # its tensors are the model's now
+    scst = cfg.objective == "scst"
+    steps_per_epoch = (scst_layout(data.train.paired, cfg.batch_size) if scst
+                       else batch_layout(len(data.train), cfg.batch_size, world))[1]
+    optimizer, scheduler, scaler = make_optimizer(model, cfg, steps_per_epoch)
+    reward = None
+    if scst:
+        from .metrics import CiderReward
+
+        reward = CiderReward(data.train.references())
+    generator = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + rank)  # dropout and sampling differ between ranks
+    return Trainer(model, model, optimizer, scheduler, scaler, generator, reward)
+
+
+# ---- a resumed run
+@dataclass
+class Progress:
+    """Where a run stands: epochs done, the best score so far and its epoch, one metrics row per epoch."""
+
+    epoch: int = 0
+    best_score: float | None = None
+    best_epoch: int | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def record(self, row: dict, selection: str) -> bool:
+        """Add an epoch's row; True when it is the best so far by the column `selection`."""
+        current = row[selection]
+        higher_is_better = selection not in ("val_loss", "train_loss")
+        improved = self.best_score is None or (current > self.best_score if higher_is_better
+                                               else current < self.best_score)
+        if improved:
+            self.best_score, self.best_epoch = current, row["epoch"]
+        self.epoch = row["epoch"]
+        self.history.append(row)
+        return improved
+
+    def state(self) -> dict:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "history": self.history}
+
+
+def _restore(previous: Checkpoint, trainer: Trainer, files: RunFiles, rank: int, device: torch.device) -> Progress:
+    """Put the resumed run's weights, optimizer, schedule and random states back; returns its progress."""
+    state = previous.train_state
+    trainer.model.load_state_dict(previous.model.state_dict())
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.scaler.load_state_dict(state["scaler"])
+    trainer.generator.set_state(state["generator"])
+    _set_rng_state(state["rng"][rank], device)
+    # Checkpoints from before best_epoch and history were recorded: metrics.csv is all there is.
+    history = state.get("history") or _read_metrics(files.metrics, previous.epoch)
+    return Progress(previous.epoch, state["best_score"], state.get("best_epoch"), history)
+
+
+# ---- epochs
+def _gather_rng_states(device: torch.device, world: int) -> list[dict]:
+    """Every rank's random state, for last.pt: a resumed run draws what this one would have."""
+    if world == 1:
+        return [_rng_state(device)]
+    states = [None] * world
+    dist.all_gather_object(states, _rng_state(device))
+    return states
+
+
+class RunLog:
+    """Rank 0's side of a run: the run directory's files, TensorBoard and the lines on stderr."""
+
+    def __init__(self, cfg: TrainConfig, files: RunFiles, columns: list[str], selection: str, writer):
+        self.cfg, self.files, self.columns, self.selection, self.writer = cfg, files, columns, selection, writer
+
+    @classmethod
+    def open(cls, cfg: TrainConfig, files: RunFiles, resume: bool, progress: Progress, data: TrainingData,
+             world: int, device: torch.device) -> "RunLog":
+        scst = cfg.objective == "scst"
+        columns = ["epoch", "train_loss"] + (["train_CIDEr"] if scst else []) + ["val_loss"] + (
+            [f"val_{m}" for m in _metric_names(cfg)] if data.val is not None else [])
+        files.dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            _recover_run_files(files.dir, files.last, files.best, progress.epoch, progress.best_epoch,
+                               progress.history, columns)
+        save_config(cfg, files.dir / "config.yaml")
+        train = data.train
+        print(f"training on {len(train)} captions of {len(train.video_ids)} videos, vocabulary "
+              f"{len(data.vocab)} words, {world} process(es) on {device}"
+              + (f" ({data.text_only} of them captions only)" if data.text_only else "")
+              + (f"; validating on {len(data.val.video_ids)} videos" if data.val is not None else ""),
+              file=sys.stderr)
+        return cls(cfg, files, columns, best_key(cfg) if data.val is not None else "train_loss",
+                   _tensorboard(files.dir))
+
+    def save_epoch(self, trainer: Trainer, data: TrainingData, row: dict, improved: bool, train_state: dict) -> None:
+        """last.pt, best.pt when the epoch improved, metrics.csv and TensorBoard's scalars.
+
+        last.pt first: it records the best epoch and every row, so a kill during either write
+        after it is repaired by --resume (_recover_run_files)."""
+        metrics = {k: v for k, v in row.items() if k != "epoch"}
+        save_checkpoint(self.files.last, trainer.model, data.vocab, asdict(self.cfg), data.provenance,
+                        row["epoch"], metrics, train_state)
+        if improved:
+            _copy_atomic(self.files.last, self.files.best)
+        _write_metrics(self.files.metrics, train_state["history"], self.columns)
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, row["epoch"])
+            self.writer.flush()
+
+    def print_epoch(self, row: dict, seconds: float, improved: bool, data: CaptionTensors) -> None:
+        scst = self.cfg.objective == "scst"
+        captions = data.paired * self.cfg.scst_samples if scst else len(data)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
+        unit = "sampled captions/s" if scst else "captions/s"
+        print(f"epoch {row['epoch']}/{self.cfg.epochs}  {shown}  ({seconds:.1f}s, {captions / seconds:.0f} {unit})"
+              f"{'  *best' if improved else ''}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ----------------------------------------------------------------------------- helpers of the run
 def _rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -477,173 +685,6 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train (or resume) the run in cfg.run_dir; returns the path of best.pt."""
-    validate_config(cfg)  # before any process group, file or model exists
-    rank, world, device = _setup_distributed(cfg)
-    if rank != 0:
-        log.setLevel(logging.ERROR)  # one copy of every warning, from rank 0
-    if cfg.objective == "scst" and world > 1:
-        raise CaptionerError("objective scst runs in one process; start it without torchrun")
-    if cfg.batch_size < world:
-        raise CaptionerError(f"batch_size {cfg.batch_size} is smaller than the {world} processes")
-    run_dir = Path(cfg.run_dir)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    if resume and not last_path.is_file():
-        raise CaptionerError("nothing to resume: no last.pt (start without --resume)", run_dir)
-    if not resume and last_path.exists():
-        raise CaptionerError("run directory already holds a run; pass --resume to continue it or "
-                             "choose another run_dir", run_dir)
-    if not cfg.data.features or not cfg.data.captions:
-        raise CaptionerError("data.features and data.captions must be set")
-
-    # ---- data: captions joined to features, tokenised once
-    train_caps, train_store = load_split(cfg.data.features, cfg.data.captions, cfg.data.split)
-    provenance = train_store.provenance
-    text_only = load_text_only(cfg.data, set(train_caps))
-    all_captions = [*train_caps.values(), *text_only.values()]
-    previous: Checkpoint | None = load_checkpoint(last_path, device) if resume else None
-    pretrained: Checkpoint | None = None
-    if previous is not None:
-        check_provenance(previous.provenance, provenance, last_path, cfg.data.features)
-        vocab, model_config = previous.vocab, previous.model.config
-    elif cfg.init_from:
-        pretrained = load_checkpoint(cfg.init_from, device)
-        pretrained.check_features(provenance, cfg.data.features)
-        model_config = pretrained.model.config
-        vocab = pretrained.vocab
-        if cfg.init_vocab == "extend":
-            vocab = vocab.extend((tokenize(c) for caps in all_captions for c in caps), cfg.data.min_count)
-    else:
-        vocab = Vocabulary.build((tokenize(c) for caps in all_captions for c in caps), cfg.data.min_count)
-        model_config = ModelConfig(**{**asdict(cfg.model), "feature_dim": train_store.feature_dim,
-                                      "concept_heads": [[h.start, h.end] for h in heads(provenance)]})
-    if model_config.feature_dim != train_store.feature_dim:
-        raise CaptionerError(f"features are {train_store.feature_dim}-d but the model expects "
-                             f"{model_config.feature_dim}-d", cfg.data.features)
-    cfg.model = model_config
-    train_data = make_tensors(train_store, train_caps, vocab, cfg.data.max_words, device, text_only,
-                              cfg.data.augment_features)
-
-    val_data = val_refs = None
-    if rank == 0 and (cfg.data.val_captions or cfg.data.val_split):
-        val_features = cfg.data.val_features or cfg.data.features
-        val_refs, val_store = load_split(val_features, cfg.data.val_captions or cfg.data.captions,
-                                         cfg.data.val_split)
-        check_provenance(provenance, val_store.provenance, cfg.data.features, val_features)
-        val_data = make_tensors(val_store, val_refs, vocab, cfg.data.max_words, device)
-    selection = best_key(cfg) if val_data is not None else "train_loss"
-
-    # ---- model, optimizer, schedule
-    torch.manual_seed(cfg.seed)
-    model = CaptionModel(model_config, len(vocab), concept_word_ids(provenance, vocab, previous or pretrained)).to(device)
-    if pretrained is not None:
-        _load_pretrained_weights(model, pretrained.model.state_dict())
-        del pretrained
-    scst = cfg.objective == "scst"
-    steps_per_epoch = (scst_layout(train_data.paired, cfg.batch_size) if scst
-                       else batch_layout(len(train_data), cfg.batch_size, world))[1]
-    optimizer, scheduler, scaler = make_optimizer(model, cfg, steps_per_epoch)
-    reward = None
-    if scst:
-        from .metrics import CiderReward
-
-        reward = CiderReward(train_data.references())
-    generator = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed + rank)  # dropout and sampling differ between ranks
-    start_epoch, best_score, best_epoch, history = 0, None, None, []
-    if previous is not None:
-        state = previous.train_state
-        model.load_state_dict(previous.model.state_dict())
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        generator.set_state(state["generator"])
-        if state["world"] != world:
-            raise CaptionerError(f"run was trained with {state['world']} processes; resume it with the same number",
-                                 last_path)
-        _set_rng_state(state["rng"][rank], device)
-        start_epoch, best_score = previous.epoch, state["best_score"]
-        # Checkpoints from before best_epoch and history were recorded: metrics.csv is all there is.
-        best_epoch = state.get("best_epoch")
-        history = state.get("history") or _read_metrics(run_dir / "metrics.csv", start_epoch)
-        del previous
-    ddp_model = model
-    if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None)
-
-    columns = ["epoch", "train_loss"] + (["train_CIDEr"] if scst else []) + ["val_loss"] + (
-        [f"val_{m}" for m in _metric_names(cfg)] if val_data is not None else [])
-    writer = None
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            _recover_run_files(run_dir, last_path, best_path, start_epoch, best_epoch, history, columns)
-        save_config(cfg, run_dir / "config.yaml")
-        writer = _tensorboard(run_dir)
-        print(f"training on {len(train_data)} captions of {len(train_data.video_ids)} videos, vocabulary "
-              f"{len(vocab)} words, {world} process(es) on {device}"
-              + (f" ({len(text_only)} of them captions only)" if text_only else "")
-              + (f"; validating on {len(val_data.video_ids)} videos" if val_data is not None else ""),
-              file=sys.stderr)
-
-    for epoch in range(start_epoch, cfg.epochs):
-        tic = time.perf_counter()
-        sample_prob = cfg.scheduled_sampling * epoch / max(1, cfg.epochs - 1)
-        train_reward = None
-        if scst:
-            train_loss, train_reward = scst_epoch(model, train_data, reward, optimizer, scheduler, scaler, cfg,
-                                                  generator)
-        else:
-            train_loss = train_epoch(ddp_model, train_data, optimizer, scheduler, scaler, cfg, generator,
-                                     sample_prob, rank, world)
-        seconds = time.perf_counter() - tic
-        throughput = train_data.paired * cfg.scst_samples if scst else len(train_data)
-        rng = [_rng_state(device)]
-        if world > 1:
-            rng = [None] * world
-            dist.all_gather_object(rng, _rng_state(device))
-        if rank == 0:
-            row = {"epoch": epoch + 1, "train_loss": train_loss}
-            if scst:
-                row["train_CIDEr"] = train_reward
-            if val_data is not None:
-                row.update(validate(model, val_data, val_refs, vocab, cfg))
-            current = row[selection]
-            higher_is_better = selection not in ("val_loss", "train_loss")
-            improved = best_score is None or (current > best_score if higher_is_better else current < best_score)
-            if improved:
-                best_score, best_epoch = current, epoch + 1
-            history.append(row)
-            # last.pt first: it records the best epoch and every row, so a kill during either
-            # write below is repaired by --resume (_recover_run_files).
-            train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                           "scaler": scaler.state_dict(), "generator": generator.get_state(), "rng": rng,
-                           "world": world, "best_score": best_score, "best_epoch": best_epoch,
-                           "history": history}
-            metrics = {k: v for k, v in row.items() if k != "epoch"}
-            save_checkpoint(last_path, model, vocab, asdict(cfg), provenance, epoch + 1, metrics, train_state)
-            if improved:
-                _copy_atomic(last_path, best_path)
-            _write_metrics(run_dir / "metrics.csv", history, columns)
-            if writer is not None:
-                for key, value in metrics.items():
-                    writer.add_scalar(key, value, epoch + 1)
-                writer.flush()
-            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            unit = "sampled captions/s" if scst else "captions/s"
-            print(f"epoch {epoch + 1}/{cfg.epochs}  {shown}  ({seconds:.1f}s, {throughput / seconds:.0f} {unit})"
-                  f"{'  *best' if improved else ''}", file=sys.stderr)
-        if world > 1:
-            dist.barrier()
-    if writer is not None:
-        writer.close()
-    if world > 1:
-        dist.destroy_process_group()
-    return best_path
-
-
 def _metric_names(cfg: TrainConfig) -> list[str]:
     from .metrics import parse_metrics
 
@@ -676,9 +717,3 @@ def _recover_run_files(run_dir: Path, last_path: Path, best_path: Path, last_epo
 
 def train_from_config(config_path: str | None, overrides: list[str] | None = None, resume: bool = False) -> Path:
     return train(load_config(TrainConfig, config_path, overrides), resume=resume)
-
-
-if __name__ == "__main__":  # python -m torch.distributed.run ... -m captioner.train CONFIG [...]
-    from .cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))

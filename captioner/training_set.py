@@ -44,6 +44,25 @@ class TrainingSet:
     counts: dict[str, int]
 
 
+def held_out_ids(list_files: Iterable[str | os.PathLike] = (), stores: Iterable[str | os.PathLike] = ()) -> set[str]:
+    """Videos never to train on: those named by files listing videos (a path, whose id is its stem
+    as `captioner extract` names a lone input, or a bare id per line; '#' comments) and every
+    video of the given feature stores (validation and test sets)."""
+    from .inputs import video_id
+    from .store import open_features
+
+    ids: set[str] = set()
+    for file in list_files:
+        try:
+            lines = Path(file).read_text(encoding="utf-8-sig").splitlines()
+        except OSError as error:
+            raise CaptionerError(f"cannot read the list of held-out videos ({error.strerror or error})", file) from None
+        ids.update(video_id(Path(line.strip())) for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    for store in stores:
+        ids.update(open_features(store).ids())
+    return ids
+
+
 def build_training_set(out_dir: str | os.PathLike, clips: str | os.PathLike, clip_captions: Mapping[str, list[str]],
                        *, images: str | os.PathLike | None = None, image_captions: Mapping[str, list[str]] | None = None,
                        corpus: Mapping[str, list[str]] | None = None, exclude: Iterable[str] = (),

@@ -26,11 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CaptionerError, UsageError
-
-VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
-                              ".3gp", ".ogv", ".ts", ".mts", ".m2ts", ".vob", ".gif"})
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
-MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
+from .inputs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_media
 
 CORRUPT = "cannot decode: truncated or corrupt"
 
@@ -342,7 +338,7 @@ def _check_file(path: str | os.PathLike) -> Path:
         raise CaptionerError("file not found", path)
     if path.is_dir():
         raise CaptionerError("is a folder, not a video or image file", path)
-    if path.suffix.lower() not in MEDIA_EXTENSIONS:
+    if not is_media(path):
         raise CaptionerError(f"unsupported file type {path.suffix or '(no extension)'!r}: expected a video "
                              f"({', '.join(sorted(VIDEO_EXTENSIONS))}) or an image "
                              f"({', '.join(sorted(IMAGE_EXTENSIONS))})", path)
@@ -631,79 +627,3 @@ class _ImageReader(_Reader):
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         return self._frame[np.asarray(indices)]
-
-
-# ----------------------------------------------------------------------------- inputs
-def find_inputs(inputs: list[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, CaptionerError]]]:
-    """The media files named by `inputs`, in order, and every named path that is missing or empty.
-
-    Each input is a file (taken as is, even with an unknown extension, so that decoding reports
-    it), a folder (searched recursively for video and image files, sorted, hidden files skipped)
-    or a .txt file listing one path per line (relative to the list's folder; blank lines and
-    '#' comments skipped; a listed path may be a file or a folder). A path named twice is one
-    input; symlinks and hard links under other names are inputs of their own, as a glob would
-    make them. Problems come as (path, one-line error naming where it was given), so a batch can
-    report them all and go on with the rest.
-    """
-    found: list[Path] = []
-    problems: list[tuple[Path, CaptionerError]] = []
-    for item in inputs:
-        path = Path(item)
-        if not path.exists():
-            problems.append((path, CaptionerError("file not found", path)))
-        elif path.is_file() and path.suffix.lower() == ".txt":
-            try:
-                entries = list(_list_entries(path))
-            except CaptionerError as exc:
-                problems.append((path, exc))
-                continue
-            for line_number, entry in entries:
-                listed = path.parent / entry
-                if not listed.exists():
-                    problems.append((listed, CaptionerError(f"listed file not found: {listed}", path, line_number)))
-                elif listed.is_file() and listed.suffix.lower() == ".txt":
-                    problems.append((listed, CaptionerError(f"lists of lists are not supported: {listed}", path,
-                                                            line_number)))
-                else:
-                    found += _expand_reporting(listed, problems)
-        else:
-            found += _expand_reporting(path, problems)
-    unique: dict[str, Path] = {}
-    for path in found:
-        unique.setdefault(os.path.abspath(path), path)
-    return list(unique.values()), problems
-
-
-def collect_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
-    """`find_inputs` for callers that need every input: the first missing path is an error."""
-    paths, problems = find_inputs(inputs)
-    if problems:
-        raise problems[0][1]
-    if not paths:
-        raise CaptionerError("no video or image files found in " + ", ".join(str(i) for i in inputs))
-    return paths
-
-
-def _list_entries(list_file: Path):
-    try:
-        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError:
-        raise CaptionerError("path list is not UTF-8 text", list_file) from None
-    for line_number, line in enumerate(lines, 1):
-        entry = line.strip()
-        if entry and not entry.startswith("#"):
-            yield line_number, entry
-
-
-def _expand_reporting(path: Path, problems: list) -> list[Path]:
-    media = _expand(path)
-    if not media:  # a folder without any: most likely the wrong folder
-        problems.append((path, CaptionerError("no video or image files in this folder", path)))
-    return media
-
-
-def _expand(path: Path) -> list[Path]:
-    if not path.is_dir():
-        return [path]
-    return sorted(p for p in path.rglob("*") if p.suffix.lower() in MEDIA_EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(path).parts))

@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from captioner.atomic import atomic_write
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, UsageError
+from captioner.hashing import file_sha256
+from captioner.inputs import is_media
 
 MARKER = ".done.json"
 LATEST = "latest"  # RUN/<stage>/latest -> the stage's directory in the last run that needed it
 # Files at most this large are fingerprinted by content; larger ones and media by size + mtime.
 HASH_LIMIT = 64 << 20
-MEDIA_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
-                            ".3gp", ".ts", ".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
 
 @dataclass
@@ -54,14 +54,6 @@ class StageFailed(CaptionerError):
 
 
 # ----------------------------------------------------------------------------- keys
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprint(path: str | os.PathLike) -> str:
     """What a file's contents are known by: a content hash for small files, else size and mtime.
 
@@ -75,9 +67,9 @@ def fingerprint(path: str | os.PathLike) -> str:
         return f"{path}: missing"  # the stage that reads it reports the error
     if path.is_dir():
         raise CaptionerError("expected a file, found a folder", path)
-    if path.suffix.lower() in MEDIA_SUFFIXES or stat.st_size > HASH_LIMIT:
+    if is_media(path) or stat.st_size > HASH_LIMIT:
         return f"{path.name}: {stat.st_size} bytes, mtime {stat.st_mtime_ns}"
-    return f"{path.name}: sha256 {_file_digest(path)}"
+    return f"{path.name}: sha256 {file_sha256(path)}"
 
 
 def _hash(value) -> str:
@@ -142,7 +134,7 @@ def select(stages: Iterable[Stage], names: Iterable[str]) -> set[str]:
     for name in names:
         matches = [s for s in known if s == name or s.startswith(name + "-")]
         if not matches:
-            raise CaptionerError(f"no pipeline stage {name!r}; stages: {', '.join(known)}")
+            raise UsageError(f"no pipeline stage {name!r}; stages: {', '.join(known)}")
         chosen.update(matches)
     return chosen
 

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Mapping
 
 from captioner.atomic import atomic_write
-from captioner.config import load_config, save_config
-from captioner.errors import CaptionerError
+from captioner.config import load_config, require, save_config
+from captioner.errors import CaptionerError, UsageError
 from captioner.extract import ExtractConfig
-from captioner.train import TrainConfig
+from captioner.train_config import TrainConfig  # torch-free: a config typo fails fast
 
 from .graph import MARKER, Stage, Step, execute, format_plan, plan
 
@@ -86,9 +86,20 @@ class DistributedConfig:
 
 @dataclass
 class PredictConfig:
-    beam_size: int = 3
-    max_len: int = 20
+    # Decoding settings; null takes the trained model's own (its config's `decoding` section),
+    # which is also what `captioner caption` uses, so reports score the captions users get.
+    beam_size: int | None = None
+    length_penalty: float | None = None
+    max_len: int | None = None
     device: str = "auto"  # auto | cpu | cuda
+
+    def validate(self) -> None:
+        own = "(or null: the model's own)"
+        require(self.beam_size is None or self.beam_size >= 1, "predict.beam_size", f"at least 1 {own}",
+                self.beam_size)
+        require(self.length_penalty is None or self.length_penalty >= 0, "predict.length_penalty",
+                f"0 or more {own}", self.length_penalty)
+        require(self.max_len is None or self.max_len >= 1, "predict.max_len", f"at least 1 {own}", self.max_len)
 
 
 @dataclass
@@ -133,36 +144,36 @@ def load_pipeline(path: str | os.PathLike, overrides: list[str] | None = None) -
                                      ("data.features", cfg.data.features, ""),
                                      ("data.val_features", cfg.data.val_features, None)):
             if value != default:
-                raise CaptionerError(f"{section}.{name} is set by the pipeline (it is {value!r}); remove it", path)
+                raise UsageError(f"{section}.{name} is set by the pipeline (it is {value!r}); remove it", path)
     if config.videos.pretrain and config.train.init_from is not None:
-        raise CaptionerError("train.init_from is set by the pipeline to the pretrain stage's best.pt when "
-                             "videos.pretrain is given; remove one of them", path)
+        raise UsageError("train.init_from is set by the pipeline to the pretrain stage's best.pt when "
+                         "videos.pretrain is given; remove one of them", path)
     for name in ("train", "test"):
         if not getattr(config.videos, name):
-            raise CaptionerError(f"videos.{name} is empty: list the {name} videos (files, folders or .txt lists)",
-                                 path)
+            raise UsageError(f"videos.{name} is empty: list the {name} videos (files, folders or .txt lists)",
+                             path)
     if config.training_set.corpus:
         for name in ("augment_features", "text_captions"):
             if getattr(config.train.data, name):
-                raise CaptionerError(f"train.data.{name} is set by the pipeline's training-set stage when "
-                                     "training_set.corpus is given; remove it", path)
+                raise UsageError(f"train.data.{name} is set by the pipeline's training-set stage when "
+                                 "training_set.corpus is given; remove it", path)
         if config.videos.images and not config.training_set.image_captions:
-            raise CaptionerError("videos.images needs training_set.image_captions (the photos' captions)", path)
+            raise UsageError("videos.images needs training_set.image_captions (the photos' captions)", path)
     elif config.videos.images:
-        raise CaptionerError("videos.images are trained on through the training-set stage: set training_set.corpus "
-                             "(or move the photos to videos.pretrain to pre-train on them)", path)
+        raise UsageError("videos.images are trained on through the training-set stage: set training_set.corpus "
+                         "(or move the photos to videos.pretrain to pre-train on them)", path)
     if config.distributed.nproc_per_node < 1 or config.distributed.nnodes < 1:
-        raise CaptionerError("distributed.nproc_per_node and distributed.nnodes must be at least 1", path)
+        raise UsageError("distributed.nproc_per_node and distributed.nnodes must be at least 1", path)
     if config.distributed.nnodes > 1 and not config.distributed.master_addr:
-        raise CaptionerError("distributed.nnodes > 1 needs distributed.master_addr (the rendezvous host)", path)
+        raise UsageError("distributed.nnodes > 1 needs distributed.master_addr (the rendezvous host)", path)
     return config
 
 
 # ----------------------------------------------------------------------------- extract
 def _extract_stage(config: PipelineConfig, name: str, progress: bool) -> Stage:
-    from captioner.extract import extract, video_ids
+    from captioner.extract import extract
+    from captioner.inputs import collect_inputs, video_ids
     from captioner.store import open_features
-    from captioner.video import collect_inputs
 
     inputs = getattr(config.videos, name)
     extract_config = copy.deepcopy(config.extract)
@@ -200,32 +211,17 @@ def _extract_stage(config: PipelineConfig, name: str, progress: bool) -> Stage:
 TRAINING_SET = "training-set"
 
 
-def _id_lists(files: list[str]) -> set[str]:
-    """Ids named by files listing videos: a path's stem (as extract names videos) or a bare id per line."""
-    ids = set()
-    for file in files:
-        try:
-            lines = Path(file).read_text(encoding="utf-8-sig").splitlines()
-        except OSError as error:
-            raise CaptionerError(f"cannot read the list of held-out videos ({error.strerror})", file) from None
-        ids.update(Path(line.strip()).stem for line in lines if line.strip() and not line.startswith("#"))
-    return ids
-
-
 def _training_set_stage(config: PipelineConfig, stores: Mapping[str, str]) -> Stage:
     cfg, data = config.training_set, config.train.data
     deps = list(dict.fromkeys(filter(None, [stores["train"], stores.get("images")])))
 
     def run(dirs: Mapping[str, Path]) -> None:
         from captioner.datasets import load_captions
-        from captioner.store import open_features
-        from captioner.training_set import build_training_set
+        from captioner.training_set import build_training_set, held_out_ids
 
         # Videos of the val and test stores are never trained on, whatever the corpus holds.
-        exclude = _id_lists(cfg.exclude)
-        for name in ("val", "test"):
-            if name in stores and stores[name] != stores["train"]:
-                exclude.update(open_features(dirs[stores[name]] / STORE).ids())
+        exclude = held_out_ids(cfg.exclude, [dirs[stores[name]] / STORE for name in ("val", "test")
+                                             if name in stores and stores[name] != stores["train"]])
         images = stores.get("images")
         built = build_training_set(
             dirs[TRAINING_SET], dirs[stores["train"]] / STORE, load_captions(data.captions, data.split),
@@ -275,7 +271,7 @@ def _torchrun(config_file: Path, dist: DistributedConfig, rendezvous_id: str, re
     else:  # every node runs the same command; ranks are assigned at the rendezvous
         command += [f"--nnodes={dist.nnodes}", "--rdzv_backend=c10d",
                     f"--rdzv_endpoint={dist.master_addr}:{dist.master_port}", f"--rdzv_id={rendezvous_id}"]
-    return command + ["-m", "captioner.train", str(config_file)] + (["--resume"] if resume else [])
+    return command + ["-m", "captioner", "train", str(config_file)] + (["--resume"] if resume else [])
 
 
 def run_torchrun(command: list[str]) -> None:
@@ -349,26 +345,21 @@ def _predict_stage(config: PipelineConfig, stores: Mapping[str, str]) -> Stage:
     cfg = config.predict
 
     def run(dirs: Mapping[str, Path]) -> None:
-        from captioner.extract import resolve_device
-        from captioner.model import load_checkpoint, source_name
-        from captioner.store import open_features
+        from captioner.caption import Captioner
 
-        checkpoint = load_checkpoint(dirs["train"] / "best.pt", resolve_device(cfg.device))
-        store = open_features(dirs[stores["test"]] / STORE)
-        checkpoint.check_features(store.provenance, store.path)
-        ids = store.ids()
-        predictions = {}
-        for start in range(0, len(ids), 256):
-            batch = ids[start:start + 256]
-            feats, metas = store.pooled_with_meta(batch)
-            sources = [source_name(meta.get("is_image", False)) for meta in metas]
-            captions = checkpoint.caption(feats, beam_size=cfg.beam_size, max_len=cfg.max_len, sources=sources)
-            predictions.update(zip(batch, captions))
+        # The same path as `captioner caption --features STORE`: the checkpoint's decoding settings
+        # unless the config overrides them.
+        captioner = Captioner.load(dirs["train"] / "best.pt", device=cfg.device, load_backbone=False)
+        predictions = captioner.store_predictions(dirs[stores["test"]] / STORE, beam=cfg.beam_size,
+                                                  length_penalty=cfg.length_penalty, max_len=cfg.max_len)
         _write_json(dirs["predict"] / "predictions.json", predictions)
-        print(f"predict: captioned {len(predictions)} videos with {checkpoint.path} (epoch "
-              f"{checkpoint.epoch})", file=sys.stderr)
+        decoding = captioner.decoding.but(cfg.beam_size, cfg.length_penalty, cfg.max_len)
+        print(f"predict: captioned {len(predictions)} videos with {captioner.checkpoint_path} (beam "
+              f"{decoding.beam}, length penalty {decoding.length_penalty:g}, max length {decoding.max_len})",
+              file=sys.stderr)
 
-    return Stage("predict", run, params={"beam_size": cfg.beam_size, "max_len": cfg.max_len},
+    return Stage("predict", run, params={"beam_size": cfg.beam_size, "length_penalty": cfg.length_penalty,
+                                         "max_len": cfg.max_len},
                  deps=["train", stores["test"]], outputs=["predictions.json"])
 
 
@@ -408,7 +399,7 @@ def _report_stage(config: PipelineConfig, stores: Mapping[str, str], progress: b
     if cfg.thumbnails:
         videos = cfg.videos
         if videos is None:
-            from captioner.video import collect_inputs
+            from captioner.inputs import collect_inputs
 
             videos = os.path.commonpath([str(p.resolve().parent) for p in collect_inputs(config.videos.test)])
 

@@ -90,8 +90,9 @@ def main() -> None:
     import torch
 
     from captioner import backbones
+    from captioner.device import resolve_device
     from captioner.errors import CaptionerError
-    from captioner.extract import ExtractConfig, default_batch_size, extract, resolve_device
+    from captioner.extract import ExtractConfig, default_batch_size, extract
     from captioner.runtime import cpu_has_bf16, load_backbone
     from captioner.video import Sampling, decode, probe, sample_indices
 

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from captioner import open_features  # noqa: E402
+from captioner.device import cuda_autocast_dtype  # noqa: E402
 from captioner.model import CaptionModel, ModelConfig  # noqa: E402
 from captioner.text import PAD_ID, Vocabulary, tokenize  # noqa: E402
 from captioner.train import (DataConfig, TrainConfig, batch_layout, load_split, make_optimizer,  # noqa: E402
@@ -85,7 +86,7 @@ def main() -> None:
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(1))
     batches = [data.batch(order[i * args.batch_size:(i + 1) * args.batch_size]) for i in range(args.steps)]
     amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = cuda_autocast_dtype() if amp else torch.float16
 
     def bare(steps: int) -> None:
         model.train()

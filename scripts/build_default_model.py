@@ -106,9 +106,6 @@ def step_pipeline(args) -> None:
 
 def step_dev(args) -> None:
     """Caption the held-out dev clips and score them beside the baselines (never the test split)."""
-    import torch
-
-    from captioner.caption import DEFAULT_LENGTH_PENALTY
     from captioner.datasets import load_captions
     from captioner.evaluate import evaluate
     from captioner.extract import extract
@@ -123,9 +120,9 @@ def step_dev(args) -> None:
     clips = open_features(DEV_STORE)
     ids = [c.stem for c in dev_clips()]
     vectors = clips.pooled_matrix(ids)[1]
-    hyps = checkpoint.model.generate(torch.from_numpy(vectors), beam_size=args.beam,
-                                     length_penalty=DEFAULT_LENGTH_PENALTY)
-    predictions = {vid: checkpoint.decode(best[0][0]) for vid, best in zip(ids, hyps)}
+    # The checkpoint's own decoding settings, as `captioner caption` uses them.
+    hyps = checkpoint.predict(vectors, "video", decoding=checkpoint.decoding.but(beam=args.beam))
+    predictions = {vid: best[0].caption for vid, best in zip(ids, hyps)}
     msvd_train = load_captions(DATA / "msvd" / "captions" / "MSVD_train.tsv")
     references = {**msvd_train, **load_captions(DATA / "msvd" / "captions" / "MSVD_val.tsv")}
     train_refs = {vid: caps for vid, caps in msvd_train.items() if vid not in set(ids)}
@@ -141,7 +138,7 @@ def step_dev(args) -> None:
 def step_package(args) -> None:
     """Copy best.pt without the optimizer state into the package (it must stay small), with its
     inference export beside it (the decoder `captioner caption` runs without torch)."""
-    from captioner.caption import DEFAULT_MODEL
+    from captioner.catalog import DEFAULT_MODEL
     from captioner.model import export_checkpoint, export_inference, load_checkpoint
 
     export_checkpoint(_stage_dirs(args)["train"] / "best.pt", DEFAULT_MODEL, half=args.half)

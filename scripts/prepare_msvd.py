@@ -20,9 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from captioner.atomic import atomic_write  # noqa: E402
 from captioner.datasets import MSVD_SPLIT_BOUNDS  # noqa: E402
 from captioner.errors import CaptionerError  # noqa: E402
-from captioner.video import MEDIA_EXTENSIONS  # noqa: E402
+from captioner.inputs import is_media  # noqa: E402
 
 
 def read_mapping(path: Path) -> dict[str, int]:
@@ -54,7 +55,7 @@ def prepare(clips: Path, mapping_file: Path, out: Path) -> dict[str, tuple[int, 
         raise CaptionerError("clips folder not found", clips)
     mapping = read_mapping(mapping_file)
     files = {p.stem: p.absolute() for p in sorted(clips.rglob("*"))
-             if p.suffix.lower() in MEDIA_EXTENSIONS and not p.name.startswith(".")}
+             if is_media(p) and not p.name.startswith(".")}
     lists: dict[str, list[str]] = {name: [] for name, _, _ in MSVD_SPLIT_BOUNDS}
     wanted: dict[str, int] = {name: 0 for name in lists}
     missing = []
@@ -67,10 +68,9 @@ def prepare(clips: Path, mapping_file: Path, out: Path) -> dict[str, tuple[int, 
             lists[split].append(str(files[clip_id]))
         else:
             missing.append(f"{clip_id} vid{number} {split}")
-    out.mkdir(parents=True, exist_ok=True)
-    for split, paths in lists.items():
-        (out / f"{split}.txt").write_text("".join(p + "\n" for p in paths), encoding="utf-8")
-    (out / "missing.txt").write_text("".join(m + "\n" for m in missing), encoding="utf-8")
+    for split, paths in lists.items():  # pipelines and extraction read these lists back
+        atomic_write(out / f"{split}.txt", "".join(p + "\n" for p in paths))
+    atomic_write(out / "missing.txt", "".join(m + "\n" for m in missing))
     unmapped = sorted(set(files) - set(mapping))
     if unmapped:
         print(f"{len(unmapped)} file(s) in {clips} are not in {mapping_file} and are left out "

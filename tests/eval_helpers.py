@@ -90,8 +90,9 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
     return proc, processes_with_marker(marker)
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert proc.returncode == 1, proc.stderr
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str, code: int = 1) -> None:
+    """One `captioner: error:` line holding every fragment, exit `code` (2: a usage error)."""
+    assert proc.returncode == code, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("captioner: error:")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     for fragment in fragments:

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from captioner.backbones import available, create
-from captioner.backbones.base import file_sha256
+from captioner.backbones.base import cached_file_sha256
 from captioner.errors import CaptionerError
 
 IMAGENET_DOGS = range(151, 269)  # ImageNet-1k classes 151..268 are dog breeds
@@ -331,12 +331,12 @@ def test_unknown_names_list_what_is_available():
 def test_checksum_is_cached_by_path_mtime_and_size(tmp_path):
     path = tmp_path / "w.bin"
     path.write_bytes(b"one")
-    assert file_sha256(path) == hashlib.sha256(b"one").hexdigest()
+    assert cached_file_sha256(path) == hashlib.sha256(b"one").hexdigest()
     cache_file = Path(os.environ["XDG_CACHE_HOME"]) / "captioner" / "sha256.json"
     cache = json.loads(cache_file.read_text())
     (key,) = [k for k in cache if k.startswith(f"{path.resolve()}|")]
     cache[key] = "from the cache"
     cache_file.write_text(json.dumps(cache))
-    assert file_sha256(path) == "from the cache"  # the file was not read again
+    assert cached_file_sha256(path) == "from the cache"  # the file was not read again
     path.write_bytes(b"three")  # new size and mtime: hashed again
-    assert file_sha256(path) == hashlib.sha256(b"three").hexdigest()
+    assert cached_file_sha256(path) == hashlib.sha256(b"three").hexdigest()

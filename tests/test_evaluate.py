@@ -47,7 +47,7 @@ def test_prediction_formats(tmp_path):
     ("bad.json", '{"vid1": "a man",', ["bad.json:1", "invalid JSON"]),
     ("refs.json", '{"vid1": ["a man", "a woman"]}', ["refs.json", "is this a references file?"]),
     ("bad.jsonl", '{"path": "a.mp4", "caption": "x"}\n{"path": "b.mp4", "caption": \n', ["bad.jsonl:2", "invalid JSON"]),
-    ("dup.jsonl", '{"path": "a/v.mp4", "caption": "x"}\n{"path": "b/v.avi", "caption": "y"}\n', ["dup.jsonl:2", "'v'"]),
+    ("dup.jsonl", '{"path": "a/v.mp4", "caption": "x"}\n{"path": "a/v.mp4", "caption": "y"}\n', ["dup.jsonl:2", "'a/v'"]),
     ("nocap.jsonl", '{"path": "a.mp4", "text": "x"}\n', ["nocap.jsonl:1", "'caption'"]),
     ("list.json", '[{"caption": "x"}]', ["list.json", "item 0"]),
     ("empty.json", "  \n", ["empty.json", "empty predictions file"]),
@@ -204,7 +204,7 @@ def test_cli_errors_are_one_line(tmp_path, msvd_test_refs):
     assert_one_line_error(proc, "bad_refs.json")
 
     proc, _ = run_cli("evaluate", "--predictions", str(good), "--references", str(refs), "--metrics", "BLUE")
-    assert_one_line_error(proc, "unknown metric")
+    assert_one_line_error(proc, "unknown metric", code=2)
 
     # Java missing: a one-line hint; (dropping METEOR does not help: the PTB tokenizer is Java too).
     proc, _ = run_cli("evaluate", "--predictions", str(good), "--references", str(refs), "--metrics", "BLEU,CIDEr",

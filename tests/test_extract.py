@@ -19,7 +19,7 @@ import pytest
 import media
 from captioner import open_features
 from captioner.cli import main as cli_main
-from captioner.extract import ExtractConfig, extract, source_fingerprint, video_ids
+from captioner.extract import ExtractConfig, extract, source_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ExtractConfig(backbone="efficientnet_lite0", frames="uniform:4", batch_size=8, workers=1, device="cpu")
@@ -28,11 +28,6 @@ FAST = ExtractConfig(backbone="efficientnet_lite0", frames="uniform:4", batch_si
 def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "captioner.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def test_video_ids_use_stems_and_disambiguate_collisions():
-    paths = [Path("/a/x.mp4"), Path("/b/x.avi"), Path("/c/y.mp4")]
-    assert video_ids(paths) == {Path("/a/x.mp4"): "a/x", Path("/b/x.avi"): "b/x", Path("/c/y.mp4"): "y"}
 
 
 @pytest.mark.slow

@@ -106,8 +106,8 @@ def test_checkpoint_round_trip_and_backbone_check(tmp_path):
     assert not checkpoint.model.training and checkpoint.vocab == vocab and checkpoint.epoch == 3
     feats = torch.randn(3, 24)
     assert checkpoint.model.generate(feats, beam_size=2) == model.generate(feats, beam_size=2)
-    captions = checkpoint.caption(feats.numpy())
-    assert captions == [vocab.decode(h[0][0]) for h in model.generate(feats, beam_size=3)]
+    captions = [best[0].caption for best in checkpoint.predict(feats.numpy())]  # the default decoding
+    assert captions == [vocab.decode(h[0][0]) for h in model.generate(feats, beam_size=3, length_penalty=0.5)]
     checkpoint.check_features({**provenance, "frames": "uniform:8"})
     with pytest.raises(CaptionerError, match="different backbone.*efficientnet_lite2") as info:
         checkpoint.check_features({**provenance, "backbone": "efficientnet_lite2"}, "runs/features/x")

@@ -16,7 +16,8 @@ from captioner.caption import DEFAULT_MODEL
 from captioner.errors import CaptionerError
 from captioner.model import (CaptionModel, ModelConfig, export_checkpoint, export_inference, inference_export,
                              load_checkpoint, save_checkpoint, source_ids)
-from captioner.numpy_decoder import export_path, file_sha256, read_export
+from captioner.hashing import file_sha256
+from captioner.numpy_decoder import export_path, read_export
 from captioner.store import open_features
 from captioner.text import PAD_ID, SPECIALS, Vocabulary
 

@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,6 +107,29 @@ def test_first_run_makes_every_stage_and_a_second_run_skips_them_all(smoke):
     assert second.seconds < 0.1 * first.seconds, (second.seconds, first.seconds)
 
 
+def test_predictions_equal_captioner_caption_for_the_same_clips_and_model(smoke, tmp_path):
+    """The predict stage and `captioner caption` decode through one function with the model's settings."""
+    run_dir, first = smoke
+    predictions = json.loads((stage_dir(run_dir, "predict") / "predictions.json").read_text())
+    model = tmp_path / "best.pt"  # a copy: captioning writes the model's inference export beside it
+    shutil.copy(stage_dir(run_dir, "train") / "best.pt", model)
+    clips = [DATA / "msvd" / "clips" / f"{clip_id}.avi" for clip_id in sorted(predictions)]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert cli_main(["caption", *map(str, clips), "--model", str(model), "--json", "--no-progress"]) == 0
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert {r["id"]: r["caption"] for r in records} == predictions
+    settings = {(r["beam"], r["length_penalty"], r["max_len"]) for r in records}
+    assert settings == {(3, 0.5, 20)}
+    assert "beam 3, length penalty 0.5, max length 20)" in first.err
+    # From the test store the stage read, the API gives the same captions too.
+    from captioner import Captioner
+
+    from_store = Captioner.load(model, device="cpu", load_backbone=False).caption_store(
+        stage_dir(run_dir, "extract-test") / "features")
+    assert {video_id: result.caption for video_id, result in from_store} == predictions
+
+
 def test_a_training_key_reruns_training_and_what_follows_under_torchrun(smoke):
     run_dir, _ = smoke
     stores = {s: marker(run_dir, s) for s in ("extract-train", "extract-test")}
@@ -154,8 +178,8 @@ def test_force_and_until_choose_the_stages(smoke):
     assert extract_only.actions() == {"extract-train": "skip", "extract-test": "skip", "train": "skip",
                                       "predict": "skip", "evaluate": "skip", "report": "skip"}
     assert extract_only.out.count("not needed for --until") == 4
-    unknown = pipeline(run_dir, "--force", "trian")
-    assert unknown.code == 1
+    unknown = pipeline(run_dir, "--force", "trian")  # a usage error: exit 2
+    assert unknown.code == 2
     assert unknown.err.strip() == ("captioner: error: no pipeline stage 'trian'; stages: extract-train, "
                                    "extract-test, train, predict, evaluate, report")
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from media import synthetic_video
@@ -15,6 +17,9 @@ from captioner.serve import ServeLimits, create_app
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 CLIP = "Kqb-mmkEWqU_1_5.avi"  # 4 s: the shortest real clip
+# Screenshots of the page, to look at after a run (the folder is left in place on purpose).
+SCREENSHOTS = Path(tempfile.gettempdir()) / "captioner-serve-screenshots"
+SCREENSHOTS.mkdir(exist_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +75,8 @@ def test_upload_a_real_clip_and_read_its_caption(browser, model, msvd_clips):
     page = browser.page
 
     clip = next(c for c in msvd_clips if c.name == CLIP)
-    expected = model[0].caption(clip).caption
+    result = model[0].caption(clip)
+    expected = result.caption
     expect(page.locator("#model")).to_have_text(model[0].model_id)
 
     page.get_by_label("Timed captions every (seconds)").fill("2")
@@ -80,10 +86,25 @@ def test_upload_a_real_clip_and_read_its_caption(browser, model, msvd_clips):
     expect(page.get_by_role("status")).to_have_text(f"Caption ready: {expected}", timeout=300_000)
 
     assert page.locator("#caption").inner_text() == expected
-    assert page.locator("#alternatives li").first.inner_text().startswith(expected)
+    # The alternatives are the other captions of the n-best list, not the chosen one again.
+    others = [alt["caption"] for alt in result.alternatives if alt["caption"] != expected]
+    shown = [re.sub(r" \(score -?\d+\.\d\d\)$", "", text)
+             for text in page.locator("#alternatives li").all_inner_texts()]
+    assert shown == others
+    # Scores are named for what they are: length-penalised totals, not per-word log-probabilities.
+    text = page.locator("#result").inner_text()
+    assert "per word" not in text
+    assert page.locator("#score").inner_text() == (
+        f"Caption score {result.score:.2f}, length-penalised: total log-probability / (words + 1)^"
+        f"{result.length_penalty:g} (closer to 0 is more likely)")
+    # Details leaves out the server's start-up and model load (paid once, 0 per request).
+    page.locator("summary", has_text="Details").click()
+    details = page.locator("#details").inner_text()
+    assert "startup" not in details and "model" + " load" not in details and "0.000 s" not in details
+    assert "Time: backbone" in details and "Time: total" in details
     assert page.locator("#keyframes img").count() == 6
     # What the heads recognised, when the model reads concepts (the default model does).
-    concepts = model[0].caption(clip).concepts
+    concepts = result.concepts
     if concepts:
         expect(page.locator("#concepts-box")).to_be_visible()
         top_action = concepts["actions"][0]["name"]
@@ -138,6 +159,22 @@ def test_a_playable_video_gets_a_preview_with_the_timed_captions(browser, tmp_pa
     assert [cue[:2] for cue in cues] == [[0, 2], [2, 4]] and page.locator("#segment-list li").count() == 2
     assert [cue[2] for cue in cues] == [page.locator("#timeline button").nth(i).inner_text() for i in range(2)]
 
-    page.locator("#timeline button").nth(1).click()  # a segment on the timeline seeks the preview to it
-    assert page.evaluate("document.getElementById('preview').currentTime") == 2
-    assert browser.errors == [] and browser.outside == []
+    # A segment on the timeline seeks the preview just inside it, so only its caption shows:
+    # on the 2.0-s boundary the cue ending there is still active and two lines stack.
+    page.locator("#timeline button").nth(1).click()
+    page.wait_for_function("() => { const t = document.getElementById('preview').textTracks[0];"
+                           " return t.activeCues && t.activeCues.length === 1 && t.activeCues[0].startTime === 2; }")
+    assert 2 < page.evaluate("document.getElementById('preview').currentTime") < 2.1
+    page.screenshot(path=str(SCREENSHOTS / "serve_result.png"), full_page=True)
+
+    # A failed upload after a good one leaves the error alone on the page, not the old result under it.
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("these are my notes, not a video\n" * 40)
+    page.get_by_label("Choose a video, or drop one here").set_input_files(str(notes))
+    page.get_by_role("button", name="Caption").click()
+    expect(page.get_by_role("alert")).to_contain_text("Could not caption notes.mp4 (HTTP 415)")
+    expect(page.locator("#result")).to_be_hidden()
+    assert page.locator("#caption").inner_text() == "" and page.locator("#alternatives li").count() == 0
+    assert page.evaluate("document.getElementById('preview').getAttribute('src')") is None
+    page.screenshot(path=str(SCREENSHOTS / "serve_error.png"), full_page=True)
+    assert [e for e in browser.errors if "status of 415" not in e] == [] and browser.outside == []

@@ -82,7 +82,8 @@ def test_memorises_captions_of_real_clips(msvd_store, msvd_train_captions, tmp_p
     best = train(config)
     checkpoint = load_checkpoint(best)
     _, feats = store.pooled_matrix(clips)
-    predictions = dict(zip(clips, checkpoint.caption(feats, beam_size=1)))
+    greedy = checkpoint.decoding.but(beam=1)
+    predictions = {clip: best[0].caption for clip, best in zip(clips, checkpoint.predict(feats, decoding=greedy))}
     bleu4 = score(predictions, captions, ["BLEU-4"])["BLEU-4"]
     print(f"memorisation BLEU-4 {bleu4:.3f}: {predictions}")
     assert bleu4 > 0.9
@@ -110,9 +111,13 @@ def test_source_conditioning_learns_a_style_per_source(tmp_path):
                      model={"embed_size": 32, "hidden_size": 64, "dropout": 0.0, "condition_on_source": True})
     checkpoint = load_checkpoint(train(config))
     _, vectors = open_features(tmp_path / "features").pooled_matrix([f"photo_{s}" for s in subjects])
-    assert checkpoint.caption(vectors, beam_size=1, sources="image") == [
-        f"a brown {s} stands on the green grass" for s in subjects]
-    assert checkpoint.caption(vectors, beam_size=1, sources="video") == [f"a {s} is running" for s in subjects]
+    greedy = checkpoint.decoding.but(beam=1)
+
+    def captions(source):
+        return [best[0].caption for best in checkpoint.predict(vectors, source, decoding=greedy)]
+
+    assert captions("image") == [f"a brown {s} stands on the green grass" for s in subjects]
+    assert captions("video") == [f"a {s} is running" for s in subjects]
 
 
 def _views_toy(tmp_path, subjects):
@@ -142,7 +147,9 @@ def test_augmentation_views_teach_every_view(tmp_path):
                          warmup_steps=0, model={"embed_size": 32, "hidden_size": 64, "dropout": 0.0},
                          data={"features": str(tmp_path / "main"), "captions": str(captions), "split": None,
                                "val_split": None, "min_count": 1, "augment_features": views})
-        results[name] = load_checkpoint(train(config)).caption(second_view, beam_size=1)
+        checkpoint = load_checkpoint(train(config))
+        results[name] = [best[0].caption for best in
+                         checkpoint.predict(second_view, decoding=checkpoint.decoding.but(beam=1))]
     assert results["augmented"] == expected
     assert sum(a == b for a, b in zip(results["plain"], expected)) < len(subjects) // 2, results["plain"]
 
@@ -360,18 +367,18 @@ def test_cli_train_errors_are_one_line(tmp_path, random_store, data_dir):
     assert "config file not found" in missing.stderr
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "data": _data(random_store, data_dir)}))
-    bad_key = _cli("train", str(config), "--set", "model.hiden_size=3")
-    assert bad_key.returncode == 1 and "unknown config key" in bad_key.stderr
+    bad_key = _cli("train", str(config), "--set", "model.hiden_size=3")  # a config's mistakes are usage errors
+    assert bad_key.returncode == 2 and "unknown config key" in bad_key.stderr
     assert bad_key.stderr.strip().count("\n") == 0
     nothing = _cli("train", str(config), "--resume")
     assert nothing.returncode == 1 and "nothing to resume" in nothing.stderr
     bad_value = _cli("train", str(config), "--set", "epochs=ten")
-    assert bad_value.returncode == 1 and "epochs must be a whole number, got 'ten'" in bad_value.stderr
+    assert bad_value.returncode == 2 and "epochs must be a whole number, got 'ten'" in bad_value.stderr
     no_epochs = _cli("train", str(config), "--set", "epochs=0")  # used to exit 0 without training
-    assert no_epochs.returncode == 1 and no_epochs.stderr.strip().count("\n") == 0
+    assert no_epochs.returncode == 2 and no_epochs.stderr.strip().count("\n") == 0
     assert f"{config}: epochs must be at least 1, got 0" in no_epochs.stderr
     no_units = _cli("train", str(config), "--set", "model.hidden_size=0")  # used to be a torch traceback
-    assert no_units.returncode == 1 and no_units.stderr.strip().count("\n") == 0
+    assert no_units.returncode == 2 and no_units.stderr.strip().count("\n") == 0
     assert "model.hidden_size must be at least 1, got 0" in no_units.stderr
     assert not (tmp_path / "run").exists()
 
@@ -423,6 +430,26 @@ def test_config_values_take_their_field_types(tmp_path):
             load_config(TrainConfig, config_file, [bad])
 
 
+def test_launch_checks_come_before_the_process_group(tmp_path, random_store, data_dir, monkeypatch):
+    data = {"data": _data(random_store, data_dir)}
+    train(_config(tmp_path / "one", epochs=1, **data))  # a run of one process, to resume with two
+    # Two processes, but no rendezvous address: initialising the process group would fail with
+    # torch's own error, so each of these must be found before it.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for cfg, resume, message in [
+            (_config(tmp_path / "scst", objective="scst", **data), False, "objective scst runs in one process"),
+            (_config(tmp_path / "small", batch_size=1, **data), False, "batch_size 1 is smaller than the 2 processes"),
+            (_config(tmp_path / "fresh", **data), True, "nothing to resume"),
+            (_config(tmp_path / "one", **data), True, "run was trained with 1 processes; resume it with the same"),
+            (_config(tmp_path / "nodata"), False, "data.features and data.captions must be set")]:
+        with pytest.raises(CaptionerError, match=re.escape(message)):
+            train(cfg, resume=resume)
+        assert not torch.distributed.is_initialized()
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(random_store, data_dir, tmp_path):
     config = tmp_path / "ddp.yaml"
@@ -434,7 +461,7 @@ def test_ddp_two_cpu_processes(random_store, data_dir, tmp_path):
         port = sock.getsockname()[1]
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-         "-m", "captioner.train", str(config)],
+         "-m", "captioner", "train", str(config)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]

@@ -134,3 +134,14 @@ def test_the_default_pipeline_is_the_build_script_s_recipe():
     held_out = {Path(line).stem for name in ("msvd_dev_clips.txt", "msvd_test_clips.txt")
                 for line in (lists / name).read_text().split()}
     assert len(train) == 40 and not train & held_out
+
+
+def test_held_out_videos_come_from_lists_and_stores(tmp_path, sources):
+    from captioner.training_set import held_out_ids
+
+    clips, photos, _, _ = sources
+    listed = tmp_path / "dev.txt"
+    listed.write_text("# held out\n../clips/t_dev.avi\nt_other\n\n")
+    assert held_out_ids([listed], [photos]) == {"t_dev", "t_other", "p_cat", "p_dev"}
+    with pytest.raises(CaptionerError, match="cannot read the list"):
+        held_out_ids([tmp_path / "missing.txt"])

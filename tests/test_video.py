@@ -18,8 +18,8 @@ from PIL import Image
 import media
 from captioner import video
 from captioner.errors import CaptionerError, UsageError
-from captioner.video import (DecodedVideo, Sampling, VideoInfo, clip_windows, collect_inputs, decode, find_inputs,
-                             probe, sample_indices, scaled_size)
+from captioner.inputs import IMAGE_EXTENSIONS, collect_inputs, find_inputs
+from captioner.video import DecodedVideo, Sampling, VideoInfo, clip_windows, decode, probe, sample_indices, scaled_size
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -235,7 +235,7 @@ def test_image_is_a_one_frame_video(image):
 
 def test_images_of_every_extension_and_exif_orientation(tmp_path):
     pixels = media.pattern_frame(0, 80, 40)
-    for extension in sorted(video.IMAGE_EXTENSIONS):
+    for extension in sorted(IMAGE_EXTENSIONS):
         path = tmp_path / f"image{extension}"
         Image.fromarray(pixels).save(path)
         assert decode(path, short_side=20).frames.shape == (1, 20, 40, 3), extension

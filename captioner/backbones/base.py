@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import pickle
@@ -19,8 +18,10 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from ..atomic import atomic_write
+from ..cache import cache_dir
+from ..device import cuda_autocast_dtype
 from ..errors import CaptionerError
-from ..runtime import cache_dir as _cache_dir
+from ..hashing import file_sha256
 
 
 class Backbone(torch.nn.Module):
@@ -126,8 +127,7 @@ class Backbone(torch.nn.Module):
         device = self.device
         if device.type != "cuda":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cuda", dtype=cuda_autocast_dtype())
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, feature_dim={self.feature_dim}, input_size={self.input_size}"
@@ -159,8 +159,8 @@ def recording_weight_files():
         _RECORDING.remove(files)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file, cached on disk by (path, mtime, size).
+def cached_file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a weight file, cached on disk by (path, mtime, size).
 
     Backbones are created on every `captioner caption`; re-hashing ~100 MB each time would
     cost more than building the network.
@@ -170,18 +170,14 @@ def file_sha256(path: str | os.PathLike) -> str:
         files.add(path)
     stat = path.stat()
     key = f"{path}|{stat.st_mtime_ns}|{stat.st_size}"
-    cache_file = _cache_dir() / "sha256.json"
+    cache_file = cache_dir() / "sha256.json"
     try:
         cache = json.loads(cache_file.read_text())
     except (OSError, ValueError):
         cache = {}
     if isinstance(cache.get(key), str):
         return cache[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    cache[key] = digest.hexdigest()
+    cache[key] = file_sha256(path)
     _write_json_atomic(cache_file, cache)  # best effort: a read-only home only costs time
     return cache[key]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from . import register
+from .registry import register
 from .base import Backbone
 
 
@@ -55,7 +55,7 @@ class ConceptBackbone(Backbone):
 
 def _concepts(member_name: str, with_features: bool):
     def factory(weights: str | None) -> ConceptBackbone:
-        from . import _create_one
+        from .registry import _create_one
 
         return ConceptBackbone(_create_one(member_name if weights is None else f"{member_name}={weights}", None),
                                with_features)

@@ -18,8 +18,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import CaptionerError
-from . import register
-from .base import Backbone, file_sha256, load_strict, read_state_dict
+from .registry import register
+from .base import Backbone, cached_file_sha256, load_strict, read_state_dict
 
 # variant -> native resolution (EfficientNet-Lite model cards)
 _RESOLUTION = {0: 224, 1: 240, 2: 260}
@@ -32,7 +32,7 @@ class TimmBackbone(Backbone):
                  mean, std, class_names: list[str] | None, foldable: bool = False):
         super().__init__(name, input_size=input_size, mean=mean, std=std,
                          feature_dim=getattr(model, "head_hidden_size", model.num_features),
-                         weights_sha256=file_sha256(weights_path), class_names=class_names)
+                         weights_sha256=cached_file_sha256(weights_path), class_names=class_names)
         self.model = model.to(memory_format=torch.channels_last)
         # Only where every batch norm is known to normalise the convolution registered before
         # it (see fold_batchnorm below); an arbitrary timm architecture is left as it is.

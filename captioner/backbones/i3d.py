@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CaptionerError
-from . import register
-from .base import Backbone, file_sha256, load_strict
+from .registry import register
+from .base import Backbone, cached_file_sha256, load_strict
 
 CLIP_LEN = 16  # frames per sample point: 0.64 s at Kinetics' 25 fps
 BN_EPSILON = 1e-3
@@ -204,7 +204,7 @@ class I3DBackbone(Backbone):
         net = InceptionI3d()
         load_strict(net, convert_variables(read_flax_variables(path), net, path), path, "I3D")
         super().__init__("i3d", input_size=224, mean=(0.5,) * 3, std=(0.5,) * 3, feature_dim=net.feature_dim,
-                         weights_sha256=file_sha256(path), clip_len=clip_len,
+                         weights_sha256=cached_file_sha256(path), clip_len=clip_len,
                          class_names=list(R3D_18_Weights.KINETICS400_V1.meta["categories"]))
         self.net = net
 

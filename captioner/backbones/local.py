@@ -15,15 +15,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CaptionerError
-from . import register
-from .base import Backbone, file_sha256, load_strict, read_state_dict
+from ..errors import CaptionerError, UsageError
+from .base import Backbone, cached_file_sha256, load_strict, read_state_dict
+from .registry import register
 from .efficientnet import TimmBackbone, imagenet_class_names
 
 
 def _need_weights(family: str, arch: str, weights: str | None) -> Path:
     if weights is None:
-        raise CaptionerError(f"{family}:{arch} needs a local weights file: {family}:{arch}=PATH "
+        raise UsageError(f"{family}:{arch} needs a local weights file: {family}:{arch}=PATH "
                              "(nothing is downloaded)")
     return Path(weights)
 
@@ -31,7 +31,7 @@ def _need_weights(family: str, arch: str, weights: str | None) -> Path:
 def _unknown_arch(family: str, arch: str, known: list[str]) -> CaptionerError:
     close = difflib.get_close_matches(arch, known, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return CaptionerError(f"unknown {family} architecture {arch!r}{hint}")
+    return UsageError(f"unknown {family} architecture {arch!r}{hint}")
 
 
 def _class_names(num_classes: int) -> list[str] | None:
@@ -70,7 +70,7 @@ class TorchvisionBackbone(Backbone):
     def __init__(self, name: str, body: nn.Module, head: nn.Linear | None, feature_dim: int, path: Path,
                  *, input_size: int, mean, std):
         super().__init__(name, input_size=input_size, mean=mean, std=std, feature_dim=feature_dim,
-                         weights_sha256=file_sha256(path),
+                         weights_sha256=cached_file_sha256(path),
                          class_names=_class_names(head.out_features) if head is not None else None)
         self.body = body.to(memory_format=torch.channels_last)
         self.head = head
