@@ -72,3 +72,16 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     else:
         with atomic_open(path, "wb") as fh:
             fh.write(data)
+
+
+def publish_directory(built: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move a directory built beside `final` into its place, replacing what was there. Readers see
+    the old directory or the new one, never a half-written one; when another process has just
+    published the same directory, its copy stays (both were built from the same inputs)."""
+    import shutil
+
+    shutil.rmtree(final, ignore_errors=True)
+    try:
+        os.replace(built, final)
+    except OSError:
+        pass

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import publish_directory
 from .errors import CaptionerError
 
 CALIBRATION_PHOTOS = 300
@@ -94,7 +95,7 @@ def calibration_inputs(files: list[Path], size: int, name: str) -> list[np.ndarr
     """Network inputs (uint8 (1,S,S,3) each) from the photos, resized and cropped as inference does."""
     from PIL import Image
 
-    from .runtime import centre_crops
+    from .preprocess import centre_crops
 
     samples = []
     for path in files:
@@ -139,10 +140,6 @@ def quantize(model_xml: Path, out_dir: Path, meta: dict) -> None:
         ov.save_model(quantized, str(tmp / "model.xml"), compress_to_fp16=False)
         (tmp / "calibration.json").write_text(json.dumps({
             "files": [str(f) for f in files], "nncf": nncf_version(), "settings": SETTINGS}))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:  # another process has just put the same model in place
-            pass
+        publish_directory(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
