@@ -88,7 +88,7 @@ CASES = [
     (["caption", "{clip}", "--device", "gpu"], 2, "unknown device 'gpu'"),
     (["caption", "{clip}", "--device", "cuda:one"], 2, "unknown device 'cuda:one'"),
     (["caption", "{clip}", "--runtime", "tensorrt"], 2, "unknown --runtime 'tensorrt'"),
-    (["caption", "{clip}", "--precision", "int8"], 2, "unknown --precision 'int8'"),
+    (["caption", "{clip}", "--precision", "int4"], 2, "unknown --precision 'int4'"),
     (["extract", "{clip}", "--out", "{root}/store", "--backbone", "resnet9000"], 2, "unknown backbone 'resnet9000'"),
     (["extract", "{clip}", "--out", "{root}/store", "--backbone", "efficientnet_lite2+nope"], 2,
      "unknown backbone 'nope'"),
