@@ -112,8 +112,9 @@ def build_training_set(out_dir: str | os.PathLike, clips: str | os.PathLike, cli
                 rows = rng.choice(len(image_ids), size=min(PHOTO_ERROR_SAMPLES, len(image_ids)), replace=False)
                 real["objects"] = np.concatenate([real["objects"], image_vectors[rows, objects.start:objects.end]])
 
-    held_out = set(exclude) | set(clip_store.ids()) - set(clip_ids)
-    text_only = sorted(vid for vid in (corpus or {}) if vid not in set(clip_ids) and vid not in held_out)
+    # A stored clip is trained on with its video or, without training captions, held out.
+    held_out = set(exclude) | set(clip_store.ids())
+    text_only = sorted(vid for vid in (corpus or {}) if vid not in held_out)
     tokens = {vid: [tokenize(c) for c in corpus[vid]] for vid in text_only}
 
     store_paths = [out_dir / "features"] + [out_dir / f"view{i}" for i in range(1, views + 1)]

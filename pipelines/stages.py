@@ -213,15 +213,16 @@ TRAINING_SET = "training-set"
 
 def _training_set_stage(config: PipelineConfig, stores: Mapping[str, str]) -> Stage:
     cfg, data = config.training_set, config.train.data
-    deps = list(dict.fromkeys(filter(None, [stores["train"], stores.get("images")])))
+    # Videos of the val and test stores are never trained on, whatever the corpus holds.
+    held_out = list(dict.fromkeys(stores[name] for name in ("val", "test")
+                                  if name in stores and stores[name] != stores["train"]))
+    deps = list(dict.fromkeys(filter(None, [stores["train"], stores.get("images"), *held_out])))
 
     def run(dirs: Mapping[str, Path]) -> None:
         from captioner.datasets import load_captions
         from captioner.training_set import build_training_set, held_out_ids
 
-        # Videos of the val and test stores are never trained on, whatever the corpus holds.
-        exclude = held_out_ids(cfg.exclude, [dirs[stores[name]] / STORE for name in ("val", "test")
-                                             if name in stores and stores[name] != stores["train"]])
+        exclude = held_out_ids(cfg.exclude, [dirs[store] / STORE for store in held_out])
         images = stores.get("images")
         built = build_training_set(
             dirs[TRAINING_SET], dirs[stores["train"]] / STORE, load_captions(data.captions, data.split),
@@ -236,8 +237,7 @@ def _training_set_stage(config: PipelineConfig, stores: Mapping[str, str]) -> St
     params = {**asdict(cfg), "captions_split": data.split}
     inputs = [Path(f) for f in (data.captions, cfg.corpus, cfg.image_captions) if f]
     inputs += [Path(f) for f in cfg.exclude] + _split_files(data.split, cfg.corpus_split, cfg.image_split)
-    return Stage(TRAINING_SET, run, params=params, inputs=inputs, deps=deps + [s for n, s in stores.items()
-                                                                             if n in ("val", "test")],
+    return Stage(TRAINING_SET, run, params=params, inputs=inputs, deps=deps,
                  outputs=["features/store.json", "captions.jsonl", "counts.json"])
 
 
