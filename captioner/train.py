@@ -35,7 +35,7 @@ from .atomic import TMP_PREFIX, atomic_open, atomic_write
 from .concepts import class_word_table, heads
 from .config import load_config, save_config, validate_config
 from .datasets import Captions, join_features, load_captions
-from .device import cuda_autocast_dtype, resolve_device
+from .device import cpu_has_native_bf16, cuda_autocast_dtype, resolve_device
 from .errors import CaptionerError
 from .model import (PROVENANCE_KEYS, SOURCES, CaptionModel, Checkpoint, check_provenance,
                     load_checkpoint, provenance_differences, save_checkpoint, source_name)
@@ -175,10 +175,11 @@ def scst_layout(videos: int, batch_size: int) -> tuple[int, int]:
 
 
 def _autocast_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
-    """(autocast on, its dtype): mixed precision on CUDA when cfg.amp asks for it. With autocast
-    off the dtype is unused; float16 is one CPU autocast accepts without a warning."""
-    amp = cfg.amp and device.type == "cuda"
-    return amp, cuda_autocast_dtype() if amp else torch.float16
+    """(autocast on, its dtype): mixed precision on CUDA when cfg.amp asks for it, bf16 on a CPU
+    with bf16 units when cfg.cpu_bf16 does. With autocast off the dtype is unused."""
+    if device.type == "cuda":
+        return cfg.amp, cuda_autocast_dtype() if cfg.amp else torch.float16
+    return cfg.cpu_bf16 and cpu_has_native_bf16(), torch.bfloat16
 
 
 def _optimizer_step(model, loss, optimizer, scheduler, scaler, cfg: TrainConfig) -> None:
@@ -587,8 +588,13 @@ class RunLog:
                                progress.history, columns)
         save_config(cfg, files.dir / "config.yaml")
         train = data.train
+        amp, amp_dtype = _autocast_settings(cfg, device)
+        if cfg.cpu_bf16 and device.type == "cpu" and not amp:
+            print("cpu_bf16 is set, but this CPU has no bf16 units (AVX-512 BF16 or AMX): training in fp32",
+                  file=sys.stderr)
         print(f"training on {len(train)} captions of {len(train.video_ids)} videos, vocabulary "
               f"{len(data.vocab)} words, {world} process(es) on {device}"
+              + (f" in {str(amp_dtype).removeprefix('torch.')} autocast" if amp else "")
               + (f" ({data.text_only} of them captions only)" if data.text_only else "")
               + (f"; validating on {len(data.val.video_ids)} videos" if data.val is not None else ""),
               file=sys.stderr)

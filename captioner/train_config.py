@@ -102,6 +102,9 @@ class TrainConfig:
     scst_samples: int = 5
     scheduled_sampling: float = 0.0  # probability of feeding the model's own word, reached linearly at the last epoch
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    # bf16 autocast on a CPU that computes in bf16 (AVX-512 BF16 or AMX; ignored elsewhere and on
+    # CUDA). See the README's "Training on a CPU" for the step time and scores it was judged by.
+    cpu_bf16: bool = False
     device: str = "auto"  # auto | cpu | cuda
     # Scores computed on the validation set each epoch (captioner.metrics names); best.pt is
     # chosen by the first (BLEU means BLEU-4); an empty list chooses by validation loss.

@@ -250,6 +250,34 @@ def test_run_directory_and_validation_metric(random_store, data_dir, tmp_path):
         train(config)
 
 
+@pytest.mark.parametrize("cpu_has_bf16", [True, False])
+def test_cpu_bf16_autocasts_only_on_a_cpu_with_bf16_units(random_store, data_dir, tmp_path, monkeypatch, capsys,
+                                                          cpu_has_bf16):
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: cpu_has_bf16)
+    head_dtypes = set()
+    original_init = train_module.CaptionModel.__init__
+
+    def recording_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.head.register_forward_hook(lambda module, inputs, output: head_dtypes.add(output.dtype)
+                                        if module.training else None)
+
+    monkeypatch.setattr(train_module.CaptionModel, "__init__", recording_init)
+    config = _config(tmp_path, epochs=2, cpu_bf16=True, data=_data(random_store, data_dir))
+    best = train(config)
+    log = capsys.readouterr().err
+    rows = _metrics(config.run_dir)
+    assert all(np.isfinite(float(r["train_loss"])) for r in rows)
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    if cpu_has_bf16:
+        assert head_dtypes == {torch.bfloat16} and "in bfloat16 autocast" in log
+    else:
+        assert head_dtypes == {torch.float32} and "no bf16 units" in log
+    # Weights stay fp32 either way: the checkpoint is the same kind of file.
+    assert all(t.dtype == torch.float32 for t in load_checkpoint(best).model.state_dict().values()
+               if t.is_floating_point())
+
+
 def test_resume_continues_exactly(random_store, data_dir, tmp_path, monkeypatch):
     # Dropout and scheduled sampling draw random numbers: resuming must restore those too.
     settings = dict(epochs=3, batch_size=64, scheduled_sampling=0.3, label_smoothing=0.1,
