@@ -28,10 +28,8 @@ from .concepts import heads, top_concepts
 from .errors import CaptionerError, UsageError
 from .inputs import video_id, video_ids
 from .numpy_decoder import InferenceExport, export_path, read_export, source_name
-from .predict import DEFAULT_DECODING, Decoding, Hypothesis, checkpoint_decoding, predict_captions
+from .predict import Decoding, Hypothesis, checkpoint_decoding, predict_captions
 from .version import __version__
-
-DEFAULT_LENGTH_PENALTY = DEFAULT_DECODING.length_penalty  # kept for scripts that import it from here
 
 
 @dataclass
@@ -168,11 +166,11 @@ class Captioner:
         timing["backbone"] = timing.get("backbone", 0.0) + time.perf_counter() - t0
         return features.mean(0)
 
-    def _describe(self, pooled: np.ndarray, sources: list[str], decoding: Decoding, n_best: int,
+    def _describe(self, pooled: np.ndarray, sources: list[str], decoding: Decoding,
                   timings: list[dict]) -> list[list[Hypothesis]]:
         """Captions of pooled rows; each row's dict in `timings` gets its share of the time."""
         t0 = time.perf_counter()
-        hyps = predict_captions(self.model.decoder, self.model.vocab, pooled, sources, decoding, n_best)
+        hyps = predict_captions(self.model.decoder, self.model.vocab, pooled, sources, decoding)
         share = (time.perf_counter() - t0) / max(1, len(timings))
         for timing in timings:
             timing["caption"] = timing.get("caption", 0.0) + share
@@ -190,22 +188,24 @@ class Captioner:
                        captioner_version=__version__)
 
     # ------------------------------------------------------------------ public
-    def caption(self, path: str | os.PathLike, beam: int | None = None, n_best: int = 3, max_len: int | None = None,
-                segments: float | None = None, progress: Callable[[int, int], None] | None = None,
-                length_penalty: float | None = None) -> Caption:
+    def caption(self, path: str | os.PathLike, beam: int | None = None, n_best: int | None = None,
+                max_len: int | None = None, segments: float | None = None,
+                progress: Callable[[int, int], None] | None = None, length_penalty: float | None = None) -> Caption:
         """Caption one video or image; with `segments`, also each window of that many seconds.
 
-        `beam`, `max_len` and `length_penalty` default to the checkpoint's (`self.decoding`).
+        `beam`, `max_len` and `length_penalty` default to the checkpoint's (`self.decoding`);
+        `n_best` (captions in `alternatives`) to 3, or the beam if smaller: more than the beam is
+        refused (a UsageError), as everywhere (captioner.search.check_settings).
         progress(windows done, windows in all) is called before the first segment window and after
         each; an exception raised from it stops the work there.
         """
-        decoding = self.decoding.but(beam, length_penalty, max_len)
+        decoding = self.decoding.but(beam, length_penalty, max_len, n_best)
         pooled = self._pool(path, video_id(Path(path)), self._decoded(path))
         if isinstance(pooled, CaptionerError):
             raise pooled
-        return self._caption_pooled([pooled], decoding, n_best, segments, {path: progress} if progress else None)[0]
+        return self._caption_pooled([pooled], decoding, segments, {path: progress} if progress else None)[0]
 
-    def caption_many(self, paths, beam: int | None = None, n_best: int = 3, max_len: int | None = None,
+    def caption_many(self, paths, beam: int | None = None, n_best: int | None = None, max_len: int | None = None,
                      segments: float | None = None,
                      progress: Callable[[str, int, int], None] | None = None, length_penalty: float | None = None,
                      batch_size: int = 1) -> Iterator[tuple[str, Caption | CaptionerError]]:
@@ -220,7 +220,7 @@ class Captioner:
         Each input's frames are decoded while the one before runs through the backbone and the
         decoder (one ahead), so on 2 cores decoding and inference overlap.
         """
-        decoding = self.decoding.but(beam, length_penalty, max_len)
+        decoding = self.decoding.but(beam, length_penalty, max_len, n_best)
         if batch_size < 1:
             raise CaptionerError(f"batch size must be at least 1, got {batch_size}")
         paths = list(paths)
@@ -238,12 +238,12 @@ class Captioner:
                 batch.append(self._pool(path, ids[Path(path)], current))
                 if len(batch) == batch_size or k + 1 == len(paths):
                     yield from zip(paths[k + 1 - len(batch):k + 1],
-                                   self._caption_pooled(batch, decoding, n_best, segments, follow))
+                                   self._caption_pooled(batch, decoding, segments, follow))
                     batch = []
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def caption_frames(self, frames, fps: float | None = None, beam: int | None = None, n_best: int = 3,
+    def caption_frames(self, frames, fps: float | None = None, beam: int | None = None, n_best: int | None = None,
                        max_len: int | None = None, length_penalty: float | None = None,
                        name: str = "frames") -> Caption:
         """Caption frames already in memory: uint8 RGB, (T, H, W, 3) for a video or (H, W, 3) for a still.
@@ -251,14 +251,14 @@ class Captioner:
         The model's frame sampling picks from them as from a file; `fps` (their rate) is needed
         only when that sampling is by time (fps:F). `name` becomes the Caption's path and id.
         """
-        decoding = self.decoding.but(beam, length_penalty, max_len)
+        decoding = self.decoding.but(beam, length_penalty, max_len, n_best)
         t0 = time.perf_counter()
         decoded = _frames_as_video(frames, fps, self.sampling, self.backbone.clip_len, name)
         return self._caption_pooled([self._pool(name, name, (decoded, time.perf_counter() - t0))], decoding,
-                                    n_best, None, None)[0]
+                                    None, None)[0]
 
-    def caption_store(self, store, ids=None, beam: int | None = None, n_best: int = 3, max_len: int | None = None,
-                      length_penalty: float | None = None,
+    def caption_store(self, store, ids=None, beam: int | None = None, n_best: int | None = None,
+                      max_len: int | None = None, length_penalty: float | None = None,
                       batch_size: int = 64) -> Iterator[tuple[str, Caption | CaptionerError]]:
         """Caption videos from a feature store `captioner extract` built, without decoding or a backbone.
 
@@ -270,7 +270,7 @@ class Captioner:
         from .predict import predict_store
         from .store import open_features
 
-        decoding = self.decoding.but(beam, length_penalty, max_len)
+        decoding = self.decoding.but(beam, length_penalty, max_len, n_best)
         if batch_size < 1:
             raise CaptionerError(f"batch size must be at least 1, got {batch_size}")
         store = open_features(store) if isinstance(store, (str, os.PathLike)) else store
@@ -280,7 +280,7 @@ class Captioner:
         if sampled is not None and str(sampled) != str(self.sampling):
             raise CaptionerError(f"the store's features sample frames {sampled}, the model's were {self.sampling}; "
                                  f"re-extract with --frames {self.sampling}", store.path)
-        for item in predict_store(self.model.decoder, self.model.vocab, store, ids, decoding, n_best, batch_size):
+        for item in predict_store(self.model.decoder, self.model.vocab, store, ids, decoding, batch_size=batch_size):
             if item.error is not None:
                 yield item.id, item.error
             else:
@@ -309,7 +309,7 @@ class Captioner:
         except CaptionerError as error:
             return error
 
-    def _caption_pooled(self, batch: list, decoding: Decoding, n_best: int, segments: float | None,
+    def _caption_pooled(self, batch: list, decoding: Decoding, segments: float | None,
                         progress: dict | None) -> list[Caption | CaptionerError]:
         """Captions of pooled inputs (errors stay in place), decoded in one batched search."""
         results = list(batch)
@@ -317,7 +317,7 @@ class Captioner:
         if not ready:
             return results
         nbests = self._describe(np.stack([item.pooled for _, item in ready]),
-                                [source_name(item.info.is_image) for _, item in ready], decoding, n_best,
+                                [source_name(item.info.is_image) for _, item in ready], decoding,
                                 [item.timing for _, item in ready])
         for (k, item), nbest in zip(ready, nbests):
             try:
@@ -349,7 +349,7 @@ class Captioner:
                 if k + 1 < len(windows):
                     upcoming = pool.submit(self._decoded, path, *windows[k + 1])
                 pooled = self._pooled(*decoded, timing)
-                caption, score = self._describe(pooled[None], ["video"], decoding, 1, [timing])[0][0]
+                caption, score = self._describe(pooled[None], ["video"], decoding.but(n_best=1), [timing])[0][0]
                 result.append(Segment(start, end, caption, score))
                 if progress is not None:
                     progress(len(result), len(windows))

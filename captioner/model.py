@@ -1,10 +1,12 @@
-"""The caption model: a mean-pooled video vector drives an LSTM that writes a sentence.
+"""The caption model: a mean-pooled video vector drives an LSTM (or a GRU) that writes a sentence.
 
 Venugopalan et al., "Translating Videos to Natural Language Using Deep Recurrent Neural
 Networks" (NAACL 2015): the video is one vector (the time-mean of CNN frame features). It is
 projected to the word-embedding size and fed to the LSTM at every step beside the previous
 word, so the decoder cannot forget the video; `video_input="first_step"` feeds it once, as the
-first input, like Show and Tell. Decoding is greedy or beam search and stops at <eos>.
+first input, like Show and Tell. `cell: gru` swaps the LSTM for a GRU (Cho et al. 2014), a
+simpler cell. Decoding is captioner.search (greedy or beam search, stopping at <eos>) over this
+model's step, the same search the torch-free decoder runs.
 
 One model can serve photos and videos: with `condition_on_source` a learned vector for the
 kind of input (a still image or a video) is added to the video vector, so the decoder learns
@@ -18,7 +20,6 @@ backbone are refused instead of silently producing nonsense.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,13 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import search
 from .atomic import atomic_open
 from .errors import CaptionerError
 from .hashing import file_sha256
 from .numpy_decoder import (PROVENANCE_KEYS, SOURCES, InferenceExport, check_provenance,  # noqa: F401
                             export_path, provenance_differences, source_name, write_export)
 from .predict import Decoding, Hypothesis, checkpoint_decoding, predict_captions
-from .text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
+from .text import BOS_ID, EOS_ID, PAD_ID, Vocabulary
 from .train_config import ModelConfig  # noqa: F401  (re-exported)
 
 CHECKPOINT_FORMAT = "captioner-checkpoint"
@@ -86,9 +88,11 @@ class CaptionModel(nn.Module):
         self.video_proj = nn.Linear(len(self.appearance), config.embed_size)
         self.source_embed = nn.Embedding(len(SOURCES), config.embed_size) if config.condition_on_source else None
         self.embed = nn.Embedding(vocab_size, config.embed_size, padding_idx=PAD_ID)
-        lstm_in = 2 * config.embed_size if self.every_step else config.embed_size
-        self.lstm = nn.LSTM(lstm_in, config.hidden_size, config.num_layers, batch_first=True,
-                            dropout=config.dropout if config.num_layers > 1 else 0.0)
+        rnn_in = 2 * config.embed_size if self.every_step else config.embed_size
+        cell = {"lstm": nn.LSTM, "gru": nn.GRU}[config.cell]
+        # Registered under the cell's name: checkpoints' weights are "lstm.*" or "gru.*".
+        self.add_module(config.cell, cell(rnn_in, config.hidden_size, config.num_layers, batch_first=True,
+                                          dropout=config.dropout if config.num_layers > 1 else 0.0))
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, vocab_size)
         if config.tie_weights:
@@ -99,6 +103,10 @@ class CaptionModel(nn.Module):
             if concept_words is None or concept_words.ndim != 2 or len(concept_words) != classes:
                 raise CaptionerError(f"model.concept_heads cover {classes} classes: give the word ids of each")
             self.concepts = ConceptInput(config.concept_heads, concept_words, self.embed)
+
+    @property
+    def rnn(self) -> nn.Module:
+        return getattr(self, self.config.cell)
 
     def _video(self, feats: torch.Tensor, sources: torch.Tensor | None) -> torch.Tensor:
         """The projected video vector; `sources` (B,) indexes SOURCES (None: all videos)."""
@@ -125,9 +133,9 @@ class CaptionModel(nn.Module):
             return self._forward_sampled(video, tokens, sample_prob)
         words = self.drop(self.embed(tokens))
         if self.every_step:
-            out, _ = self.lstm(torch.cat([words, video[:, None].expand_as(words)], dim=-1))
+            out, _ = self.rnn(torch.cat([words, video[:, None].expand_as(words)], dim=-1))
         else:
-            out, _ = self.lstm(torch.cat([video[:, None], words], dim=1))
+            out, _ = self.rnn(torch.cat([video[:, None], words], dim=1))
             out = out[:, 1:]
         return self.head(self.drop(out))
 
@@ -147,14 +155,14 @@ class CaptionModel(nn.Module):
     def _initial_state(self, video):
         if self.every_step:
             return None
-        _, state = self.lstm(video[:, None])  # the video is the first input, before <bos>
+        _, state = self.rnn(video[:, None])  # the video is the first input, before <bos>
         return state
 
     def _step(self, video, prev_tokens, state):
         x = self.drop(self.embed(prev_tokens))[:, None]
         if self.every_step:
             x = torch.cat([x, video[:, None]], dim=-1)
-        out, state = self.lstm(x, state)
+        out, state = self.rnn(x, state)
         return self.head(self.drop(out[:, 0])), state
 
     def sample(self, feats: torch.Tensor, max_len: int = 20, sources: torch.Tensor | None = None,
@@ -173,9 +181,9 @@ class CaptionModel(nn.Module):
         for step in range(max_len + 1):
             logits, state = self._step(video, prev, state)
             # Forbidden words get zero probability and the rest is renormalised.
-            forbidden = self._allowed(torch.zeros_like(logits, dtype=torch.float32), prev, no_repeat,
+            forbidden = search.forbid(np.zeros(logits.shape, np.float32), prev.cpu().numpy(), no_repeat,
                                       step == max_len, first=step == 0)
-            logp = F.log_softmax(logits.float() + forbidden, -1)
+            logp = F.log_softmax(logits.float() + torch.from_numpy(forbidden).to(logits.device), -1)
             word = torch.multinomial(logp.detach().exp(), 1)[:, 0]
             word_logp = logp.gather(1, word[:, None])[:, 0]
             tokens.append(torch.where(alive, word, torch.full_like(word, PAD_ID)))
@@ -188,94 +196,32 @@ class CaptionModel(nn.Module):
                 break
         return torch.stack(tokens, 1), torch.stack(logps, 1)
 
-    @staticmethod
-    def _allowed(logp, prev_tokens, no_repeat: bool, must_end: bool, first: bool = False):
-        """Mask what a caption may never contain next; at the length limit only <eos> is left."""
-        logp[:, [PAD_ID, BOS_ID, UNK_ID]] = -math.inf
-        if first:  # an empty caption is never an answer, however unsure the model is
-            logp[:, EOS_ID] = -math.inf
-        if no_repeat:  # "a man is is playing": never the same word twice in a row
-            logp.scatter_(1, prev_tokens[:, None], -math.inf)
-        if must_end:
-            eos = logp[:, EOS_ID].clone()
-            logp.fill_(-math.inf)
-            logp[:, EOS_ID] = eos
-        return logp
+    # ------------------------------------------------------------------ the search's Step
+    def begin(self, feats, sources, copies: int):
+        """`sources`: a (B,) tensor of SOURCES indices, or None (all videos)."""
+        feats = torch.as_tensor(feats, device=self.head.weight.device)
+        video = self._video(feats, sources).repeat_interleave(copies, dim=0)
+        return video, self._initial_state(video)
+
+    def log_probs(self, state, prev: np.ndarray):
+        video, rnn_state = state
+        logits, rnn_state = self._step(video, torch.from_numpy(prev).to(video.device), rnn_state)
+        return F.log_softmax(logits.float(), -1).cpu().numpy(), (video, rnn_state)
+
+    def select(self, state, rows: np.ndarray):
+        video, rnn_state = state
+        rows = torch.from_numpy(rows).to(video.device)
+        if isinstance(rnn_state, tuple):  # an LSTM's (h, c)
+            return video[rows], tuple(part[:, rows] for part in rnn_state)
+        return video[rows], None if rnn_state is None else rnn_state[:, rows]
 
     # ------------------------------------------------------------------ decoding
-    @torch.no_grad()
-    def greedy(self, feats: torch.Tensor, max_len: int = 20, length_penalty: float = 0.0,
-               no_repeat: bool = True, sources: torch.Tensor | None = None) -> list[tuple[list[int], float]]:
-        """The most likely word at every step: (word ids, score) per video."""
-        video = self._video(feats, sources)
-        state = self._initial_state(video)
-        prev = torch.full((feats.size(0),), BOS_ID, dtype=torch.long, device=feats.device)
-        total = torch.zeros(feats.size(0), device=feats.device)
-        alive = torch.ones(feats.size(0), dtype=torch.bool, device=feats.device)
-        chosen = []
-        for step in range(max_len + 1):
-            logits, state = self._step(video, prev, state)
-            logp = self._allowed(F.log_softmax(logits.float(), -1), prev, no_repeat, step == max_len,
-                                  first=step == 0)
-            best, prev = logp.max(dim=-1)
-            total += torch.where(alive, best, torch.zeros_like(best))
-            chosen.append(prev)
-            alive &= prev != EOS_ID
-            if not alive.any():
-                break
-        results = []
-        for row, score in zip(torch.stack(chosen, 1).tolist(), total.tolist()):
-            words = row[: row.index(EOS_ID)]
-            results.append((words, score / (len(words) + 1) ** length_penalty))
-        return results
-
     @torch.no_grad()
     def generate(self, feats: torch.Tensor, beam_size: int = 1, max_len: int = 20,
                  length_penalty: float = 0.0, n_best: int = 1, no_repeat: bool = True,
                  sources: torch.Tensor | None = None) -> list[list[tuple[list[int], float]]]:
-        """Batched beam search: per video, the n best (word ids, score), best first.
-
-        score = sum of word log-probabilities (with <eos>) / length ** length_penalty; a
-        penalty of 0 ranks by total probability, 1 by the mean per word (favours longer
-        captions). A video stops once `beam_size` captions have ended (fairseq's rule).
-        """
-        if not 1 <= n_best <= beam_size:
-            raise ValueError(f"n_best must be between 1 and beam_size ({beam_size}), got {n_best}")
-        batch, k, vocab = feats.size(0), beam_size, self.vocab_size
-        device = feats.device
-        video = self._video(feats, sources).repeat_interleave(k, dim=0)
-        state = self._initial_state(video)
-        prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
-        history = torch.zeros((batch * k, 0), dtype=torch.long, device=device)
-        # All beams start identical; only the first is alive, or the top k would be k copies.
-        scores = torch.full((batch, k), -math.inf, device=device)
-        scores[:, 0] = 0.0
-        finished: list[list[tuple[list[int], float]]] = [[] for _ in range(batch)]
-        done = [False] * batch
-        offsets = torch.arange(batch, device=device)[:, None] * k
-        for step in range(max_len + 1):
-            logits, state = self._step(video, prev, state)
-            logp = self._allowed(F.log_softmax(logits.float(), -1), prev, no_repeat, step == max_len,
-                                  first=step == 0)
-            candidates = (scores.view(-1, 1) + logp).view(batch, k * vocab)
-            # 2k candidates: at most k of them end in <eos>, so k live ones always remain.
-            top_scores, top = candidates.topk(min(2 * k, k * vocab), dim=1)
-            beam, token = top // vocab, top % vocab
-            ends = (token == EOS_ID) & torch.isfinite(top_scores)
-            ends[:, k:] = False  # only endings that rank among the k best count
-            for b, j in ends.nonzero().tolist():
-                if not done[b]:
-                    words = history[b * k + beam[b, j]].tolist()
-                    finished[b].append((words, top_scores[b, j].item() / (len(words) + 1) ** length_penalty))
-            scores, pick = top_scores.masked_fill(token == EOS_ID, -math.inf).topk(k, dim=1)
-            rows = (beam.gather(1, pick) + offsets).view(-1)
-            prev = token.gather(1, pick).view(-1)
-            history = torch.cat([history[rows], prev[:, None]], dim=1)
-            state = None if state is None else tuple(s[:, rows] for s in state)
-            done = [d or len(f) >= k for d, f in zip(done, finished)]
-            if all(done):
-                break
-        return [sorted(f, key=lambda hyp: -hyp[1])[:n_best] for f in finished]
+        """Per video, the n best (word ids, score), best first (captioner.search.beam_search)."""
+        return search.beam_search(self, feats, sources, beam_size, max_len, length_penalty, n_best, no_repeat)
 
 
 def source_ids(sources, device=None) -> torch.Tensor:
@@ -312,9 +258,6 @@ class Checkpoint:
 
     def check_features(self, provenance: dict | None, features_path=None) -> None:
         check_provenance(self.provenance, provenance, self.path, features_path)
-
-    def decode(self, ids) -> str:
-        return self.vocab.decode(ids)
 
     @property
     def decoding(self) -> Decoding:
@@ -387,11 +330,13 @@ def _export_arrays(payload: dict, path: Path) -> tuple[dict, dict]:
                if v.is_floating_point() or k == "concepts.concept_words"}
     if payload["model_config"].get("tie_weights"):
         weights.pop("head.weight", None)  # the word embedding again: stored once
-    meta = {"model_config": payload["model_config"], "vocab": payload["vocab"],
+    meta = {"model_config": asdict(ModelConfig(**payload["model_config"])),  # every key, the cell too
+            "vocab": payload["vocab"],
             "provenance": payload["provenance"], "epoch": payload.get("epoch", 0),
             "metrics": payload.get("metrics", {}), "checkpoint_sha256": file_sha256(path),
             # What the torch-free path decodes with unless told otherwise: the checkpoint's own.
-            "decoding": asdict(checkpoint_decoding(payload.get("config")))}
+            "decoding": {k: v for k, v in asdict(checkpoint_decoding(payload.get("config"))).items()
+                         if v is not None}}
     return weights, meta
 
 

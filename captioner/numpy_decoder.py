@@ -1,8 +1,8 @@
 """The caption decoder in numpy, read from an inference export: captioning without torch.
 
 `captioner caption` spent most of its time importing torch for a decoder that does a few
-small matrix products per word. This module is the same decoder (the video vector, the LSTM
-step, greedy and beam search with the same masks, n-best and length penalty) over plain numpy
+small matrix products per word. This module is the same decoder (the video vector, the LSTM or
+GRU step; the search over it is captioner.search, shared with the torch model) over plain numpy
 arrays, and the file format it reads: `model.inference.npz` beside `model.pt`, the weights
 (float32, or float16 when the checkpoint holds float16) with the vocabulary, config and feature
 provenance as JSON. Given the same features it returns the torch decoder's captions and scores
@@ -22,7 +22,8 @@ import numpy as np
 
 from .atomic import atomic_open
 from .errors import CaptionerError
-from .text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
+from . import search
+from .text import PAD_ID, Vocabulary
 
 EXPORT_FORMAT = "captioner-inference"
 EXPORT_VERSION = 1
@@ -128,8 +129,55 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+class _LSTMLayer:
+    """One layer of torch.nn.LSTM; its state is (h, c). Weights are transposed once so every
+    step is x @ W; the two biases are always summed."""
+
+    def __init__(self, w_ih, w_hh, b_ih, b_hh):
+        self.w_ih, self.w_hh = np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T)
+        self.bias = b_ih + b_hh
+
+    def zero(self, rows: int):
+        hidden = self.w_hh.shape[0]
+        return np.zeros((rows, hidden), np.float32), np.zeros((rows, hidden), np.float32)
+
+    def step(self, x_part: np.ndarray, state):
+        """(output, state) after one input; `x_part` is the input already multiplied by w_ih."""
+        h, c = state
+        gates = x_part + h @ self.w_hh + self.bias
+        i, f, g, o = np.split(gates, 4, axis=1)  # torch's gate order
+        c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+        out = _sigmoid(o) * np.tanh(c)
+        return out, (out, c)
+
+
+class _GRULayer:
+    """One layer of torch.nn.GRU (Cho et al. 2014); its state is (h,). The biases stay apart:
+    the reset gate scales the hidden state's share of the candidate, bias included."""
+
+    def __init__(self, w_ih, w_hh, b_ih, b_hh):
+        self.w_ih, self.w_hh = np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T)
+        self.b_ih, self.b_hh = b_ih, b_hh
+
+    def zero(self, rows: int):
+        return (np.zeros((rows, self.w_hh.shape[0]), np.float32),)
+
+    def step(self, x_part: np.ndarray, state):
+        (h,) = state
+        x_r, x_z, x_n = np.split(x_part + self.b_ih, 3, axis=1)  # torch's gate order
+        h_r, h_z, h_n = np.split(h @ self.w_hh + self.b_hh, 3, axis=1)
+        reset, update = _sigmoid(x_r + h_r), _sigmoid(x_z + h_z)
+        candidate = np.tanh(x_n + reset * h_n)
+        h = (1 - update) * candidate + update * h
+        return h, (h,)
+
+
+CELLS = {"lstm": _LSTMLayer, "gru": _GRULayer}
+
+
 class NumpyDecoder:
-    """CaptionModel's inference half (captioner.model) in float32 numpy.
+    """CaptionModel's inference half (captioner.model) in float32 numpy: the `Step` that
+    captioner.search searches over.
 
     `weights` are CaptionModel's state_dict as arrays (any float dtype; computed in float32).
     """
@@ -145,12 +193,12 @@ class NumpyDecoder:
         self.video_bias = w["video_proj.bias"]
         self.source_embed = w.get("source_embed.weight")  # only with condition_on_source
         self.embed = w["embed.weight"]
-        # Weights transposed once so every step is x @ W; the two LSTM biases are always summed.
-        self.layers = []
-        for n in range(int(self.config.get("num_layers", 1))):
-            self.layers.append((np.ascontiguousarray(w[f"lstm.weight_ih_l{n}"].T),
-                                np.ascontiguousarray(w[f"lstm.weight_hh_l{n}"].T),
-                                w[f"lstm.bias_ih_l{n}"] + w[f"lstm.bias_hh_l{n}"]))
+        cell = self.config.get("cell", "lstm")  # exports made before the GRU have LSTMs
+        if cell not in CELLS:
+            raise ValueError(f"unknown recurrent cell {cell!r} (this captioner knows {', '.join(CELLS)})")
+        self.layers = [CELLS[cell](*(w[f"{cell}.{part}_l{n}"] for part in ("weight_ih", "weight_hh", "bias_ih",
+                                                                            "bias_hh")))
+                       for n in range(int(self.config.get("num_layers", 1)))]
         head = w["embed.weight"] if self.config.get("tie_weights") else w["head.weight"]
         self.head_weight = np.ascontiguousarray(head.T)
         self.head_bias = w["head.bias"]
@@ -187,133 +235,48 @@ class NumpyDecoder:
         return video
 
     # ------------------------------------------------------------------ one step
-    def _lstm(self, x_part: np.ndarray, state):
-        """One LSTM step; `x_part` is the first layer's input already multiplied by its weights."""
+    def _rnn(self, x_part: np.ndarray, state):
+        """One step of every layer; `x_part` is the first layer's input already multiplied by its weights."""
         new_state, out = [], None
-        for n, (w_ih, w_hh, bias) in enumerate(self.layers):
-            h, c = state[n]
-            gates = (x_part if n == 0 else out @ w_ih) + h @ w_hh + bias
-            i, f, g, o = np.split(gates, 4, axis=1)  # torch's gate order
-            c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
-            out = _sigmoid(o) * np.tanh(c)
-            new_state.append((out, c))
+        for n, layer in enumerate(self.layers):
+            out, layer_state = layer.step(x_part if n == 0 else out @ layer.w_ih, state[n])
+            new_state.append(layer_state)
         return out, new_state
-
-    def _zero_state(self, rows: int):
-        hidden = self.layers[0][1].shape[0]
-        return [(np.zeros((rows, hidden), np.float32), np.zeros((rows, hidden), np.float32)) for _ in self.layers]
 
     def _start(self, video: np.ndarray):
         """(state, the video's constant share of the first layer's gates per step)."""
-        w_ih = self.layers[0][0]
-        state = self._zero_state(len(video))
+        w_ih = self.layers[0].w_ih
+        state = [layer.zero(len(video)) for layer in self.layers]
         if self.every_step:
             # The word and the video are concatenated at every step; the video half of the
             # product never changes, so it is computed once per caption, not once per word.
             return state, video @ w_ih[self.embed_size:]
-        _, state = self._lstm(video @ w_ih, state)  # the video is the first input, before <bos>
+        _, state = self._rnn(video @ w_ih, state)  # the video is the first input, before <bos>
         return state, None
 
-    def _step(self, video_gates, prev: np.ndarray, state):
-        x_part = self.embed[prev] @ self.layers[0][0][: self.embed_size]
+    # ------------------------------------------------------------------ the search's Step
+    def begin(self, feats, sources, copies: int):
+        return self._start(np.repeat(self.video_vector(self._rows(feats), sources), copies, axis=0))
+
+    def log_probs(self, state, prev: np.ndarray):
+        layers, video_gates = state
+        x_part = self.embed[prev] @ self.layers[0].w_ih[: self.embed_size]
         if video_gates is not None:
             x_part = x_part + video_gates
-        out, state = self._lstm(x_part, state)
-        return out @ self.head_weight + self.head_bias, state
+        out, layers = self._rnn(x_part, layers)
+        return _log_softmax(out @ self.head_weight + self.head_bias), (layers, video_gates)
 
-    @staticmethod
-    def _allowed(logp, prev, no_repeat: bool, must_end: bool, first: bool = False):
-        """Mask what a caption may never contain next; at the length limit only <eos> is left."""
-        logp[:, [PAD_ID, BOS_ID, UNK_ID]] = -np.inf
-        if first:  # an empty caption is never an answer, however unsure the model is
-            logp[:, EOS_ID] = -np.inf
-        if no_repeat:  # "a man is is playing": never the same word twice in a row
-            logp[np.arange(len(prev)), prev] = -np.inf
-        if must_end:
-            eos = logp[:, EOS_ID].copy()
-            logp.fill(-np.inf)
-            logp[:, EOS_ID] = eos
-        return logp
+    def select(self, state, rows: np.ndarray):
+        layers, video_gates = state
+        return ([tuple(part[rows] for part in layer) for layer in layers],
+                None if video_gates is None else video_gates[rows])
 
-    def _log_probs(self, video_gates, prev, state, no_repeat, step, max_len):
-        logits, state = self._step(video_gates, prev, state)
-        logp = self._allowed(_log_softmax(logits), prev, no_repeat, step == max_len, first=step == 0)
-        return logp, state
+    def _rows(self, feats) -> np.ndarray:
+        return np.asarray(feats, dtype=np.float32).reshape(-1, self.feature_dim)
 
     # ------------------------------------------------------------------ decoding
-    def greedy(self, feats, max_len: int = 20, length_penalty: float = 0.0, no_repeat: bool = True,
-               sources=None) -> list[tuple[list[int], float]]:
-        """The most likely word at every step: (word ids, score) per video."""
-        feats = np.asarray(feats, dtype=np.float32).reshape(-1, self.feature_dim)
-        state, video_gates = self._start(self.video_vector(feats, sources))
-        batch = len(feats)
-        prev = np.full(batch, BOS_ID, dtype=np.int64)
-        total = np.zeros(batch, dtype=np.float32)
-        alive = np.ones(batch, dtype=bool)
-        chosen = []
-        for step in range(max_len + 1):
-            logp, state = self._log_probs(video_gates, prev, state, no_repeat, step, max_len)
-            prev = logp.argmax(axis=-1)
-            total += np.where(alive, logp[np.arange(batch), prev], np.float32(0))
-            chosen.append(prev)
-            alive &= prev != EOS_ID
-            if not alive.any():
-                break
-        results = []
-        for row, score in zip(np.stack(chosen, 1).tolist(), total.tolist()):
-            words = row[: row.index(EOS_ID)]
-            results.append((words, score / (len(words) + 1) ** length_penalty))
-        return results
-
     def generate(self, feats, beam_size: int = 1, max_len: int = 20, length_penalty: float = 0.0,
                  n_best: int = 1, no_repeat: bool = True, sources=None) -> list[list[tuple[list[int], float]]]:
-        """Batched beam search: per video, the n best (word ids, score), best first.
-
-        The same search as CaptionModel.generate: score = sum of word log-probabilities (with
-        <eos>) / (words + 1) ** length_penalty, and a video stops once `beam_size` captions
-        have ended.
-        """
-        if not 1 <= n_best <= beam_size:
-            raise ValueError(f"n_best must be between 1 and beam_size ({beam_size}), got {n_best}")
-        feats = np.asarray(feats, dtype=np.float32).reshape(-1, self.feature_dim)
-        batch, k, vocab = len(feats), beam_size, self.vocab_size
-        state, video_gates = self._start(np.repeat(self.video_vector(feats, sources), k, axis=0))
-        prev = np.full(batch * k, BOS_ID, dtype=np.int64)
-        history = np.zeros((batch * k, 0), dtype=np.int64)
-        # All beams start identical; only the first is alive, or the top k would be k copies.
-        scores = np.full((batch, k), -np.inf, dtype=np.float32)
-        scores[:, 0] = 0.0
-        finished: list[list[tuple[list[int], float]]] = [[] for _ in range(batch)]
-        done = [False] * batch
-        offsets = np.arange(batch)[:, None] * k
-        for step in range(max_len + 1):
-            logp, state = self._log_probs(video_gates, prev, state, no_repeat, step, max_len)
-            candidates = (scores.reshape(-1, 1) + logp).reshape(batch, k * vocab)
-            # 2k candidates: at most k of them end in <eos>, so k live ones always remain.
-            top = _top(candidates, min(2 * k, k * vocab))
-            top_scores = np.take_along_axis(candidates, top, 1)
-            beam, token = top // vocab, top % vocab
-            ends = (token == EOS_ID) & np.isfinite(top_scores)
-            ends[:, k:] = False  # only endings that rank among the k best count
-            for b, j in np.argwhere(ends).tolist():
-                if not done[b]:
-                    words = history[b * k + beam[b, j]].tolist()
-                    finished[b].append((words, float(top_scores[b, j]) / (len(words) + 1) ** length_penalty))
-            live_scores = np.where(token == EOS_ID, np.float32(-np.inf), top_scores)
-            pick = _top(live_scores, k)
-            scores = np.take_along_axis(live_scores, pick, 1)
-            rows = (np.take_along_axis(beam, pick, 1) + offsets).reshape(-1)
-            prev = np.take_along_axis(token, pick, 1).reshape(-1)
-            history = np.concatenate([history[rows], prev[:, None]], axis=1)
-            state = [(h[rows], c[rows]) for h, c in state]
-            if video_gates is not None:
-                video_gates = video_gates[rows]
-            done = [d or len(f) >= k for d, f in zip(done, finished)]
-            if all(done):
-                break
-        return [sorted(f, key=lambda hyp: -hyp[1])[:n_best] for f in finished]
-
-
-def _top(values: np.ndarray, count: int) -> np.ndarray:
-    """Indices of the `count` largest per row, largest first; ties keep the lower index first."""
-    return np.argsort(-values, axis=1, kind="stable")[:, :count]
+        """Per video, the n best (word ids, score), best first (captioner.search.beam_search)."""
+        return search.beam_search(self, self._rows(feats), sources, beam_size, max_len, length_penalty, n_best,
+                                  no_repeat)

@@ -6,7 +6,8 @@ feature store), so a pipeline report scores exactly the decoder users run. It ta
 decoder: `CaptionModel` (torch, for training and GPUs) or `NumpyDecoder` (the torch-free one
 `captioner caption` uses); both run the same search and give the same captions.
 
-How to decode (beam size, length penalty, length limit) is a `Decoding`. Its defaults belong
+How to decode (beam size, n-best, length penalty, length limit) is a `Decoding`
+(captioner.search, re-exported here). Its defaults belong
 to the model: a training config's `decoding` section is saved in every checkpoint and its
 inference export, and `checkpoint_decoding` reads it back (checkpoints from before the section
 get `DEFAULT_DECODING`, what `captioner caption` always used).
@@ -15,49 +16,13 @@ get `DEFAULT_DECODING`, what `captioner caption` always used).
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 from .errors import CaptionerError
 from .numpy_decoder import SOURCES, source_name
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How captions are searched for; also the `decoding` section of a training config."""
-
-    beam: int = 3
-    # Beam search ranks by log-probability / (words + 1) ** this: 0 favours short, generic captions.
-    length_penalty: float = 0.5
-    max_len: int = 20  # longest caption in words
-
-    def validate(self) -> None:
-        """A one-line CaptionerError for any value out of range (config.validate_config calls it too)."""
-        from .config import require
-
-        require(isinstance(self.beam, int) and self.beam >= 1, "decoding.beam", "at least 1", self.beam)
-        require(isinstance(self.max_len, int) and self.max_len >= 1, "decoding.max_len", "at least 1",
-                self.max_len)
-        require(isinstance(self.length_penalty, (int, float)) and math.isfinite(self.length_penalty)
-                and self.length_penalty >= 0, "decoding.length_penalty", "a number >= 0", self.length_penalty)
-
-    def but(self, beam: int | None = None, length_penalty: float | None = None,
-            max_len: int | None = None) -> "Decoding":
-        """These settings with the given ones changed (None keeps a setting), checked."""
-        changes = {k: v for k, v in (("beam", beam), ("length_penalty", length_penalty), ("max_len", max_len))
-                   if v is not None}
-        result = dataclasses.replace(self, **changes)
-        try:
-            result.validate()
-        except CaptionerError as error:  # the config's field names mean nothing to an API caller
-            raise CaptionerError(error.reason.replace("decoding.", "")) from None
-        return result
-
-
-DEFAULT_DECODING = Decoding()
+from .search import ALTERNATIVES, DEFAULT_DECODING, Decoding, check_settings, search  # noqa: F401 (re-exported)
 
 
 def checkpoint_decoding(config: dict | None) -> Decoding:
@@ -77,41 +42,39 @@ def _is_torch(decoder) -> bool:
 
 
 def predict_captions(decoder, vocab, feats, sources: str | Sequence[str] = "video",
-                     decoding: Decoding = DEFAULT_DECODING, n_best: int = 1,
+                     decoding: Decoding = DEFAULT_DECODING, n_best: int | None = None,
                      batch_size: int = 256) -> list[list[Hypothesis]]:
-    """Per row of `feats` (pooled vectors, (N, D) array or tensor), its `n_best` captions, best first.
+    """Per row of `feats` (pooled vectors, (N, D) array or tensor), its n-best captions, best first.
 
     `decoder` is a torch `CaptionModel` or a `NumpyDecoder`, `vocab` the vocabulary it was trained
     with. `sources` says what each row was extracted from ("image" or "video", one for all rows or
-    one per row); it matters only to a model trained with condition_on_source. `n_best` is capped
-    at the beam size (a beam holds no more). Rows are decoded `batch_size` at a time.
+    one per row); it matters only to a model trained with condition_on_source. `n_best`, when
+    given, replaces `decoding.n_best` (more than the beam is refused). Rows are decoded
+    `batch_size` at a time.
     """
-    decoding.validate()
+    decoding = decoding.but(n_best=n_best)
     rows = len(feats)
     names = [sources] * rows if isinstance(sources, str) else list(sources)
     if len(names) != rows or set(names) - set(SOURCES):
         raise ValueError(f"sources: one of {SOURCES} per row ({rows}), got {names!r}")
-    n_best = max(1, min(n_best, decoding.beam))
-    search = dict(beam_size=decoding.beam, max_len=decoding.max_len, length_penalty=decoding.length_penalty,
-                  n_best=n_best)
     hyps = []
     for start in range(0, rows, batch_size):
         batch, batch_sources = feats[start:start + batch_size], names[start:start + batch_size]
-        hyps.extend(_generate_torch(decoder, batch, batch_sources, search) if _is_torch(decoder)
-                    else _generate_numpy(decoder, batch, batch_sources, search))
+        hyps.extend(_search_torch(decoder, batch, batch_sources, decoding) if _is_torch(decoder)
+                    else _search_numpy(decoder, batch, batch_sources, decoding))
     return [[Hypothesis(vocab.decode(tokens), float(score)) for tokens, score in row] for row in hyps]
 
 
-def _generate_numpy(decoder, feats, sources, search):
+def _search_numpy(decoder, feats, sources, decoding):
     from threadpoolctl import threadpool_limits
 
     # A few (beam, 512) x (512, 2560) products per word: BLAS threads only add overhead here,
     # and on a busy 2-core machine they made decoding 10-20x slower (measured).
     with threadpool_limits(1, user_api="blas"):
-        return decoder.generate(np.asarray(feats, dtype=np.float32), sources=sources, **search)
+        return search(decoder, np.asarray(feats, dtype=np.float32).reshape(len(feats), -1), sources, decoding)
 
 
-def _generate_torch(model, feats, sources, search):
+def _search_torch(model, feats, sources, decoding):
     import torch
 
     device = next(model.parameters()).device
@@ -122,7 +85,7 @@ def _generate_torch(model, feats, sources, search):
             feats = torch.as_tensor(feats, device=device) if isinstance(feats, torch.Tensor) \
                 else torch.as_tensor(np.asarray(feats, dtype=np.float32), device=device)
             ids = torch.tensor([SOURCES.index(s) for s in sources], dtype=torch.long, device=device)
-            return model.generate(feats, sources=ids, **search)
+            return search(model, feats, ids, decoding)
     finally:
         model.train(was_training)
 
@@ -136,7 +99,7 @@ class StoreItem(NamedTuple):
 
 
 def predict_store(decoder, vocab, store, ids: Iterable[str] | None = None, decoding: Decoding = DEFAULT_DECODING,
-                  n_best: int = 1, batch_size: int = 256) -> Iterator[StoreItem]:
+                  n_best: int | None = None, batch_size: int = 256) -> Iterator[StoreItem]:
     """Caption the pooled vectors of a feature store (`ids`, default all), `batch_size` at a time.
 
     Yields one StoreItem per id, in order: an id the store lacks, or an unreadable entry, fails

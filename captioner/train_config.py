@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .config import require
 from .errors import UsageError
-from .predict import Decoding
+from .search import Decoding
 
 
 @dataclass
@@ -21,6 +21,7 @@ class ModelConfig:
     embed_size: int = 256
     hidden_size: int = 256  # small enough to train on a CPU; the configs in configs/ use 512
     num_layers: int = 1
+    cell: str = "lstm"  # or "gru" (Cho et al. 2014): the recurrent cell; checkpoints without it are LSTMs
     dropout: float = 0.3
     video_input: str = "every_step"  # or "first_step"
     tie_weights: bool = False  # share the word embedding with the output layer
@@ -37,6 +38,8 @@ class ModelConfig:
         require(self.feature_dim >= 0, "model.feature_dim", "positive (or 0: from the feature store)",
                 self.feature_dim)
         require(0 <= self.dropout < 1, "model.dropout", "at least 0 and below 1", self.dropout)
+        if self.cell not in ("lstm", "gru"):
+            raise UsageError(f"model.cell must be lstm or gru, not {self.cell!r}")
         if self.video_input not in ("every_step", "first_step"):
             raise UsageError(f"model.video_input must be every_step or first_step, not {self.video_input!r}")
         if self.tie_weights and self.embed_size != self.hidden_size:

@@ -7,6 +7,7 @@ import torch
 
 from captioner.errors import CaptionerError
 from captioner.model import CaptionModel, ModelConfig, export_checkpoint, load_checkpoint, save_checkpoint
+from captioner.search import forbid
 from captioner.text import BOS_ID, EOS_ID, SPECIALS, Vocabulary
 
 VOCAB = 40
@@ -25,7 +26,8 @@ def _model(seed=0, **overrides) -> CaptionModel:
 
 
 @pytest.mark.parametrize("overrides", [{}, {"video_input": "first_step"},
-                                       {"num_layers": 2, "hidden_size": 16, "tie_weights": True}])
+                                       {"num_layers": 2, "hidden_size": 16, "tie_weights": True},
+                                       {"cell": "gru"}, {"cell": "gru", "video_input": "first_step"}])
 def test_forward_gives_next_word_logits(overrides):
     model = _model(**overrides)
     tokens = torch.randint(4, VOCAB, (3, 7))
@@ -39,6 +41,13 @@ def test_forward_gives_next_word_logits(overrides):
                                model(torch.zeros(3, 24), changed)[:, :5])
 
 
+def test_the_cell_is_an_lstm_or_a_gru():
+    assert isinstance(_model().rnn, torch.nn.LSTM) and isinstance(_model(cell="gru").rnn, torch.nn.GRU)
+    assert {k.split(".")[0] for k in _model(cell="gru").state_dict()} >= {"gru"}
+    with pytest.raises(CaptionerError, match="model.cell must be lstm or gru, not 'rnn'"):
+        _model(cell="rnn")
+
+
 def test_tied_weights_need_equal_sizes():
     with pytest.raises(CaptionerError, match="tie_weights"):
         _model(tie_weights=True)
@@ -47,28 +56,37 @@ def test_tied_weights_need_equal_sizes():
 
 
 @pytest.mark.parametrize("video_input", ["every_step", "first_step"])
-def test_beam_size_one_equals_greedy(video_input):
-    model = _model(video_input=video_input)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_beam_size_one_is_greedy(video_input, cell):
+    """A beam of 1 takes the most likely allowed word at every step: checked against the model's
+    teacher-forced log-probabilities of the caption it returned."""
+    model = _model(video_input=video_input, cell=cell)
     feats = torch.randn(16, 24)
     for penalty in (0.0, 0.8):
-        greedy = model.greedy(feats, max_len=12, length_penalty=penalty)
-        beam = model.generate(feats, beam_size=1, max_len=12, length_penalty=penalty)
-        assert [b[0][0] for b in beam] == [g[0] for g in greedy]
-        assert [b[0][1] for b in beam] == pytest.approx([g[1] for g in greedy], abs=1e-5)
+        for row, [(tokens, score)] in enumerate(model.generate(feats, beam_size=1, max_len=12, length_penalty=penalty)):
+            sequence = torch.tensor([[BOS_ID, *tokens, EOS_ID]])
+            with torch.no_grad():
+                logp = model(feats[row:row + 1], sequence[:, :-1]).float().log_softmax(-1)[0].numpy()
+            for position, word in enumerate(sequence[0, 1:].tolist()):
+                allowed = forbid(logp[position:position + 1].copy(), sequence[0, position:position + 1].numpy(),
+                                 True, position == 12, first=position == 0)
+                assert allowed.argmax() == word
+            assert score == pytest.approx(logp[range(len(tokens) + 1), sequence[0, 1:]].sum()
+                                          / (len(tokens) + 1) ** penalty, abs=1e-4)
 
 
 def test_n_best_is_sorted_distinct_and_at_least_as_good_as_greedy():
     model = _model(seed=1)
     feats = torch.randn(6, 24)
     nbest = model.generate(feats, beam_size=5, n_best=5, max_len=10)
-    greedy = model.greedy(feats, max_len=10)
-    for hyps, (_, greedy_score) in zip(nbest, greedy):
+    greedy = model.generate(feats, beam_size=1, max_len=10)
+    for hyps, [(_, greedy_score)] in zip(nbest, greedy):
         scores = [score for _, score in hyps]
         assert len(hyps) == 5 and scores == sorted(scores, reverse=True)
         assert len({tuple(tokens) for tokens, _ in hyps}) == 5
         assert scores[0] >= greedy_score - 1e-5
         assert all(len(tokens) <= 10 and EOS_ID not in tokens for tokens, _ in hyps)
-    with pytest.raises(ValueError):
+    with pytest.raises(CaptionerError, match="n_best 3 is more than beam 2"):  # the one rule, captioner.search
         model.generate(feats, beam_size=2, n_best=3)
 
 
@@ -90,7 +108,7 @@ def test_repetition_guard():
     feats = torch.randn(4, 24)
     unguarded = model.generate(feats, beam_size=3, max_len=6, no_repeat=False)
     assert unguarded[0][0][0] == [7] * 6
-    for hyps in model.generate(feats, beam_size=3, max_len=6) + [[g] for g in model.greedy(feats, max_len=6)]:
+    for hyps in model.generate(feats, beam_size=3, max_len=6) + model.generate(feats, beam_size=1, max_len=6):
         tokens = hyps[0][0]
         assert all(a != b for a, b in zip(tokens, tokens[1:])) and tokens.count(7) >= 3
 
