@@ -15,14 +15,14 @@ import os
 import sys
 import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from .atomic import atomic_write
 from .catalog import DEFAULT_MODEL
 from .concepts import heads, top_concepts
 from .errors import CaptionerError, UsageError
@@ -64,8 +64,15 @@ class Caption:
         return asdict(self)
 
 
+def run_timing(timing: dict, startup: float, model_load: float, total: float) -> dict:
+    """A caption's `timing` as it is reported (`captioner caption --json`, the server): the run's
+    startup and model load around the input's own decode, backbone and caption seconds, then
+    the total, in seconds rounded to 0.1 ms."""
+    return {"startup": round(startup, 4), "model_load": round(model_load, 4), **timing, "total": round(total, 4)}
+
+
 @dataclass
-class _Pooled:
+class _Encoded:
     """An input on its way to a caption: its features are computed, its words not yet."""
 
     path: str | os.PathLike
@@ -129,13 +136,12 @@ class Captioner:
         provenance = inference.provenance or {}
         if "backbone" not in provenance:
             raise CaptionerError("checkpoint does not record which backbone made its training features", path)
-        if precision == "auto":
-            precision = _training_precision(provenance, runtime, device)
 
         def backbone():
             from .runtime import load_backbone
 
-            loaded = load_backbone(provenance, runtime=runtime, precision=precision, device=device)
+            chosen = _training_precision(provenance, runtime, device) if precision == "auto" else precision
+            loaded = load_backbone(provenance, runtime=runtime, precision=chosen, device=device)
             inference.check_features({**loaded.provenance(), "frames": provenance.get("frames")}, path)
             return loaded
 
@@ -200,10 +206,10 @@ class Captioner:
         each; an exception raised from it stops the work there.
         """
         decoding = self.decoding.but(beam, length_penalty, max_len, n_best)
-        pooled = self._pool(path, video_id(Path(path)), self._decoded(path))
-        if isinstance(pooled, CaptionerError):
-            raise pooled
-        return self._caption_pooled([pooled], decoding, segments, {path: progress} if progress else None)[0]
+        encoded = self._encode(path, video_id(Path(path)), self._decoded(path))
+        if isinstance(encoded, CaptionerError):
+            raise encoded
+        return self._caption_encoded([encoded], decoding, segments, {path: progress} if progress else None)[0]
 
     def caption_many(self, paths, beam: int | None = None, n_best: int | None = None, max_len: int | None = None,
                      segments: float | None = None,
@@ -218,7 +224,7 @@ class Captioner:
         all)` follows each input's segment windows.
 
         Each input's frames are decoded while the one before runs through the backbone and the
-        decoder (one ahead), so on 2 cores decoding and inference overlap.
+        decoder (`one_ahead`), so on 2 cores decoding and inference overlap.
         """
         decoding = self.decoding.but(beam, length_penalty, max_len, n_best)
         if batch_size < 1:
@@ -226,22 +232,15 @@ class Captioner:
         paths = list(paths)
         ids = video_ids([Path(p) for p in paths])  # same-stem inputs get ids of their own, as in a store
         follow = None if progress is None else {p: (lambda done, total, p=p: progress(p, done, total)) for p in paths}
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner-decode")
-        try:
-            upcoming = pool.submit(self._decoded, paths[0]) if paths else None
+        with closing(one_ahead(self._decoded, [(path,) for path in paths])) as decoded:
             batch: list = []
-            for k, path in enumerate(paths):
-                current = upcoming
-                if k + 1 < len(paths):
-                    upcoming = pool.submit(self._decoded, paths[k + 1])
+            for k, (path, frames) in enumerate(zip(paths, decoded)):
                 # Pooled at once, so only the vectors of a batch wait for it, never its frames.
-                batch.append(self._pool(path, ids[Path(path)], current))
+                batch.append(self._encode(path, ids[Path(path)], frames))
                 if len(batch) == batch_size or k + 1 == len(paths):
                     yield from zip(paths[k + 1 - len(batch):k + 1],
-                                   self._caption_pooled(batch, decoding, segments, follow))
+                                   self._caption_encoded(batch, decoding, segments, follow))
                     batch = []
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
 
     def caption_frames(self, frames, fps: float | None = None, beam: int | None = None, n_best: int | None = None,
                        max_len: int | None = None, length_penalty: float | None = None,
@@ -254,7 +253,7 @@ class Captioner:
         decoding = self.decoding.but(beam, length_penalty, max_len, n_best)
         t0 = time.perf_counter()
         decoded = _frames_as_video(frames, fps, self.sampling, self.backbone.clip_len, name)
-        return self._caption_pooled([self._pool(name, name, (decoded, time.perf_counter() - t0))], decoding,
+        return self._caption_encoded([self._encode(name, name, (decoded, time.perf_counter() - t0))], decoding,
                                     None, None)[0]
 
     def caption_store(self, store, ids=None, beam: int | None = None, n_best: int | None = None,
@@ -299,21 +298,21 @@ class Captioner:
             predictions[video_id] = result.caption
         return predictions
 
-    def _pool(self, path, video_id: str, decoded_and_seconds) -> "_Pooled | CaptionerError":
+    def _encode(self, path, video_id: str, decoded_and_seconds) -> "_Encoded | CaptionerError":
         """An input's pooled features (from a (decoded, seconds) pair or a future of one), or its error."""
         timing: dict = {}
         try:
             decoded, seconds = decoded_and_seconds.result() if hasattr(decoded_and_seconds, "result") \
                 else decoded_and_seconds
-            return _Pooled(path, video_id, decoded.info, self._pooled(decoded, seconds, timing), timing)
+            return _Encoded(path, video_id, decoded.info, self._pooled(decoded, seconds, timing), timing)
         except CaptionerError as error:
             return error
 
-    def _caption_pooled(self, batch: list, decoding: Decoding, segments: float | None,
-                        progress: dict | None) -> list[Caption | CaptionerError]:
+    def _caption_encoded(self, batch: list, decoding: Decoding, segments: float | None,
+                         progress: dict | None) -> list[Caption | CaptionerError]:
         """Captions of pooled inputs (errors stay in place), decoded in one batched search."""
         results = list(batch)
-        ready = [(k, item) for k, item in enumerate(batch) if isinstance(item, _Pooled)]
+        ready = [(k, item) for k, item in enumerate(batch) if isinstance(item, _Encoded)]
         if not ready:
             return results
         nbests = self._describe(np.stack([item.pooled for _, item in ready]),
@@ -336,26 +335,33 @@ class Captioner:
         if info.is_image or info.duration <= 0:  # one segment: the caption of the whole input
             return [Segment(0.0, max(info.duration, 0.0), *whole)]
         result = []
-        # The next window is decoded while the backbone and the decoder work on this one (both
-        # release the GIL, so on 2 cores they overlap); one ahead only, so a long video's
-        # windows never pile up in memory.
         if progress is not None:
             progress(0, len(windows))
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner-decode")
-        try:
-            upcoming = pool.submit(self._decoded, path, *windows[0])
-            for k, (start, end) in enumerate(windows):
-                decoded = upcoming.result()
-                if k + 1 < len(windows):
-                    upcoming = pool.submit(self._decoded, path, *windows[k + 1])
-                pooled = self._pooled(*decoded, timing)
+        with closing(one_ahead(self._decoded, [(path, *window) for window in windows])) as decoded:
+            for (start, end), frames in zip(windows, decoded):
+                pooled = self._pooled(*frames.result(), timing)
                 caption, score = self._describe(pooled[None], ["video"], decoding.but(n_best=1), [timing])[0][0]
                 result.append(Segment(start, end, caption, score))
                 if progress is not None:
                     progress(len(result), len(windows))
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
         return result
+
+
+def one_ahead(function: Callable, calls: list[tuple]) -> Iterator[Future]:
+    """function(*args) for each of `calls`, in order, each started in a thread while the caller
+    works on the one before: decoding (frames of videos or of segment windows) overlaps the
+    backbone and the decoder, which release the GIL, on 2 cores. One ahead only, so at most
+    two decoded inputs are in memory. Close the generator to cancel what has not started."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner-decode")
+    try:
+        upcoming = pool.submit(function, *calls[0]) if calls else None
+        for k in range(len(calls)):
+            current = upcoming
+            if k + 1 < len(calls):
+                upcoming = pool.submit(function, *calls[k + 1])
+            yield current
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def check_model(model: str | os.PathLike) -> Path:
@@ -442,7 +448,7 @@ def _inference_model(path: Path, digest: str) -> InferenceExport:
         return inference_export(path)
 
 
-# ---------------------------------------------------------------------- subtitles
+# ---------------------------------------------------------------------- segments
 # A last window shorter than this fraction of a segment joins the one before it: container
 # durations run a few milliseconds past whole seconds, and a 6-ms subtitle helps nobody.
 MIN_LAST_WINDOW = 0.25
@@ -455,93 +461,6 @@ def segment_windows(duration: float, seconds: float) -> list[tuple[float, float]
     count = max(1, math.ceil(duration / seconds - MIN_LAST_WINDOW))
     return [(round(k * seconds, 3), round(duration if k == count - 1 else (k + 1) * seconds, 3))
             for k in range(count)]
-
-
-def merge_repeats(segments: list[Segment]) -> list[Segment]:
-    """Consecutive segments with the same caption as one (from the first's start to the last's end):
-    one cue on screen for as long as the caption holds, not the same line flashing again."""
-    merged: list[Segment] = []
-    runs: list[int] = []
-    for segment in segments:
-        if merged and merged[-1].caption == segment.caption:
-            last, n = merged[-1], runs[-1]
-            merged[-1] = Segment(last.start, segment.end, last.caption, (last.score * n + segment.score) / (n + 1))
-            runs[-1] += 1
-        else:
-            merged.append(segment)
-            runs.append(1)
-    return merged
-
-
-def write_subtitles(segments: list[Segment], path: str | os.PathLike, fmt: str | None = None) -> Path:
-    """Write segment captions as SRT or WebVTT (by `fmt`, else by the file extension); consecutive
-    segments with the same caption become one cue."""
-    from datetime import timedelta
-
-    path = Path(path)
-    fmt = (fmt or path.suffix.lstrip(".")).lower()
-    if fmt not in ("srt", "vtt"):
-        raise CaptionerError("subtitle format must be srt or vtt", path)
-    cues = merge_repeats(segments)
-    if fmt == "srt":
-        import srt
-
-        subtitles = [srt.Subtitle(index=i + 1, start=timedelta(seconds=s.start), end=timedelta(seconds=s.end),
-                                  content=s.caption) for i, s in enumerate(cues)]
-        text = srt.compose(subtitles)
-    else:
-        import webvtt
-
-        vtt = webvtt.WebVTT()
-        for s in cues:
-            vtt.captions.append(webvtt.Caption(_vtt_time(s.start), _vtt_time(s.end), s.caption))
-        text = vtt.content
-    atomic_write(path, text)
-    return path
-
-
-# ---------------------------------------------------------------------- output files
-OUTPUT_FORMATS = ("txt", "json", "srt", "vtt")
-SUBTITLE_FORMATS = ("srt", "vtt")
-
-
-def parse_output_formats(spec: str) -> tuple[str, ...]:
-    """'txt', 'srt,vtt' or 'all' (whisper's --output_format) as a tuple of OUTPUT_FORMATS."""
-    from .errors import UsageError
-
-    names = [name.strip().lower() for name in str(spec).split(",") if name.strip()]
-    if names == ["all"]:
-        return OUTPUT_FORMATS
-    unknown = [name for name in names if name not in OUTPUT_FORMATS]
-    if unknown or not names:
-        raise UsageError(f"output format must be one of {', '.join(OUTPUT_FORMATS)} or all "
-                         f"(several joined with ','), got {spec!r}")
-    return tuple(dict.fromkeys(names))
-
-
-def output_path(folder: str | os.PathLike, result: Caption, fmt: str) -> Path:
-    """FOLDER/<id>.<fmt>: ids are unique per run (captioner.inputs.video_ids), so files never collide."""
-    return Path(folder) / f"{result.id}.{fmt}"
-
-
-def write_outputs(result: Caption, folder: str | os.PathLike, formats=OUTPUT_FORMATS) -> list[Path]:
-    """One file per format for a caption: txt (the caption), json (what `caption --json` prints),
-    srt and vtt (its segments; skipped when it was captioned without segments)."""
-    import json
-
-    written = []
-    for fmt in formats:
-        path = output_path(folder, result, fmt)
-        if fmt == "txt":
-            atomic_write(path, result.caption + "\n")
-        elif fmt == "json":
-            atomic_write(path, json.dumps(result.to_dict(), indent=1, ensure_ascii=False) + "\n")
-        elif result.segments is None:
-            continue
-        else:
-            write_subtitles(result.segments, path, fmt)
-        written.append(path)
-    return written
 
 
 # ---------------------------------------------------------------------- progress
@@ -578,11 +497,3 @@ class CaptionProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _vtt_time(seconds: float) -> str:
-    millis = int(round(seconds * 1000))
-    hours, rest = divmod(millis, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"
-

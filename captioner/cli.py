@@ -316,28 +316,30 @@ def _process_age() -> float:
         return 0.0
 
 
+# How `captioner caption` spells the decoding settings in its messages (captioner.search checks them).
+DECODING_FLAGS = {"beam": "--beam", "n_best": "--n-best", "max_len": "--max-len", "length_penalty": "--length-penalty"}
+
+
+def _decoding_args(args) -> dict:
+    return {"beam": args.beam, "n_best": args.n_best, "max_len": args.max_len, "length_penalty": args.length_penalty}
+
+
 def _check_caption_args(args) -> tuple[str, ...]:
     """Usage errors before anything is loaded; returns the output formats to write."""
-    import math
+    from .search import check_settings
 
     if not args.paths and not args.features:
         raise UsageError("give at least one PATH to caption, or --features STORE")
-    if args.n_best is None:
-        args.n_best = 3 if args.beam is None else min(3, args.beam)
-    if args.n_best < 1 or any(v is not None and v < 1 for v in (args.beam, args.max_len, args.batch_size)):
-        raise UsageError("--beam, --n-best, --max-len and --batch-size must be at least 1")
-    if args.beam is not None and args.n_best > args.beam:
-        raise UsageError(f"--n-best {args.n_best} is more than --beam {args.beam}: beam search finds at most "
-                         f"{args.beam} captions; raise --beam to {args.n_best} or more")
-    if args.length_penalty is not None and not (math.isfinite(args.length_penalty) and args.length_penalty >= 0):
-        raise UsageError("--length-penalty must be a finite number, 0 or more")
+    check_settings(_decoding_args(args), DECODING_FLAGS)  # the model's own settings are checked once it is loaded
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.segments is not None and not args.segments > 0:
         raise UsageError("--segments must be a positive number of seconds")
     if args.features and args.segments is not None:
         raise UsageError("--segments needs the videos themselves; a feature store holds one vector per video")
     formats: tuple[str, ...] = ()
     if args.output_dir is not None or args.output_format is not None:
-        from .caption import SUBTITLE_FORMATS, parse_output_formats
+        from .writers import SUBTITLE_FORMATS, parse_output_formats
 
         formats = parse_output_formats(args.output_format or "all")
         timed = [f for f in formats if f in SUBTITLE_FORMATS]
@@ -350,7 +352,6 @@ def _check_caption_args(args) -> tuple[str, ...]:
 
 
 def _run_caption(args) -> int:
-    import json
     import time
     from pathlib import Path
 
@@ -359,8 +360,9 @@ def _run_caption(args) -> int:
 
     check_options(args.runtime, args.precision)
     check_device(args.device)
-    from .caption import Captioner, CaptionProgress, check_model, output_path, write_outputs, write_subtitles
+    from .caption import Captioner, CaptionProgress, check_model, run_timing
     from .inputs import expand_globs, find_inputs
+    from .writers import get_writer, output_path, to_json, write_outputs
 
     check_model(args.model)
     startup = _process_age()  # interpreter and library start-up; model_load is then weights only
@@ -392,8 +394,14 @@ def _run_caption(args) -> int:
         check_output_path(args.output_dir, folder=True, flag="--output-dir")
     progress = CaptionProgress(len(paths), sys.stderr.isatty() if args.progress is None else args.progress)
     captioner = Captioner.load(args.model, device=args.device, runtime=args.runtime, precision=args.precision,
-                               load_backbone=not args.features)
-    decoding = dict(beam=args.beam, n_best=args.n_best, max_len=args.max_len, length_penalty=args.length_penalty)
+                               load_backbone=False)
+    decoding = _decoding_args(args)
+    # With the model's own settings filled in (--n-best above its beam), before the backbone loads.
+    captioner.decoding.but(**decoding, names=DECODING_FLAGS)
+    if not args.features:
+        loading = time.perf_counter()
+        captioner.backbone  # noqa: B018 (loads it now, so model_load counts it, not the first input)
+        captioner.load_seconds += time.perf_counter() - loading
     if args.features:
         results = captioner.caption_store(store, paths, batch_size=args.batch_size or 64, **decoding)
     else:
@@ -421,15 +429,13 @@ def _run_caption(args) -> int:
                 failed += 1
                 started = time.perf_counter()
                 continue
-            result.timing = {"startup": round(startup, 4), "model_load": round(captioner.load_seconds, 4),
-                             **result.timing, "total": round(startup + captioner.load_seconds
-                                                              + time.perf_counter() - started, 4)}
+            result.timing = run_timing(result.timing, startup, captioner.load_seconds,
+                                       startup + captioner.load_seconds + time.perf_counter() - started)
             startup = 0.0  # paid once, by the first input
             captioner.load_seconds = 0.0
             started = time.perf_counter()
             name = result.id if args.features else result.path
-            progress.write(json.dumps(result.to_dict(), ensure_ascii=False) if args.json
-                           else f"{name}\t{result.caption}")
+            progress.write(to_json(result) if args.json else f"{name}\t{result.caption}")
             if args.verbose:
                 progress.write("captioner: " + name + ": " + ", ".join(f"{k} {v:.3f}s"
                                                                          for k, v in result.timing.items()),
@@ -437,7 +443,7 @@ def _run_caption(args) -> int:
             # Files are written after the caption is out: a failed write loses nothing else.
             for fmt, target in subtitles:
                 file = output_path(target, result, fmt) if many else Path(target)
-                write("subtitles", lambda: write_subtitles(result.segments, file, fmt))
+                write("subtitles", lambda: get_writer(fmt).write(result, file))
             if formats:
                 write("output files", lambda: write_outputs(result, args.output_dir, formats))
     finally:

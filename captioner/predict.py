@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import CaptionerError
 from .numpy_decoder import SOURCES, source_name
-from .search import ALTERNATIVES, DEFAULT_DECODING, Decoding, check_settings, search  # noqa: F401 (re-exported)
+from .search import DEFAULT_DECODING, Decoding, search  # noqa: F401 (Decoding is imported from here too)
 
 
 def checkpoint_decoding(config: dict | None) -> Decoding:

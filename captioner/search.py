@@ -83,14 +83,15 @@ class Decoding:
         check_settings(dataclasses.asdict(self), {name: f"decoding.{name}" for name in _RANGES})
 
     def but(self, beam: int | None = None, length_penalty: float | None = None, max_len: int | None = None,
-            n_best: int | None = None) -> "Decoding":
+            n_best: int | None = None, names: Mapping[str, str] | None = None) -> "Decoding":
         """These settings with the given ones changed (None keeps a setting), checked: an n-best
-        list asked for beyond the beam is refused, the default one follows the beam."""
+        list asked for beyond the beam is refused, the default one follows the beam. `names`:
+        as in check_settings."""
         changes = {"beam": beam, "length_penalty": length_penalty, "max_len": max_len, "n_best": n_best}
         result = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
         if n_best is None and result.n_best is not None and result.n_best > result.beam:
             result = dataclasses.replace(result, n_best=None)  # not asked for now: never a reason to refuse
-        check_settings(dataclasses.asdict(result))
+        check_settings(dataclasses.asdict(result), names)
         return result
 
 

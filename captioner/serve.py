@@ -49,10 +49,11 @@ from fastapi.responses import HTMLResponse
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
-from .caption import Captioner, segment_windows, write_subtitles
+from .caption import Captioner, run_timing, segment_windows
 from .errors import CaptionerError
 from .inputs import video_id
 from .version import __version__
+from .writers import SUBTITLE_FORMATS, get_writer
 
 log = logging.getLogger("captioner.serve")
 
@@ -351,17 +352,14 @@ def caption_upload(captioner: Captioner, upload: Upload, params: JobParams,
         if len(segment_windows(duration, params.segments)) > MAX_SEGMENTS:
             raise CaptionerError(f"{params.segments:g}-second segments would cut this {duration:.0f}-second video "
                                  f"into more than {MAX_SEGMENTS} windows; choose longer segments")
-    result = captioner.caption(upload.path, beam=params.beam, n_best=3, segments=params.segments, progress=check)
+    result = captioner.caption(upload.path, beam=params.beam, segments=params.segments, progress=check)
     response = result.to_dict()
     response.update(path=upload.name, id=video_id(PurePosixPath(upload.name)))
     check()
     if params.keyframes:
         response["keyframes"] = keyframe_images(upload.path, params.keyframes)
-    if result.segments is not None:  # written by the same code as `captioner caption --srt/--vtt`
-        response["subtitles"] = {}
-        for fmt in ("srt", "vtt"):
-            written = write_subtitles(result.segments, upload.path.with_name(f"captions.{fmt}"), fmt)
-            response["subtitles"][fmt] = written.read_text(encoding="utf-8")
+    if result.segments is not None:  # the writers of `captioner caption --srt/--vtt`, in memory
+        response["subtitles"] = {fmt: get_writer(fmt).text(result) for fmt in SUBTITLE_FORMATS}
     return response
 
 
@@ -533,8 +531,8 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
             response = job.result()
         except CaptionerError as error:
             raise HTTPException(422, f"{upload.name}: {error.reason}") from None
-        response["timing"] = {"startup": 0.0, "model_load": 0.0, **response["timing"],
-                              "total": round(time.perf_counter() - arrived, 4)}
+        # startup and model_load were paid once, when the server started.
+        response["timing"] = run_timing(response["timing"], 0.0, 0.0, time.perf_counter() - arrived)
         return response
 
     return app

@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Mapping
 
 from captioner.atomic import atomic_write
-from captioner.config import load_config, require, save_config
+from captioner.config import load_config, save_config
 from captioner.errors import CaptionerError, UsageError
 from captioner.extract import ExtractConfig
+from captioner.search import check_settings
 from captioner.train_config import TrainConfig  # torch-free: a config typo fails fast
 
 from .graph import MARKER, Stage, Step, execute, format_plan, plan
@@ -94,12 +95,9 @@ class PredictConfig:
     device: str = "auto"  # auto | cpu | cuda
 
     def validate(self) -> None:
-        own = "(or null: the model's own)"
-        require(self.beam_size is None or self.beam_size >= 1, "predict.beam_size", f"at least 1 {own}",
-                self.beam_size)
-        require(self.length_penalty is None or self.length_penalty >= 0, "predict.length_penalty",
-                f"0 or more {own}", self.length_penalty)
-        require(self.max_len is None or self.max_len >= 1, "predict.max_len", f"at least 1 {own}", self.max_len)
+        check_settings({"beam": self.beam_size, "length_penalty": self.length_penalty, "max_len": self.max_len},
+                       {"beam": "predict.beam_size", "length_penalty": "predict.length_penalty",
+                        "max_len": "predict.max_len"})
 
 
 @dataclass

@@ -477,7 +477,8 @@ def test_a_progress_bar_over_inputs_on_a_terminal_only(caption_model, msvd_clips
 
 # ------------------------------------------------------------------ subtitles
 def test_repeated_segment_captions_are_one_cue(tmp_path):
-    from captioner.caption import Segment, write_subtitles
+    from captioner.caption import Segment
+    from captioner.writers import write_subtitles
 
     segments = [Segment(0, 3, "a dog runs", -1.0), Segment(3, 6, "a dog runs", -2.0), Segment(6, 9, "a cat", -1.0),
                 Segment(9, 12, "a dog runs", -1.0), Segment(12, 13.5, "a dog runs", -1.0)]

@@ -85,6 +85,10 @@ CASES = [
     # usage errors: exit 2
     (["caption", "{clip}", "--model", "nope"], 2, "unknown model 'nope'"),
     (["caption", "{clip}", "--n-best", "5", "--beam", "2"], 2, "--n-best 5 is more than --beam 2"),
+    # One rule for --n-best, with or without --beam: the default model's own beam is 3.
+    (["caption", "{clip}", "--n-best", "5"], 2, "--n-best 5 is more than --beam 3"),
+    (["caption", "{clip}", "--beam", "0"], 2, "--beam must be at least 1, got 0"),
+    (["caption", "{clip}", "--length-penalty", "nan"], 2, "--length-penalty must be a number >= 0, got nan"),
     (["caption", "{clip}", "--device", "gpu"], 2, "unknown device 'gpu'"),
     (["caption", "{clip}", "--device", "cuda:one"], 2, "unknown device 'cuda:one'"),
     (["caption", "{clip}", "--runtime", "tensorrt"], 2, "unknown --runtime 'tensorrt'"),

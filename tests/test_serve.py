@@ -119,6 +119,24 @@ def test_caption_has_the_fields_of_the_cli_json(client, model, short_clip, capsy
     assert image.format == "JPEG" and min(image.size) == 128
 
 
+def test_subtitles_are_the_writers_text_made_in_memory(client, short_clip, monkeypatch):
+    """No file is written to build a response; a beam of 1 gives one caption (n-best follows the beam)."""
+    import captioner.writers
+    from captioner.caption import Segment
+    from captioner.writers import subtitles
+
+    def no_files(*_args, **_kwargs):
+        raise AssertionError("a response was built through a file")
+
+    monkeypatch.setattr(captioner.writers, "atomic_write", no_files)
+    response = post_video(client, short_clip.name, short_clip.read_bytes(), beam=1, segments=2)
+    assert response.status_code == 200, response.text
+    api = response.json()
+    segments = [Segment(**s) for s in api["segments"]]
+    assert api["subtitles"] == {fmt: subtitles(segments, fmt) for fmt in ("srt", "vtt")}
+    assert len(api["alternatives"]) == 1
+
+
 def test_health_openapi_and_page(client, model):
     health = client.get("/api/health").json()
     assert health == {"status": "ok", "model": model[0].model_id, "device": "cpu",
