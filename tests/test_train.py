@@ -421,6 +421,7 @@ def test_cli_train_errors_are_one_line(tmp_path, random_store, data_dir):
     ("model.embed_size=-4", "model.embed_size must be at least 1"),
     ("model.num_layers=0", "model.num_layers must be at least 1"),
     ("model.dropout=1.5", "model.dropout must be at least 0 and below 1"),
+    ("model.cell=rnn", "model.cell must be lstm or gru, not 'rnn'"),
     ("label_smoothing=1", "label_smoothing must be at least 0 and below 1"),
     ("scheduled_sampling=2", "scheduled_sampling must be between 0 and 1"),
     ("warmup_steps=-1", "warmup_steps must be 0 or more"),
