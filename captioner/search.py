@@ -194,5 +194,15 @@ def beam_search(step: Step, feats, sources, beam_size: int = 1, max_len: int = 2
 
 
 def _top(values: np.ndarray, count: int) -> np.ndarray:
-    """Indices of the `count` largest per row, largest first; ties keep the lower index first."""
-    return np.argsort(-values, axis=1, kind="stable")[:, :count]
+    """Indices of the `count` largest per row, largest first; ties keep the lower index first
+    (what a stable sort of the whole row gives, without sorting the whole vocabulary)."""
+    rows, width = values.shape
+    if count >= width:
+        return np.argsort(-values, axis=1, kind="stable")[:, :count]
+    kth = -np.partition(-values, count - 1, axis=1)[:, count - 1:count]  # each row's count-th largest
+    above = values > kth
+    ties = values == kth  # of these, the lowest indices fill what `above` leaves
+    chosen = above | (ties & (np.cumsum(ties, axis=1) <= count - above.sum(1, keepdims=True)))
+    columns = np.nonzero(chosen)[1].reshape(rows, count)
+    order = np.argsort(-np.take_along_axis(values, columns, 1), axis=1, kind="stable")
+    return np.take_along_axis(columns, order, 1)

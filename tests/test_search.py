@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from captioner.errors import UsageError
-from captioner.search import ALTERNATIVES, DEFAULT_DECODING, Decoding, beam_search, check_settings, forbid
+from captioner.search import ALTERNATIVES, DEFAULT_DECODING, Decoding, _top, beam_search, check_settings, forbid
 from captioner.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 
@@ -81,3 +81,14 @@ def test_the_search_sees_a_decoder_only_through_its_step():
         assert words == [4, 5, 6, 7] and score == pytest.approx(-0.5)
     [[(words, _)]] = beam_search(_Chain(), np.zeros((1, 2)), None, 1, max_len=2)  # the length limit ends it
     assert words == [4, 5]
+
+
+def test_top_candidates_are_a_stable_sort_s_first():
+    """The beam's candidates without sorting the vocabulary: ties (and -inf) in index order, as a
+    stable sort of the whole row orders them, so the search's choices never depend on the method."""
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        values = rng.integers(-4, 4, size=(rng.integers(1, 8), rng.integers(2, 40))).astype(np.float32)
+        values[rng.random(values.shape) < 0.3] = -np.inf
+        for count in range(1, values.shape[1] + 1):
+            assert (_top(values, count) == np.argsort(-values, axis=1, kind="stable")[:, :count]).all()
