@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .version import __version__
 
-__all__ = ["__version__", "open_features", "Captioner", "CaptionerError"]
+__all__ = ["__version__", "open_features", "Captioner", "CaptionerError", "get_writer"]
 
 
 def __getattr__(name: str):
@@ -24,4 +24,8 @@ def __getattr__(name: str):
         from .caption import Captioner
 
         return Captioner
+    if name == "get_writer":  # a Caption as txt, json, srt or vtt: get_writer("srt").write(result, "a.srt")
+        from .writers import get_writer
+
+        return get_writer
     raise AttributeError(f"module 'captioner' has no attribute {name!r}")

@@ -46,6 +46,12 @@ def test_subtitles_of_a_caption_without_segments_are_nothing(tmp_path):
         get_writer("doc")
 
 
+def test_the_package_offers_the_writers():
+    import captioner
+
+    assert captioner.get_writer is get_writer
+
+
 def test_run_timing_wraps_the_input_s_own_seconds():
     timing = run_timing({"decode": 0.12345, "backbone": 0.5, "caption": 0.01}, 1.234567, 0.5, 2.0)
     assert list(timing) == ["startup", "model_load", "decode", "backbone", "caption", "total"]
