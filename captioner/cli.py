@@ -57,6 +57,10 @@ def _add_extract(sub) -> None:
     p.add_argument("--mirror", action="store_true",
                    help="flip frames left-right: a second view of a training set for "
                         "data.augment_features (never for captioning)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="the store holds features of other settings (backbone, sampling, ...): extract the "
+                        "inputs again with these and delete its other entries of other settings (without it, "
+                        "such a store is refused and left as it is)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_extract)
 
@@ -69,7 +73,7 @@ def _run_extract(args) -> int:
                            precision=args.precision, ray_address=args.ray_address, mirror=args.mirror)
     config.validate()  # every flag's form, before the inputs are searched or a backbone loads
     summary = extract(args.inputs, args.out, config, failures_path=args.failures,
-                      progress=not args.quiet)
+                      progress=not args.quiet, overwrite=args.overwrite)
     return 0 if summary.failed == 0 else 1
 
 
