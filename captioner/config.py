@@ -163,4 +163,12 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None,
 
 
 def save_config(obj, path: str | os.PathLike) -> None:
-    atomic_write(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
+    """Write `obj` as YAML, unless the file already says exactly that (its date then stays the
+    date of the config's last change, e.g. a resume that changes nothing)."""
+    text = yaml.safe_dump(to_dict(obj), sort_keys=False)
+    try:
+        if Path(path).read_text(encoding="utf-8") == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write(path, text)
