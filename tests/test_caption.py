@@ -384,6 +384,35 @@ def test_a_store_of_other_frames_or_mirrored_is_refused(captioner, model_store, 
         assert str(error.value).startswith(str(other.path))
 
 
+
+def test_non_finite_features_or_weights_are_one_line_errors(captioner, model_store, tmp_path, monkeypatch):
+    """issue 23 #2: a NaN model or NaN features ended in an IndexError traceback (nbest[0])."""
+    import torch
+
+    import captioner.store as store_module
+    from captioner.store import open_features
+
+    source = open_features(model_store)
+    with monkeypatch.context() as patched:  # a store written before extraction refused NaN
+        patched.setattr(store_module, "non_finite_reason", lambda array: None, raising=False)
+        poisoned = open_features(tmp_path / "nan", "a")
+        poisoned.set_provenance(source.provenance)
+        for vid in source.ids():
+            poisoned.put(vid, source.frames(vid), source.meta(vid))
+        poisoned.put("nan", np.full_like(source.frames(source.ids()[0]), np.nan), source.meta(source.ids()[0]))
+        poisoned.close()
+    results = dict(captioner.caption_store(tmp_path / "nan"))
+    assert str(results.pop("nan")) == f"{tmp_path / 'nan'}: video 'nan': features hold NaN or infinite values"
+    assert all(isinstance(r.caption, str) and r.caption for r in results.values())
+
+    checkpoint = torch.load(captioner.checkpoint_path, map_location="cpu", weights_only=False)
+    next(iter(checkpoint["model"].values())).fill_(float("nan"))
+    torch.save(checkpoint, tmp_path / "diverged.pt")
+    with pytest.raises(CaptionerError) as caught:
+        Captioner.load(tmp_path / "diverged.pt", device="cpu", load_backbone=False)
+    assert str(caught.value) == (f"{tmp_path / 'diverged.pt'}: checkpoint holds NaN or infinite weights (its "
+                                 "training diverged); use another checkpoint")
+
 # ------------------------------------------------------------------ output files
 def _same_name_in_two_folders(tmp_path, clip) -> list[str]:
     for folder in ("dupA", "dupB"):
