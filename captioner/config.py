@@ -86,6 +86,21 @@ def from_dict(cls: type[T], data: dict, source: str = "config") -> T:
     return cls(**kwargs)
 
 
+def _refuse_cycles(value, source, where: str = "", inside: frozenset = frozenset()) -> None:
+    """YAML anchors can make a list or mapping contain itself (`a: &m [*m]`); nothing here could
+    use such a value, and walking it would recurse until Python gives up."""
+    if not isinstance(value, (list, dict)):
+        return
+    if id(value) in inside:
+        raise UsageError(f"a YAML alias refers to itself (at {where or 'the top level'}); write the value out",
+                         source)
+    inside = inside | {id(value)}
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        _refuse_cycles(item, source, f"{where}.{key}" if where and isinstance(value, dict)
+                       else where if isinstance(value, list) else str(key), inside)
+
+
 def validate_config(obj) -> None:
     """Call `validate()` on `obj` and on every config nested in it, innermost first."""
     for f in dataclasses.fields(obj):
@@ -117,6 +132,7 @@ def apply_overrides(obj: T, overrides: list[str] | None, source: str = "--set") 
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        _refuse_cycles(value, source, key.strip())
         node, cls = data, type(obj)
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -150,6 +166,7 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None,
             mark = getattr(exc, "problem_mark", None)
             raise UsageError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path,
                              mark.line + 1 if mark else None) from None
+        _refuse_cycles(data, path)
         obj = from_dict(cls, data, str(path))
     obj = apply_overrides(obj, overrides)
     try:

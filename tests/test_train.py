@@ -664,3 +664,23 @@ def test_a_read_only_run_dir_is_refused_before_training_and_mid_run_is_one_line(
     assert cli_main(["train", str(config_file)]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"captioner: error: {run}: cannot write config.yaml: Read-only file system; no epoch was saved")
+
+
+@pytest.mark.parametrize("command", ["train", "pipeline"])
+def test_a_self_referencing_yaml_alias_is_a_usage_error(tmp_path, command, capsys):
+    """issue 23 #7: `val_metrics: &m [*m]` was a RecursionError traceback."""
+    from captioner.cli import main as cli_main
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("val_metrics: &m [*m]\n" if command == "train" else "train:\n  val_metrics: &m [a, *m]\n")
+    args = ["train", str(config_file)] if command == "train" else ["pipeline", "run", str(config_file), "--dry-run"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"captioner: error: {config_file}: a YAML alias refers to itself (at "
+                                f"{'val_metrics' if command == 'train' else 'train.val_metrics'}); "
+                                "write the value out"]
+    overridden = tmp_path / "ok.yaml"
+    overridden.write_text("epochs: 2\n")
+    assert cli_main(["train", str(overridden), "--set", "val_metrics=&m [*m]"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "captioner: error: --set: a YAML alias refers to itself (at val_metrics); write the value out"]
