@@ -20,8 +20,6 @@ SIGKILLed writer never leaves a stale lock behind. Readers take no lock and neve
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import io
 import json
 import os
@@ -34,6 +32,7 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
+from . import locking
 from .atomic import TMP_PREFIX, atomic_open, atomic_write
 from .errors import CaptionerError, UsageError
 
@@ -80,48 +79,6 @@ def _differing(recorded: dict, expected: dict) -> list[str]:
                   if k != "runtimes" and recorded.get(k) != expected.get(k))
 
 
-# Writer locks this process holds: store directory -> [lock file, number of open writers].
-# flock() conflicts between two opens even within one process, and code such as a pipeline
-# stage legitimately opens a store for writing while the extraction it calls opens it again;
-# the lock is about other processes.
-_writer_locks: dict[str, list] = {}
-
-
-def _acquire_writer_lock(store_dir: Path) -> str:
-    key = os.path.realpath(store_dir)
-    held = _writer_locks.get(key)
-    if held is not None:
-        held[1] += 1
-        return key
-    lock_path = store_dir / _LOCK_NAME
-    handle = open(lock_path, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        handle.seek(0)
-        holder = handle.read().strip()
-        handle.close()
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise CaptionerError(f"cannot lock the feature store for writing: {exc.strerror}", lock_path) from None
-        who = f"process {holder}" if holder.isdigit() else "another process"
-        raise StoreLocked(f"{who} is writing this feature store; wait for it to finish or use "
-                          "another --out (one writer at a time keeps a store consistent)", store_dir) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    _writer_locks[key] = [handle, 1]
-    return key
-
-
-def _release_writer_lock(key: str) -> None:
-    held = _writer_locks[key]
-    held[1] -= 1
-    if held[1] == 0:
-        del _writer_locks[key]
-        held[0].close()  # closing the descriptor releases the flock
-
-
 def _file_name(video_id: str) -> str:
     # Percent-encoding keeps any id (slashes, spaces, non-ASCII) a single, reversible file name.
     name = quote(video_id, safe="-_.,=+@")
@@ -164,9 +121,11 @@ class FeatureStore:
                 self._videos.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise CaptionerError(f"cannot create the feature store: {exc.strerror}", self.path) from None
-            key = _acquire_writer_lock(self.path)
-            self._unlock = weakref.finalize(self, _release_writer_lock, key)
-            if _writer_locks[key][1] == 1:  # the first writer here: no write of ours is under way
+            key = locking.acquire(self.path, _LOCK_NAME, "writing this feature store",
+                                  "wait for it to finish or use another --out (one writer at a time keeps a store "
+                                  "consistent)", StoreLocked)
+            self._unlock = weakref.finalize(self, locking.release, key)
+            if locking.holders(key) == 1:  # the first writer here: no write of ours is under way
                 self._remove_stale_temporaries()
             if not self._index_file.exists():
                 # Written by the first put() or set_provenance(), after their checks: a refused

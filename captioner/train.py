@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from . import locking
 from .atomic import TMP_PREFIX, atomic_open, atomic_write, check_output_path
 from .concepts import class_word_table, heads
 from .config import load_config, save_config, validate_config
@@ -330,6 +331,31 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     files = RunFiles(Path(cfg.run_dir))
     device = _check_before_start(cfg, resume, world, files)
+    lock = _lock_run(files, resume) if rank == 0 else None
+    try:
+        return _train_locked(cfg, resume, world, rank, files, device)
+    finally:
+        if lock is not None:
+            locking.release(lock)
+
+
+def _lock_run(files: RunFiles, resume: bool) -> str:
+    """One run at a time in a run directory (two resumes of one run would train it twice)."""
+    try:
+        files.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CaptionerError(f"cannot create the run directory: {exc.strerror}", files.dir) from None
+    key = locking.acquire(files.dir, "train.lock", "training in this run directory",
+                          "wait for it to finish or choose another run_dir")
+    if not resume and files.last.exists():  # started beside us, and finished before we got the lock
+        locking.release(key)
+        raise CaptionerError("run directory already holds a run; pass --resume to continue it or "
+                             "choose another run_dir", files.dir)
+    return key
+
+
+def _train_locked(cfg: TrainConfig, resume: bool, world: int, rank: int, files: "RunFiles",
+                  device: torch.device) -> Path:
     previous = _resumed_checkpoint(files, world, device, cfg) if resume else None
     _join_process_group(world, device)
     if rank != 0:

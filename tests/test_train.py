@@ -684,3 +684,28 @@ def test_a_self_referencing_yaml_alias_is_a_usage_error(tmp_path, command, capsy
     assert cli_main(["train", str(overridden), "--set", "val_metrics=&m [*m]"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "captioner: error: --set: a YAML alias refers to itself (at val_metrics); write the value out"]
+
+
+def test_a_second_training_process_on_one_run_dir_is_refused(random_store, data_dir, tmp_path):
+    """The class of issue 23 #4 in `captioner train`: two resumes of one run trained it twice."""
+    from captioner.locking import DirectoryLocked
+
+    cfg = _config(tmp_path, epochs=1, data=_data(random_store, data_dir))
+    run = Path(cfg.run_dir)
+    run.mkdir()
+    script = ("import sys; from captioner import locking; "
+              f"locking.acquire({str(run)!r}, 'train.lock', 'x', 'y'); print('ready', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(DirectoryLocked) as caught:
+            train(cfg)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert str(caught.value) == (f"{run}: process {holder.pid} is training in this run directory; wait for it to "
+                                 "finish or choose another run_dir")
+    assert sorted(p.name for p in run.iterdir()) == ["train.lock"]
+    train(cfg)  # the holder is gone: the lock went with it
+    assert (run / "best.pt").is_file()
