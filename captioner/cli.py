@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from .errors import CaptionerError, UsageError
+from .errors import CaptionerError, UsageError, printable
 from .device import add_device_argument, check_device
 from .runtime import add_runtime_arguments, check_options
 
@@ -112,9 +112,11 @@ def _add_features(sub) -> None:
 
 
 def _run_features_import(args) -> int:
-    from .store import import_features, open_features
+    from .atomic import check_output_path
+    from .store import import_features
 
-    n = import_features(args.source, open_features(args.out, "a"), args.format)
+    check_output_path(args.out, folder=True, flag="--out")
+    n = import_features(args.source, args.out, args.format)  # the store is created once the source passed
     print(f"imported {n} videos into {args.out}")
     return 0
 
@@ -261,7 +263,8 @@ def _add_caption(sub) -> None:
     p = sub.add_parser("caption", help="caption video or image files, frames' features in a store",
                        description="Caption each input with a trained model (default: the model shipped "
                                    "in the package; nothing is downloaded). Prints path<TAB>caption "
-                                   "(id<TAB>caption with --features).")
+                                   "(id<TAB>caption with --features); in the path, a backslash, tab, newline "
+                                   "or other control character is written \\\\, \\t, \\n or \\xHH.")
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="video/image files, folders, glob patterns or .txt lists; with --features, store ids "
                         "(default: every video in the store)")
@@ -378,7 +381,7 @@ def _run_caption(args) -> int:
     else:
         candidates, unmatched = expand_globs(args.paths)
         for pattern in unmatched:
-            print(f"captioner: {pattern}: no file matches this pattern", file=sys.stderr)
+            print(f"captioner: {printable(pattern)}: no file matches this pattern", file=sys.stderr)
             failed += 1
         paths, missing = find_inputs(candidates)
         for _, error in missing:  # every missing entry is reported; the rest are still captioned
@@ -404,7 +407,8 @@ def _run_caption(args) -> int:
         results = captioner.caption_many(paths, segments=args.segments, progress=progress.segments,
                                          batch_size=args.batch_size or 1, **decoding)
 
-    def write(what: str, paths_written) -> None:
+    def write(what: str, name: str, where, paths_written) -> None:
+        """Write an input's files; a failure (disk full, read-only) is one line naming the input."""
         nonlocal failed
         try:
             paths_written()
@@ -412,8 +416,8 @@ def _run_caption(args) -> int:
             progress.write(f"captioner: {exc}", sys.stderr)
             failed += 1
         except OSError as exc:
-            progress.write(f"captioner: {exc.filename or what}: cannot write {what} ({exc.strerror or exc})",
-                           sys.stderr)
+            progress.write(f"captioner: {name}: cannot write its {what} to {printable(str(exc.filename or where))} "
+                           f"({exc.strerror or exc}); its caption is above", sys.stderr)
             failed += 1
 
     started = time.perf_counter()  # each input's total runs from the previous input's output
@@ -421,7 +425,8 @@ def _run_caption(args) -> int:
         for path, result in results:
             progress.advance()
             if isinstance(result, CaptionerError):
-                progress.write(f"captioner: {result if result.path else f'{path}: {result}'}", sys.stderr)
+                progress.write(f"captioner: {result if result.path else f'{printable(str(path))}: {result}'}",
+                               sys.stderr)
                 failed += 1
                 started = time.perf_counter()
                 continue
@@ -431,7 +436,7 @@ def _run_caption(args) -> int:
             startup = 0.0  # paid once, by the first input
             captioner.load_seconds = 0.0
             started = time.perf_counter()
-            name = result.id if args.features else result.path
+            name = printable(result.id if args.features else result.path)  # one line, two fields: see --help
             progress.write(json.dumps(result.to_dict(), ensure_ascii=False) if args.json
                            else f"{name}\t{result.caption}")
             if args.verbose:
@@ -441,9 +446,9 @@ def _run_caption(args) -> int:
             # Files are written after the caption is out: a failed write loses nothing else.
             for fmt, target in subtitles:
                 file = output_path(target, result, fmt) if many else Path(target)
-                write("subtitles", lambda: write_subtitles(result.segments, file, fmt))
+                write("subtitles", name, file, lambda: write_subtitles(result.segments, file, fmt))
             if formats:
-                write("output files", lambda: write_outputs(result, args.output_dir, formats))
+                write("output files", name, args.output_dir, lambda: write_outputs(result, args.output_dir, formats))
     finally:
         progress.close()
     return 1 if failed else 0

@@ -31,7 +31,7 @@ import numpy as np
 
 from .atomic import atomic_write, check_output_path
 from .device import is_cuda, resolve_device
-from .errors import CaptionerError, UsageError
+from .errors import CaptionerError, UsageError, printable
 from .inputs import find_inputs, video_ids
 from .version import __version__
 
@@ -400,7 +400,7 @@ def _extract_into(store, paths, missing, ids, backbone, provenance, sampling, co
     def fail(path, reason: str) -> None:
         summary.failures.append({"path": str(path), "id": ids.get(Path(path), Path(path).stem),
                                  "reason": reason})
-        _write_line(log, bar, f"captioner: {path}: {reason}")
+        _write_line(log, bar, f"captioner: {printable(str(path))}: {reason}")
 
     bar = _progress(len(todo), progress)
     for path, error in missing:  # reported, and the batch goes on without them

@@ -486,14 +486,15 @@ def export_features(store: FeatureStore, dest: str | os.PathLike, fmt: str = "au
     return len(ids)
 
 
-def import_features(source: str | os.PathLike, store: FeatureStore, fmt: str = "auto",
+def import_features(source: str | os.PathLike, store: FeatureStore | str | os.PathLike, fmt: str = "auto",
                     provenance: dict | None = None) -> int:
     """Bring features made by other tools into a store; returns how many videos were added.
 
     Accepts an HDF5 file whose datasets (at the root or in groups) are (T, D) or (D,) arrays
     named by video id, or a folder of `<id>.npy` files with the same shapes. Every array is
     checked (shape, one feature size, finite values) and the store's settings compared before
-    anything is written, so a refused import leaves the store as it was.
+    anything is written, so a refused import leaves the store as it was; given a path, the
+    store is opened (created) only once the arrays have passed.
     """
     source = Path(source)
     if not source.exists():
@@ -562,10 +563,16 @@ def _import_arrays(source: Path, arrays: list[tuple], store: FeatureStore, prove
             raise CaptionerError(f"videos have different feature sizes {sorted(dims)}", source)
     if provenance is None:
         provenance = {"backbone": f"imported:{source.name}", "feature_dim": dims.pop()}
-    store.set_provenance(provenance)
-    for vid, _, load, meta in arrays:
-        array = np.asarray(load(), dtype=np.float32)
-        store.put(vid, array if array.ndim == 2 else array[None, :], {**meta, "imported_from": str(source)})
+    opened = not isinstance(store, FeatureStore)
+    store = open_features(store, "a") if opened else store
+    try:
+        store.set_provenance(provenance)
+        for vid, _, load, meta in arrays:
+            array = np.asarray(load(), dtype=np.float32)
+            store.put(vid, array if array.ndim == 2 else array[None, :], {**meta, "imported_from": str(source)})
+    finally:
+        if opened:
+            store.close()
     return len(arrays)
 
 

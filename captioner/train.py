@@ -331,31 +331,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     files = RunFiles(Path(cfg.run_dir))
     device = _check_before_start(cfg, resume, world, files)
-    lock = _lock_run(files, resume) if rank == 0 else None
-    try:
-        return _train_locked(cfg, resume, world, rank, files, device)
-    finally:
-        if lock is not None:
-            locking.release(lock)
-
-
-def _lock_run(files: RunFiles, resume: bool) -> str:
-    """One run at a time in a run directory (two resumes of one run would train it twice)."""
-    try:
-        files.dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CaptionerError(f"cannot create the run directory: {exc.strerror}", files.dir) from None
-    key = locking.acquire(files.dir, "train.lock", "training in this run directory",
-                          "wait for it to finish or choose another run_dir")
-    if not resume and files.last.exists():  # started beside us, and finished before we got the lock
-        locking.release(key)
-        raise CaptionerError("run directory already holds a run; pass --resume to continue it or "
-                             "choose another run_dir", files.dir)
-    return key
-
-
-def _train_locked(cfg: TrainConfig, resume: bool, world: int, rank: int, files: "RunFiles",
-                  device: torch.device) -> Path:
     previous = _resumed_checkpoint(files, world, device, cfg) if resume else None
     _join_process_group(world, device)
     if rank != 0:
@@ -367,6 +342,18 @@ def _train_locked(cfg: TrainConfig, resume: bool, world: int, rank: int, files: 
     del previous  # the model holds its own copy of the weights now
     trainer.distribute(world, device)
 
+    # Taken before the first write, so a run refused on its data leaves nothing behind.
+    lock = _lock_run(files, resume) if rank == 0 else None
+    try:
+        _train_epochs(cfg, resume, world, rank, files, device, data, trainer, progress)
+    finally:
+        if lock is not None:
+            locking.release(lock)
+    return files.best
+
+
+def _train_epochs(cfg: TrainConfig, resume: bool, world: int, rank: int, files: "RunFiles", device: torch.device,
+                  data: "TrainingData", trainer: "Trainer", progress: "Progress") -> None:
     run_log = RunLog.open(cfg, files, resume, progress, data, world, device) if rank == 0 else None
     for epoch in range(progress.epoch, cfg.epochs):
         started = time.perf_counter()
@@ -388,7 +375,21 @@ def _train_locked(cfg: TrainConfig, resume: bool, world: int, rank: int, files: 
         run_log.close()
     if world > 1:
         dist.destroy_process_group()
-    return files.best
+
+
+def _lock_run(files: RunFiles, resume: bool) -> str:
+    """One run at a time in a run directory (two resumes of one run would train it twice)."""
+    try:
+        files.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CaptionerError(f"cannot create the run directory: {exc.strerror}", files.dir) from None
+    key = locking.acquire(files.dir, "train.lock", "training in this run directory",
+                          "wait for it to finish or choose another run_dir")
+    if not resume and files.last.exists():  # started beside us, and finished before we got the lock
+        locking.release(key)
+        raise CaptionerError("run directory already holds a run; pass --resume to continue it or "
+                             "choose another run_dir", files.dir)
+    return key
 
 
 # ---- before anything starts

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CaptionerError, UsageError
-from .inputs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_media
+from .inputs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_media, not_regular
 
 CORRUPT = "cannot decode: truncated or corrupt"
 
@@ -338,6 +338,8 @@ def _check_file(path: str | os.PathLike) -> Path:
         raise CaptionerError("file not found", path)
     if path.is_dir():
         raise CaptionerError("is a folder, not a video or image file", path)
+    if not_regular(path):
+        raise CaptionerError(not_regular(path), path)
     if not is_media(path):
         raise CaptionerError(f"unsupported file type {path.suffix or '(no extension)'!r}: expected a video "
                              f"({', '.join(sorted(VIDEO_EXTENSIONS))}) or an image "

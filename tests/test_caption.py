@@ -413,6 +413,7 @@ def test_non_finite_features_or_weights_are_one_line_errors(captioner, model_sto
     assert str(caught.value) == (f"{tmp_path / 'diverged.pt'}: checkpoint holds NaN or infinite weights (its "
                                  "training diverged); use another checkpoint")
 
+
 # ------------------------------------------------------------------ output files
 def _same_name_in_two_folders(tmp_path, clip) -> list[str]:
     for folder in ("dupA", "dupB"):
@@ -517,3 +518,44 @@ def test_repeated_segment_captions_are_one_cue(tmp_path):
     assert [(c.start, c.end, c.text) for c in vtt] == [("00:00:00.000", "00:00:06.000", "a dog runs"),
                                                        ("00:00:06.000", "00:00:09.000", "a cat"),
                                                        ("00:00:09.000", "00:00:13.500", "a dog runs")]
+
+
+def test_a_full_disk_under_output_dir_names_the_input_and_keeps_the_captions(caption_model, msvd_clips, tmp_path,
+                                                                            monkeypatch, capsys):
+    """issue 23 #11: the line said "output files: cannot write output files", not which input's."""
+    import errno
+
+    from captioner.cli import main as cli_main
+
+    clips = msvd_clips[:2]
+    real_fsync = os.fsync
+
+    def full_disk_under_out(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path / "out")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk_under_out)
+    code = cli_main(["caption", *map(str, clips), "--model", str(caption_model), "--output-dir", str(tmp_path / "out"),
+                     "--no-progress"])
+    monkeypatch.undo()
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert [line.split("\t")[0] for line in out.splitlines()] == list(map(str, clips))  # every caption printed
+    assert err.splitlines() == [f"captioner: {clip}: cannot write its output files to {tmp_path / 'out'} (No space "
+                                "left on device); its caption is above" for clip in clips]
+    assert not list((tmp_path / "out").iterdir())  # no torn files
+
+
+def test_a_tab_or_newline_in_a_file_name_is_escaped_in_the_output(caption_model, msvd_clips, tmp_path):
+    """issue 23 #9: `path<TAB>caption` must stay one line of two fields whatever the file name."""
+    odd = tmp_path / "a\tb\nc.avi"
+    shutil.copyfile(msvd_clips[0], odd)
+    result = _cli(odd, "--model", caption_model)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].count("\t") == 1
+    name, caption = lines[0].split("\t")
+    assert name == str(tmp_path) + "/a\\tb\\nc.avi" and caption
+    as_json = json.loads(_cli(odd, "--model", caption_model, "--json").stdout)
+    assert as_json["path"] == str(odd)  # JSON carries the name as it is

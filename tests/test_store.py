@@ -312,3 +312,22 @@ def test_import_into_a_store_of_other_settings_changes_nothing(tmp_path):
     with pytest.raises(UsageError, match="other settings"):
         import_features(folder, open_features(store.path, "a"))
     np.testing.assert_allclose(open_features(store.path).frames("plain"), arrays["plain"])
+
+
+def test_a_refused_import_creates_no_store(tmp_path, capsys):
+    """"Nothing is created before the checks pass": `features import` used to open (create) the
+    store before reading the source."""
+    from captioner.cli import main as cli_main
+
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    np.save(folder / "a.npy", np.full((2, 4), np.inf, np.float32))
+    assert cli_main(["features", "import", str(folder), "--out", str(tmp_path / "s")]) == 1
+    assert cli_main(["features", "import", str(tmp_path / "absent"), "--out", str(tmp_path / "s")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"captioner: error: {folder / 'a.npy'}: features hold NaN or infinite values (8 of 8); refusing them",
+        f"captioner: error: {tmp_path / 'absent'}: no such file or folder"]
+    assert not (tmp_path / "s").exists()
+    np.save(folder / "a.npy", np.ones((2, 4), np.float32))
+    assert cli_main(["features", "import", str(folder), "--out", str(tmp_path / "s")]) == 0
+    assert open_features(tmp_path / "s").ids() == ["a"]
