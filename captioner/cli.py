@@ -11,6 +11,7 @@ and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -652,6 +653,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `captioner caption ... | head`
         return 0
+    except OSError as exc:
+        # A full disk, a quota or a read-only place is the machine's state, not a bug: one line
+        # wherever the write was (the writers that can say more catch it themselves).
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{printable(str(exc.filename))}: " if exc.filename else ""
+        print(f"captioner: error: {where}cannot write: {exc.strerror}", file=sys.stderr)
+        return 1
+
+
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
 
 
 if __name__ == "__main__":

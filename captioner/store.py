@@ -468,6 +468,13 @@ def export_features(store: FeatureStore, dest: str | os.PathLike, fmt: str = "au
     """
     dest = Path(dest)
     fmt = _resolve_format(dest, fmt)
+    try:
+        return _export(store, dest, fmt)
+    except OSError as exc:  # disk full, read-only: every file is atomic, so nothing torn is left
+        raise CaptionerError(f"cannot write: {exc.strerror or exc}", exc.filename or dest) from None
+
+
+def _export(store: FeatureStore, dest: Path, fmt: str) -> int:
     ids = store.ids()
     if fmt == "hdf5":
         import h5py

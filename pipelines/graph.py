@@ -254,6 +254,10 @@ def execute(steps: list[Step], log=None) -> None:
                 raise CaptionerError(f"finished, but {problem}", step.dir)
         except CaptionerError as exc:
             raise StageFailed(stage.name, exc) from None
+        except OSError as exc:  # disk full, read-only, quota, a file gone: the machine's state, not a bug
+            if exc.strerror is None:
+                raise
+            raise StageFailed(stage.name, CaptionerError(exc.strerror, exc.filename or step.dir)) from None
         except Exception as exc:  # a bug: keep the traceback, but say where it happened
             exc.add_note(f"in pipeline stage {stage.name} ({step.dir})")
             raise

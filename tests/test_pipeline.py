@@ -425,3 +425,18 @@ def test_extraction_is_keyed_by_bf16_but_not_by_the_runtime():
     assert key() == key("extract.runtime=torch") == key("extract.runtime=openvino", "extract.precision=fp32")
     assert key("extract.precision=bf16") == {**key(), "precision": "bf16"}
     assert key("extract.precision=mixed") == {**key(), "precision": "mixed"}
+
+
+def test_a_write_failing_in_a_stage_is_one_line_naming_the_stage(tmp_path):
+    """The class of issue 23 #6 in pipelines: an OSError in a stage was a traceback."""
+    import errno
+
+    from pipelines.graph import Stage, StageFailed, execute, plan
+
+    def full_disk(dirs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(StageFailed) as caught:
+        execute(plan([Stage("a", full_disk, outputs=["a.json"])], tmp_path), log=io.StringIO())
+    assert str(caught.value) == (f"pipeline stage a failed: {next((tmp_path / 'a').iterdir())}: "
+                                 "No space left on device")

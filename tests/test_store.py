@@ -331,3 +331,21 @@ def test_a_refused_import_creates_no_store(tmp_path, capsys):
     np.save(folder / "a.npy", np.ones((2, 4), np.float32))
     assert cli_main(["features", "import", str(folder), "--out", str(tmp_path / "s")]) == 0
     assert open_features(tmp_path / "s").ids() == ["a"]
+
+
+def test_a_full_disk_during_export_or_any_command_is_one_line(tmp_path, monkeypatch, capsys):
+    """The class of issue 23 #6: `features export` (and any write no writer catches) on a full disk."""
+    from captioner.cli import main as cli_main
+
+    store, _ = _filled(tmp_path)
+    store.close()
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    assert cli_main(["features", "export", str(store.path), str(tmp_path / "out.h5")]) == 1
+    monkeypatch.undo()
+    assert capsys.readouterr().err.splitlines() == [
+        f"captioner: error: {tmp_path / 'out.h5'}: cannot write: No space left on device"]
+    assert not (tmp_path / "out.h5").exists() and not list(tmp_path.glob(".tmp-*"))
