@@ -86,6 +86,22 @@ def from_dict(cls: type[T], data: dict, source: str = "config") -> T:
     return cls(**kwargs)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, but a key given twice in one mapping is an error: PyYAML keeps the last
+    value silently, so `epochs: 5` above a forgotten `epochs: 50` would train for 50."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:  # the keys written here; `<<: *anchor` merges may be overridden
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one mapping",
+                                                            key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _refuse_cycles(value, source, where: str = "", inside: frozenset = frozenset()) -> None:
     """YAML anchors can make a list or mapping contain itself (`a: &m [*m]`); nothing here could
     use such a value, and walking it would recurse until Python gives up."""
@@ -161,7 +177,7 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None,
         except (OSError, UnicodeDecodeError) as exc:
             raise CaptionerError(f"cannot read config: {exc}", path) from None
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             raise UsageError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path,

@@ -709,3 +709,20 @@ def test_a_second_training_process_on_one_run_dir_is_refused(random_store, data_
     assert sorted(p.name for p in run.iterdir()) == ["train.lock"]
     train(cfg)  # the holder is gone: the lock went with it
     assert (run / "best.pt").is_file()
+
+
+def test_a_key_given_twice_in_a_yaml_config_is_a_usage_error(tmp_path, capsys):
+    """The class of issue 23 #8 in configs: PyYAML kept the last of two `epochs:` silently."""
+    from captioner.cli import main as cli_main
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("epochs: 5\nmodel:\n  hidden_size: 8\nepochs: 50\n")
+    assert cli_main(["train", str(config_file)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"captioner: error: {config_file}:4: invalid YAML: key 'epochs' appears twice in one mapping"]
+    merged = tmp_path / "merged.yaml"  # a merge key's values may still be overridden
+    merged.write_text("pretrain:\n  model: &m {hidden_size: 8, embed_size: 8}\ntrain:\n  model: {<<: *m, hidden_size: 16}\n")
+    from pipelines.stages import PipelineConfig
+
+    loaded = load_config(PipelineConfig, merged)
+    assert (loaded.train.model.hidden_size, loaded.train.model.embed_size) == (16, 8)
