@@ -4,7 +4,8 @@
     python -m torch.distributed.run --nproc_per_node=N -m captioner train CONFIG   (DDP)
 
 A run directory holds config.yaml, last.pt (everything --resume needs), best.pt (the
-checkpoint with the best validation score) and metrics.csv (one row per epoch).
+checkpoint with the best validation score), metrics.csv (one row per epoch) and train.lock
+(flock()ed by the one process training there).
 
 Every video's pooled vector and every tokenised caption are loaded once into two tensors on
 the training device; a batch is then two index operations, so no data loader or per-caption

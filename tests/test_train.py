@@ -235,7 +235,7 @@ def test_run_directory_and_validation_metric(random_store, data_dir, tmp_path):
     best = train(config)
     run = Path(config.run_dir)
     assert sorted(p.name for p in run.iterdir() if p.name != "tensorboard") == [
-        "best.pt", "config.yaml", "last.pt", "metrics.csv"]
+        "best.pt", "config.yaml", "last.pt", "metrics.csv", "train.lock"]
     rows = _metrics(run)
     assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_BLEU-1", "val_BLEU-2", "val_BLEU-3",
                              "val_BLEU-4", "val_CIDEr"]
