@@ -671,9 +671,10 @@ class RunLog:
         with _writing(self.files.last, row["epoch"] - 1):
             save_checkpoint(self.files.last, trainer.model, data.vocab, asdict(self.cfg), data.provenance,
                             row["epoch"], metrics, train_state)
-        with _writing(self.files.best if improved else self.files.metrics, row["epoch"]):
-            if improved:
+        if improved:
+            with _writing(self.files.best, row["epoch"]):
                 _copy_atomic(self.files.last, self.files.best)
+        with _writing(self.files.metrics, row["epoch"]):
             _write_metrics(self.files.metrics, train_state["history"], self.columns)
         if self.writer is not None:
             for key, value in metrics.items():

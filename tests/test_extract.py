@@ -502,3 +502,23 @@ def test_runtimes_share_a_store_and_each_video_says_which_made_it(tmp_path, msvd
     ov_frames, torch_frames = store.frames(clips[0].stem), open_features(tmp_path / "torch").frames(clips[0].stem)
     cosines = (ov_frames * torch_frames).sum(1) / np.linalg.norm(ov_frames, axis=1) / np.linalg.norm(torch_frames, axis=1)
     assert cosines.min() >= 0.9999
+
+
+def test_a_video_whose_features_are_not_finite_fails_alone(tmp_path, msvd_clips, monkeypatch, capsys):
+    """issue 23 #2 at extraction: a backbone overflowing (low precision) must not store NaN."""
+    import captioner.extract as extract_module
+
+    clips = msvd_clips[:2]
+    real_add = extract_module._Batcher.add
+
+    def overflowing(self, video_id, frames, still=False):
+        finished = real_add(self, video_id, frames, still)
+        return [(vid, np.full_like(f, np.inf) if vid == clips[0].stem else f) for vid, f in finished]
+
+    monkeypatch.setattr(extract_module._Batcher, "add", overflowing)
+    summary = extract(clips, tmp_path / "store", dataclasses.replace(TINY, batch_size=2), progress=False)
+    assert (summary.done, summary.failed) == (1, 1)
+    reason = "features hold NaN or infinite values (2560 of 2560); refusing them"
+    assert summary.failures == [{"path": str(clips[0]), "id": clips[0].stem, "reason": reason}]
+    assert f"captioner: {clips[0]}: {reason}" in capsys.readouterr().err
+    assert open_features(tmp_path / "store").ids() == [clips[1].stem]
