@@ -133,6 +133,9 @@ class Captioner:
         path = check_model(model)
         digest = file_sha256(path)
         inference = _inference_model(path, digest)
+        if not _all_finite(vars(inference.decoder)):
+            raise CaptionerError("checkpoint holds NaN or infinite weights (its training diverged); use another "
+                                 "checkpoint", path)
         provenance = inference.provenance or {}
         if "backbone" not in provenance:
             raise CaptionerError("checkpoint does not record which backbone made its training features", path)
@@ -168,6 +171,8 @@ class Captioner:
         """The time-mean of the backbone's features of decoded frames; adds to `timing`."""
         t0 = time.perf_counter()
         features = np.asarray(self.backbone.features(decoded.frames, still=decoded.info.is_image), dtype=np.float32)
+        if not np.isfinite(features).all():  # a backbone overflowing in low precision: no caption means anything
+            raise CaptionerError("the backbone gave NaN or infinite features for this input", decoded.info.path)
         timing["decode"] = timing.get("decode", 0.0) + decode_seconds
         timing["backbone"] = timing.get("backbone", 0.0) + time.perf_counter() - t0
         return features.mean(0)
@@ -282,6 +287,8 @@ class Captioner:
         for item in predict_store(self.model.decoder, self.model.vocab, store, ids, decoding, batch_size=batch_size):
             if item.error is not None:
                 yield item.id, item.error
+            elif not np.isfinite(item.pooled).all():  # stores written before extraction refused them
+                yield item.id, CaptionerError(f"video {item.id!r}: features hold NaN or infinite values", store.path)
             else:
                 yield item.id, self._result(item.meta.get("path") or item.id, item.id, item.hypotheses, item.pooled,
                                             decoding)
@@ -426,6 +433,17 @@ def _training_precision(provenance: dict, runtime: str, device: str) -> str:
     if provenance.get("precision") in ("bf16", "mixed") and cpu_has_bf16():
         return provenance["precision"]
     return "fp32"
+
+
+def _all_finite(value) -> bool:
+    """Whether every array in `value` (a decoder's attributes: arrays, lists and tuples of them) is finite."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind != "f" or bool(np.isfinite(value).all())
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite(v) for v in value)
+    return True
 
 
 def _inference_model(path: Path, digest: str) -> InferenceExport:

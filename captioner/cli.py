@@ -11,10 +11,11 @@ and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
-from .errors import CaptionerError, UsageError
+from .errors import CaptionerError, UsageError, printable
 from .device import add_device_argument, check_device
 from .runtime import add_runtime_arguments, check_options
 
@@ -57,6 +58,10 @@ def _add_extract(sub) -> None:
     p.add_argument("--mirror", action="store_true",
                    help="flip frames left-right: a second view of a training set for "
                         "data.augment_features (never for captioning)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="the store holds features of other settings (backbone, sampling, ...): extract the "
+                        "inputs again with these and delete its other entries of other settings (without it, "
+                        "such a store is refused and left as it is)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_extract)
 
@@ -69,7 +74,7 @@ def _run_extract(args) -> int:
                            precision=args.precision, ray_address=args.ray_address, mirror=args.mirror)
     config.validate()  # every flag's form, before the inputs are searched or a backbone loads
     summary = extract(args.inputs, args.out, config, failures_path=args.failures,
-                      progress=not args.quiet)
+                      progress=not args.quiet, overwrite=args.overwrite)
     return 0 if summary.failed == 0 else 1
 
 
@@ -108,9 +113,11 @@ def _add_features(sub) -> None:
 
 
 def _run_features_import(args) -> int:
-    from .store import import_features, open_features
+    from .atomic import check_output_path
+    from .store import import_features
 
-    n = import_features(args.source, open_features(args.out, "a"), args.format)
+    check_output_path(args.out, folder=True, flag="--out")
+    n = import_features(args.source, args.out, args.format)  # the store is created once the source passed
     print(f"imported {n} videos into {args.out}")
     return 0
 
@@ -257,7 +264,8 @@ def _add_caption(sub) -> None:
     p = sub.add_parser("caption", help="caption video or image files, frames' features in a store",
                        description="Caption each input with a trained model (default: the model shipped "
                                    "in the package; nothing is downloaded). Prints path<TAB>caption "
-                                   "(id<TAB>caption with --features).")
+                                   "(id<TAB>caption with --features); in the path, a backslash, tab, newline "
+                                   "or other control character is written \\\\, \\t, \\n or \\xHH.")
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="video/image files, folders, glob patterns or .txt lists; with --features, store ids "
                         "(default: every video in the store)")
@@ -376,7 +384,7 @@ def _run_caption(args) -> int:
     else:
         candidates, unmatched = expand_globs(args.paths)
         for pattern in unmatched:
-            print(f"captioner: {pattern}: no file matches this pattern", file=sys.stderr)
+            print(f"captioner: {printable(pattern)}: no file matches this pattern", file=sys.stderr)
             failed += 1
         paths, missing = find_inputs(candidates)
         for _, error in missing:  # every missing entry is reported; the rest are still captioned
@@ -408,7 +416,8 @@ def _run_caption(args) -> int:
         results = captioner.caption_many(paths, segments=args.segments, progress=progress.segments,
                                          batch_size=args.batch_size or 1, **decoding)
 
-    def write(what: str, paths_written) -> None:
+    def write(what: str, name: str, where, paths_written) -> None:
+        """Write an input's files; a failure (disk full, read-only) is one line naming the input."""
         nonlocal failed
         try:
             paths_written()
@@ -416,8 +425,8 @@ def _run_caption(args) -> int:
             progress.write(f"captioner: {exc}", sys.stderr)
             failed += 1
         except OSError as exc:
-            progress.write(f"captioner: {exc.filename or what}: cannot write {what} ({exc.strerror or exc})",
-                           sys.stderr)
+            progress.write(f"captioner: {name}: cannot write its {what} to {printable(str(exc.filename or where))} "
+                           f"({exc.strerror or exc}); its caption is above", sys.stderr)
             failed += 1
 
     started = time.perf_counter()  # each input's total runs from the previous input's output
@@ -425,7 +434,8 @@ def _run_caption(args) -> int:
         for path, result in results:
             progress.advance()
             if isinstance(result, CaptionerError):
-                progress.write(f"captioner: {result if result.path else f'{path}: {result}'}", sys.stderr)
+                progress.write(f"captioner: {result if result.path else f'{printable(str(path))}: {result}'}",
+                               sys.stderr)
                 failed += 1
                 started = time.perf_counter()
                 continue
@@ -434,7 +444,7 @@ def _run_caption(args) -> int:
             startup = 0.0  # paid once, by the first input
             captioner.load_seconds = 0.0
             started = time.perf_counter()
-            name = result.id if args.features else result.path
+            name = printable(result.id if args.features else result.path)  # one line, two fields: see --help
             progress.write(to_json(result) if args.json else f"{name}\t{result.caption}")
             if args.verbose:
                 progress.write("captioner: " + name + ": " + ", ".join(f"{k} {v:.3f}s"
@@ -443,9 +453,9 @@ def _run_caption(args) -> int:
             # Files are written after the caption is out: a failed write loses nothing else.
             for fmt, target in subtitles:
                 file = output_path(target, result, fmt) if many else Path(target)
-                write("subtitles", lambda: get_writer(fmt).write(result, file))
+                write("subtitles", name, file, lambda: get_writer(fmt).write(result, file))
             if formats:
-                write("output files", lambda: write_outputs(result, args.output_dir, formats))
+                write("output files", name, args.output_dir, lambda: write_outputs(result, args.output_dir, formats))
     finally:
         progress.close()
     return 1 if failed else 0
@@ -649,6 +659,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `captioner caption ... | head`
         return 0
+    except OSError as exc:
+        # A full disk, a quota or a read-only place is the machine's state, not a bug: one line
+        # wherever the write was (the writers that can say more catch it themselves).
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{printable(str(exc.filename))}: " if exc.filename else ""
+        print(f"captioner: error: {where}cannot write: {exc.strerror}", file=sys.stderr)
+        return 1
+
+
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
 
 
 if __name__ == "__main__":

@@ -86,6 +86,37 @@ def from_dict(cls: type[T], data: dict, source: str = "config") -> T:
     return cls(**kwargs)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, but a key given twice in one mapping is an error: PyYAML keeps the last
+    value silently, so `epochs: 5` above a forgotten `epochs: 50` would train for 50."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:  # the keys written here; `<<: *anchor` merges may be overridden
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one mapping",
+                                                            key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _refuse_cycles(value, source, where: str = "", inside: frozenset = frozenset()) -> None:
+    """YAML anchors can make a list or mapping contain itself (`a: &m [*m]`); nothing here could
+    use such a value, and walking it would recurse until Python gives up."""
+    if not isinstance(value, (list, dict)):
+        return
+    if id(value) in inside:
+        raise UsageError(f"a YAML alias refers to itself (at {where or 'the top level'}); write the value out",
+                         source)
+    inside = inside | {id(value)}
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        _refuse_cycles(item, source, f"{where}.{key}" if where and isinstance(value, dict)
+                       else where if isinstance(value, list) else str(key), inside)
+
+
 def validate_config(obj) -> None:
     """Call `validate()` on `obj` and on every config nested in it, innermost first."""
     for f in dataclasses.fields(obj):
@@ -117,6 +148,7 @@ def apply_overrides(obj: T, overrides: list[str] | None, source: str = "--set") 
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        _refuse_cycles(value, source, key.strip())
         node, cls = data, type(obj)
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -145,11 +177,12 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None,
         except (OSError, UnicodeDecodeError) as exc:
             raise CaptionerError(f"cannot read config: {exc}", path) from None
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             raise UsageError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path,
                              mark.line + 1 if mark else None) from None
+        _refuse_cycles(data, path)
         obj = from_dict(cls, data, str(path))
     obj = apply_overrides(obj, overrides)
     try:
@@ -163,4 +196,12 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None,
 
 
 def save_config(obj, path: str | os.PathLike) -> None:
-    atomic_write(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
+    """Write `obj` as YAML, unless the file already says exactly that (its date then stays the
+    date of the config's last change, e.g. a resume that changes nothing)."""
+    text = yaml.safe_dump(to_dict(obj), sort_keys=False)
+    try:
+        if Path(path).read_text(encoding="utf-8") == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write(path, text)

@@ -260,15 +260,43 @@ def _read_plain_json(path: Path, data: dict) -> tuple[Captions, SplitOf]:
     return captions, None
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, object]]) -> dict:
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+def parse_json(text: str, path: Path, line: int | None = None):
+    """json.loads, refusing an object that names a key twice (json.loads keeps the last value:
+    a prediction or reference file with an id twice would silently lose one)."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_pairs)
+    except _DuplicateKey as exc:
+        if line is None:  # the line of the key's second appearance
+            found = [m.start() for m in re.finditer(re.escape(json.dumps(exc.key)) + r"\s*:", text)]
+            line = text.count("\n", 0, found[1]) + 1 if len(found) > 1 else None
+        raise CaptionerError(f"duplicate key {exc.key!r} in a JSON object (each may appear once)", path,
+                             line) from None
+    except ValueError as exc:
+        raise CaptionerError(f"invalid JSON: {exc.msg if hasattr(exc, 'msg') else exc}", path,
+                             line if line is not None else getattr(exc, "lineno", None)) from None
+
+
 def jsonl_records(path: Path, text: str):
     """(line number, parsed value) for every non-blank line of a JSON Lines file."""
     for line, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
             continue
-        try:
-            yield line, json.loads(raw)
-        except ValueError as exc:
-            raise CaptionerError(f"invalid JSON: {exc}", path, line) from None
+        yield line, parse_json(raw, path, line)
 
 
 def _read_jsonl(path: Path, text: str) -> tuple[Captions, SplitOf]:
@@ -289,10 +317,7 @@ def _read_jsonl(path: Path, text: str) -> tuple[Captions, SplitOf]:
 
 
 def _json_reader(path: Path, text: str):
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise CaptionerError(f"invalid JSON: {exc.msg}", path, getattr(exc, "lineno", None)) from None
+    data = parse_json(text, path)
     if isinstance(data, dict) and "videos" in data and "sentences" in data:
         return lambda p, t: _read_msrvtt(p, data)
     if isinstance(data, dict) and "images" in data:

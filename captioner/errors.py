@@ -10,6 +10,17 @@ from __future__ import annotations
 import os
 
 
+def printable(name: str) -> str:
+    """`name` on one line and one field: backslash, tab, newline and every other control
+    character written as \\\\, \\t, \\n, \\r or \\xHH, so a file name holding them can
+    neither break a `path<TAB>caption` line nor an error message (and can be read back)."""
+    if name.isprintable() and "\\" not in name:
+        return name
+    escaped = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+    return "".join(escaped.get(c, c if c.isprintable() or c == " " else
+                               f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}") for c in name)
+
+
 class CaptionerError(Exception):
     """An error caused by the user's input or environment, shown as one line."""
 
@@ -22,7 +33,7 @@ class CaptionerError(Exception):
     def format(self) -> str:
         if self.path is None:
             return self.reason
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        where = printable(self.path) if self.line is None else f"{printable(self.path)}:{self.line}"
         return f"{where}: {self.reason}"
 
 

@@ -24,7 +24,7 @@ from pathlib import Path, PurePath
 from typing import Iterable, Mapping, Sequence
 
 from .atomic import atomic_write
-from .datasets import jsonl_records
+from .datasets import jsonl_records, parse_json
 from .errors import CaptionerError, UsageError
 from .inputs import video_ids
 from .metrics import DEFAULT_METRICS, Scorer, parse_metrics
@@ -122,10 +122,7 @@ def read_predictions(path: str | os.PathLike) -> dict[str, str]:
     if _looks_like_jsonl(path, text):
         predictions = _read_caption_jsonl(path, text)
     else:
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise CaptionerError(f"invalid JSON: {exc.msg}", path, getattr(exc, "lineno", None)) from None
+        data = parse_json(text, path)  # an id twice is refused, as in JSONL
         if isinstance(data, dict):
             predictions = {str(k): _caption(v, path, f"id {k!r}") for k, v in data.items()}
         elif isinstance(data, list):

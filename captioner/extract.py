@@ -31,7 +31,7 @@ import numpy as np
 
 from .atomic import atomic_write, check_output_path
 from .device import is_cuda, resolve_device
-from .errors import CaptionerError, UsageError
+from .errors import CaptionerError, UsageError, printable
 from .inputs import find_inputs, video_ids
 from .version import __version__
 
@@ -331,11 +331,13 @@ def _embed_chunk(paths: list[str], backbone_name: str, sampling: str, device: st
 # ----------------------------------------------------------------------------- entry point
 def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
             config: ExtractConfig | None = None, *, failures_path: str | os.PathLike | None = None,
-            progress: bool = True, log=None) -> ExtractSummary:
+            progress: bool = True, log=None, overwrite: bool = False) -> ExtractSummary:
     """Extract features for every input video into the store at `store_path`.
 
     Videos already in the store are skipped; videos that fail are reported (one line each on
-    `log`, default stderr, and in the failure list) while the rest are still extracted.
+    `log`, default stderr, and in the failure list) while the rest are still extracted. A store
+    holding features of other settings is refused (UsageError) before anything is written,
+    unless `overwrite`: then its entries of other settings are deleted or extracted again.
     """
     from .runtime import load_backbone
     from .store import open_features
@@ -364,19 +366,27 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
     store = open_features(store_path, "a")
     try:
         return _extract_into(store, paths, missing, ids, backbone, provenance, sampling, config, device,
-                             failures_path or Path(store_path) / "failures.jsonl", progress, log, started)
+                             failures_path or Path(store_path) / "failures.jsonl", progress, log, started,
+                             overwrite)
     finally:
         store.close()
 
 
 def _extract_into(store, paths, missing, ids, backbone, provenance, sampling, config, device, failures_path,
-                  progress, log, started) -> ExtractSummary:
-    store.set_provenance(provenance)
+                  progress, log, started, overwrite) -> ExtractSummary:
+    from .store import OtherSettings
+
+    store.set_provenance(provenance, replace=overwrite)
     summary = ExtractSummary(total=len(paths) + len(missing))
     sources = {path: _source_or_none(path) for path in paths}
     todo = []
     for path in paths:
         status = _stored_status(store, ids[path], sources[path])
+        if isinstance(status, OtherSettings):
+            # store.json agrees, this entry does not (copied in, or left by an older captioner):
+            # finished work is replaced only when asked for.
+            raise UsageError(f"{status.reason}; pass --overwrite to extract it again with the settings asked "
+                             "for, or use another --out", status.path)
         if status == "current":
             continue
         todo.append(path)
@@ -390,7 +400,7 @@ def _extract_into(store, paths, missing, ids, backbone, provenance, sampling, co
     def fail(path, reason: str) -> None:
         summary.failures.append({"path": str(path), "id": ids.get(Path(path), Path(path).stem),
                                  "reason": reason})
-        _write_line(log, bar, f"captioner: {path}: {reason}")
+        _write_line(log, bar, f"captioner: {printable(str(path))}: {reason}")
 
     bar = _progress(len(todo), progress)
     for path, error in missing:  # reported, and the batch goes on without them
@@ -413,6 +423,8 @@ def _extract_into(store, paths, missing, ids, backbone, provenance, sampling, co
                     fail(path, outcome)
                     continue
                 features, meta = outcome
+                if _refused(features, path, fail):
+                    continue
                 store.put(ids[Path(path)], features, {**meta, "source": sources[Path(path)]})
                 _advance(bar, summary, len(features))
         else:
@@ -454,15 +466,17 @@ def _source_or_none(path: Path) -> dict | None:
         return None  # decoding will fail on it with a reason
 
 
-def _stored_status(store, video_id: str, source: dict | None) -> str:
-    """"missing", "current" (keep it), "changed" (the input is another file now) or, for an
-    entry that cannot be kept as it is, the one-line reason why."""
-    from .store import MissingFeatures
+def _stored_status(store, video_id: str, source: dict | None):
+    """"missing", "current" (keep it), "changed" (the input is another file now), OtherSettings
+    for an entry of other settings or, for a corrupt entry, the one-line reason why."""
+    from .store import MissingFeatures, OtherSettings
 
     try:
         meta = store.verified_meta(video_id)
     except MissingFeatures:
         return "missing"
+    except OtherSettings as exc:
+        return exc
     except CaptionerError as exc:
         return str(exc)
     if source is None:
@@ -483,6 +497,8 @@ def _extract_local(todo, ids, sources, backbone, config, sampling, device, prove
     def store_finished(finished) -> None:
         for video_id, features in finished:
             path, meta = in_flight.pop(video_id)
+            if _refused(features, path, fail):
+                continue
             store.put(video_id, features, meta)
             _advance(bar, summary, len(features))
 
@@ -496,6 +512,16 @@ def _extract_local(todo, ids, sources, backbone, config, sampling, device, prove
         frames = mirrored(outcome.frames) if config.mirror else outcome.frames
         store_finished(batcher.add(video_id, frames, still=outcome.info.is_image))
     store_finished(batcher.flush())
+
+
+def _refused(features: np.ndarray, path, fail) -> bool:
+    """Fail one video whose features are not finite (a backbone overflowing in low precision)."""
+    from .store import non_finite_reason
+
+    reason = non_finite_reason(features)
+    if reason:
+        fail(path, reason)
+    return reason is not None
 
 
 def _progress(total: int, enabled: bool):

@@ -21,7 +21,7 @@ from .errors import CaptionerError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
                               ".3gp", ".ogv", ".ts", ".mts", ".m2ts", ".vob", ".gif"})
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
 LIST_EXTENSION = ".txt"
 
@@ -109,6 +109,8 @@ def find_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[t
         path = Path(item)
         if not path.exists():
             problems.append((path, CaptionerError("file not found", path)))
+        elif not_regular(path):
+            problems.append((path, CaptionerError(not_regular(path), path)))
         elif path.is_file() and path.suffix.lower() == LIST_EXTENSION:
             try:
                 entries = list(_list_entries(path))
@@ -119,6 +121,8 @@ def find_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[t
                 listed = path.parent / entry
                 if not listed.exists():
                     problems.append((listed, CaptionerError(f"listed file not found: {listed}", path, line_number)))
+                elif not_regular(listed):
+                    problems.append((listed, CaptionerError(f"{not_regular(listed)}: {listed}", path, line_number)))
                 elif listed.is_file() and listed.suffix.lower() == LIST_EXTENSION:
                     problems.append((listed, CaptionerError(f"lists of lists are not supported: {listed}", path,
                                                             line_number)))
@@ -130,6 +134,19 @@ def find_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[t
     for path in found:
         unique.setdefault(os.path.abspath(path), path)
     return list(unique.values()), problems
+
+
+def not_regular(path: Path) -> str | None:
+    """Why `path` (which exists) is neither a folder nor a regular file, or None. Reading a FIFO
+    or a device would wait for a writer, or never end."""
+    import stat
+
+    mode = path.stat().st_mode
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode) else "special")
+    return f"not a regular file ({kind})"
 
 
 def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:

@@ -98,11 +98,12 @@ def calibration_inputs(files: list[Path], size: int, name: str) -> list[np.ndarr
     from PIL import Image
 
     from .preprocess import centre_crops
+    from .video import to_rgb
 
     samples = []
     for path in files:
         with Image.open(path) as image:
-            samples.append(centre_crops(np.asarray(image.convert("RGB"))[None], size, 1, name))
+            samples.append(centre_crops(np.asarray(to_rgb(image))[None], size, 1, name))
     return samples
 
 

@@ -20,8 +20,6 @@ SIGKILLed writer never leaves a stale lock behind. Readers take no lock and neve
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import io
 import json
 import os
@@ -34,6 +32,7 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
+from . import locking
 from .atomic import TMP_PREFIX, atomic_open, atomic_write
 from .errors import CaptionerError, UsageError
 
@@ -56,6 +55,10 @@ class StoreLocked(CaptionerError):
     """Another process is writing the store."""
 
 
+class OtherSettings(CaptionerError):
+    """A stored entry was extracted with other settings than those asked for."""
+
+
 def _decode_meta(raw: np.ndarray) -> dict:
     return json.loads(bytes(raw).decode("utf-8"))
 
@@ -74,48 +77,6 @@ def _differing(recorded: dict, expected: dict) -> list[str]:
     # "runtimes" lists every runtime that wrote into the store: it grows, and may (see set_provenance).
     return sorted(k for k in set(recorded) | set(expected) - {"runtimes"}
                   if k != "runtimes" and recorded.get(k) != expected.get(k))
-
-
-# Writer locks this process holds: store directory -> [lock file, number of open writers].
-# flock() conflicts between two opens even within one process, and code such as a pipeline
-# stage legitimately opens a store for writing while the extraction it calls opens it again;
-# the lock is about other processes.
-_writer_locks: dict[str, list] = {}
-
-
-def _acquire_writer_lock(store_dir: Path) -> str:
-    key = os.path.realpath(store_dir)
-    held = _writer_locks.get(key)
-    if held is not None:
-        held[1] += 1
-        return key
-    lock_path = store_dir / _LOCK_NAME
-    handle = open(lock_path, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        handle.seek(0)
-        holder = handle.read().strip()
-        handle.close()
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise CaptionerError(f"cannot lock the feature store for writing: {exc.strerror}", lock_path) from None
-        who = f"process {holder}" if holder.isdigit() else "another process"
-        raise StoreLocked(f"{who} is writing this feature store; wait for it to finish or use "
-                          "another --out (one writer at a time keeps a store consistent)", store_dir) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    _writer_locks[key] = [handle, 1]
-    return key
-
-
-def _release_writer_lock(key: str) -> None:
-    held = _writer_locks[key]
-    held[1] -= 1
-    if held[1] == 0:
-        del _writer_locks[key]
-        held[0].close()  # closing the descriptor releases the flock
 
 
 def _file_name(video_id: str) -> str:
@@ -155,20 +116,23 @@ class FeatureStore:
         self._index_file = self.path / "store.json"
         self._ids: list[str] | None = None
         self._unlock = None
-        self._videos_without_index = False
         if mode == "a":
             try:
                 self._videos.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise CaptionerError(f"cannot create the feature store: {exc.strerror}", self.path) from None
-            key = _acquire_writer_lock(self.path)
-            self._unlock = weakref.finalize(self, _release_writer_lock, key)
-            if not self._index_file.exists():
-                self._videos_without_index = any(e.name.endswith(_SUFFIX) for e in os.scandir(self._videos))
-                self._write_info({"format": FORMAT, "version": FORMAT_VERSION,
-                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "provenance": None})
-            if _writer_locks[key][1] == 1:  # the first writer here: no write of ours is under way
+            key = locking.acquire(self.path, _LOCK_NAME, "writing this feature store",
+                                  "wait for it to finish or use another --out (one writer at a time keeps a store "
+                                  "consistent)", StoreLocked)
+            self._unlock = weakref.finalize(self, locking.release, key)
+            if locking.holders(key) == 1:  # the first writer here: no write of ours is under way
                 self._remove_stale_temporaries()
+            if not self._index_file.exists():
+                # Written by the first put() or set_provenance(), after their checks: a refused
+                # run must leave no store.json that says nothing (the next run would trust it).
+                self.info = {"format": FORMAT, "version": FORMAT_VERSION,
+                             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "provenance": None}
+                return
         elif not self.path.is_dir():
             raise CaptionerError("feature store not found (run `captioner extract` first)", self.path)
         elif not self._index_file.exists():
@@ -220,8 +184,11 @@ class FeatureStore:
         """What every video in this store was extracted with (backbone, weights, sampling)."""
         return self.info.get("provenance")
 
-    def set_provenance(self, provenance: dict) -> None:
+    def set_provenance(self, provenance: dict, replace: bool = False) -> None:
         """Record the extraction settings; refuse to mix features of different extractors.
+
+        `replace` (extract --overwrite): record these settings even so, deleting every entry
+        made with other ones (a store's entries are never relabelled).
 
         The runtime that ran the backbone may differ between runs into one store (in one
         precision, PyTorch and OpenVINO features agree to cosine 0.9999; tests/test_runtime.py):
@@ -231,33 +198,44 @@ class FeatureStore:
         self._require_writable()
         provenance = _normalized(provenance)
         runtimes = {provenance.pop("runtime")} if "runtime" in provenance else set()
+        own_runtimes = set(runtimes)
         current = self.provenance
         if current is not None:
             current = {k: v for k, v in current.items() if k != "runtimes"}
             runtimes |= set(self.provenance.get("runtimes", [])) if len(self) > 0 else set()
             if "precision" not in current and "precision" in provenance:
                 current["precision"] = provenance["precision"]  # written before precisions were recorded
-        if current is not None and current != provenance and len(self) > 0:
+        if replace:
+            for video_id in self.ids():
+                try:
+                    self.verified_meta(video_id, provenance)
+                except OtherSettings:
+                    self.delete(video_id)
+                except CaptionerError:
+                    pass  # corrupt: the next extraction redoes it
+            runtimes = own_runtimes
+        elif current is not None and current != provenance and len(self) > 0:
             raise UsageError(
                 "store already holds features extracted with other settings "
-                f"({', '.join(_differing(current, provenance))} differ); use another --out or delete the store",
-                self.path)
-        if current is None and self._videos_without_index:
-            # store.json lost beside existing videos: they still say how they were made, and
-            # must not be relabelled with other settings.
+                f"({', '.join(_differing(current, provenance))} differ); use another --out, delete the "
+                "store or pass --overwrite to extract them again", self.path)
+        elif current is None:
+            # store.json lost (or never given settings) beside existing videos: they still say
+            # how they were made, and must not be relabelled with other settings.
             for video_id in self.ids():
                 try:
                     differing = _differing_settings(self._recorded_settings(video_id), provenance)
                 except CaptionerError:
                     continue  # unreadable entries are the next extraction's to redo
                 if differing:
+                    lost = "is missing" if not self._index_file.exists() else "records no settings"
                     raise UsageError(
-                        f"store.json is missing and the stored videos were extracted with other "
+                        f"store.json {lost} and the stored videos were extracted with other "
                         f"settings ({', '.join(differing)} differ, e.g. video {video_id!r}); use "
-                        "another --out or delete the store", self.path)
+                        "another --out, delete the store or pass --overwrite to extract them again",
+                        self.path)
         self.info["provenance"] = {**provenance, **({"runtimes": sorted(runtimes)} if runtimes else {})}
         self._write_info(self.info)
-        self._videos_without_index = False
 
     def _remove_stale_temporaries(self) -> None:
         # Left behind by a writer killed between write and rename; ours to remove only because
@@ -349,18 +327,20 @@ class FeatureStore:
             raise CaptionerError(f"corrupt feature file (frames {frames_shape}, pooled {pooled_shape})", path)
         return settings, meta, frames_shape[1]
 
-    def verified_meta(self, video_id: str) -> dict:
-        """The meta of a readable entry written with the settings store.json records.
+    def verified_meta(self, video_id: str, expected: dict | None = None) -> dict:
+        """The meta of a readable entry written with the settings store.json records (or `expected`).
 
         Cheap enough to run on every entry of a re-run: opens the file's zip directory (a
         truncated file has none), reads the small meta and settings records and the array
         headers, never the arrays. Raises MissingFeatures when the store lacks the video and
-        CaptionerError (the reason) when its entry is corrupt or made with other settings.
+        CaptionerError (the reason) when its entry is corrupt, OtherSettings when it was made
+        with other settings.
         """
         recorded = self._recorded_settings(video_id)
-        differing = _differing_settings(recorded, self.provenance or {})
+        differing = _differing_settings(recorded, _normalized(expected) if expected is not None
+                                        else self.provenance or {})
         if differing:
-            raise CaptionerError(f"extracted with other settings than store.json records "
+            raise OtherSettings(f"extracted with other settings than store.json records "
                                  f"({', '.join(differing)} differ)", self._videos / _file_name(video_id))
         return recorded[1]
 
@@ -412,6 +392,11 @@ class FeatureStore:
         if frames.ndim != 2 or frames.shape[0] == 0:
             raise ValueError(f"frames must be (T, D) with T >= 1, got {frames.shape}")
         pooled = frames.mean(axis=0) if pooled is None else np.asarray(pooled, dtype=np.float32)
+        non_finite = non_finite_reason(frames) or non_finite_reason(pooled)
+        if non_finite:  # a model trained on one NaN is all NaN
+            raise CaptionerError(f"video {video_id!r}: {non_finite}", self.path)
+        if not self._index_file.exists():
+            self._write_info(self.info)
         records = {"meta": _json_bytes(meta or {})}
         if self.provenance is not None:
             records["settings"] = _json_bytes(self.provenance)
@@ -432,6 +417,14 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, {len(self)} videos)"
+
+
+def non_finite_reason(features: np.ndarray) -> str | None:
+    """Why these features cannot be stored or trained on (NaN or infinite values), or None."""
+    bad = int(features.size - np.count_nonzero(np.isfinite(features)))
+    if bad == 0:
+        return None
+    return f"features hold NaN or infinite values ({bad} of {features.size}); refusing them"
 
 
 def _read_npy(archive: zipfile.ZipFile, name: str) -> np.ndarray:
@@ -475,6 +468,13 @@ def export_features(store: FeatureStore, dest: str | os.PathLike, fmt: str = "au
     """
     dest = Path(dest)
     fmt = _resolve_format(dest, fmt)
+    try:
+        return _export(store, dest, fmt)
+    except OSError as exc:  # disk full, read-only: every file is atomic, so nothing torn is left
+        raise CaptionerError(f"cannot write: {exc.strerror or exc}", exc.filename or dest) from None
+
+
+def _export(store: FeatureStore, dest: Path, fmt: str) -> int:
     ids = store.ids()
     if fmt == "hdf5":
         import h5py
@@ -493,32 +493,20 @@ def export_features(store: FeatureStore, dest: str | os.PathLike, fmt: str = "au
     return len(ids)
 
 
-def import_features(source: str | os.PathLike, store: FeatureStore, fmt: str = "auto",
+def import_features(source: str | os.PathLike, store: FeatureStore | str | os.PathLike, fmt: str = "auto",
                     provenance: dict | None = None) -> int:
     """Bring features made by other tools into a store; returns how many videos were added.
 
     Accepts an HDF5 file whose datasets (at the root or in groups) are (T, D) or (D,) arrays
-    named by video id, or a folder of `<id>.npy` files with the same shapes.
+    named by video id, or a folder of `<id>.npy` files with the same shapes. Every array is
+    checked (shape, one feature size, finite values) and the store's settings compared before
+    anything is written, so a refused import leaves the store as it was; given a path, the
+    store is opened (created) only once the arrays have passed.
     """
     source = Path(source)
     if not source.exists():
         raise CaptionerError("no such file or folder", source)
     fmt = _resolve_format(source, fmt)
-    added = 0
-    dims: set[int] = set()
-
-    def add(vid: str, array, meta: dict) -> None:
-        nonlocal added
-        array = np.asarray(array, dtype=np.float32)
-        if array.ndim not in (1, 2) or array.size == 0:
-            raise CaptionerError(f"video {vid!r} has features of shape {array.shape}; "
-                                 "expected (T, D) or (D,)", source)
-        dims.add(array.shape[-1])
-        if len(dims) > 1:
-            raise CaptionerError(f"videos have different feature sizes {sorted(dims)}", source)
-        store.put(vid, array if array.ndim == 2 else array[None, :], {**meta, "imported_from": str(source)})
-        added += 1
-
     if fmt == "hdf5":
         import h5py
 
@@ -527,35 +515,72 @@ def import_features(source: str | os.PathLike, store: FeatureStore, fmt: str = "
         except OSError as exc:
             raise CaptionerError(f"cannot open as HDF5: {exc}", source) from None
         with h5:
-            def visit(name, obj):
-                if not isinstance(obj, h5py.Dataset):
-                    return
-                parent, _, leaf = name.rpartition("/")
-                # Some tools write one group per video holding a "features" dataset.
-                vid = obj.attrs.get("video_id") or (parent if parent and leaf in _GROUP_LEAVES else name)
-                if isinstance(vid, bytes):
-                    vid = vid.decode("utf-8")
-                meta_raw = obj.attrs.get("meta")
-                meta = json.loads(meta_raw) if isinstance(meta_raw, (str, bytes)) else {}
-                add(str(vid).replace("%2F", "/"), obj[()], meta)
+            return _import_arrays(source, _hdf5_arrays(h5), store, provenance)
+    files = sorted(source.glob("*.npy"))
+    if not files:
+        raise CaptionerError("folder holds no .npy files", source)
+    return _import_arrays(source, [(unquote(file.stem), file, lambda file=file: _load_npy(file), {})
+                                   for file in files], store, provenance)
 
-            h5.visititems(visit)
-    else:
-        files = sorted(source.glob("*.npy"))
-        if not files:
-            raise CaptionerError("folder holds no .npy files", source)
-        for file in files:
-            try:
-                array = np.load(file, allow_pickle=False)
-            except (ValueError, OSError) as exc:
-                raise CaptionerError(f"not a readable .npy file: {exc}", file) from None
-            add(unquote(file.stem), array, {})
-    if added == 0:
+
+def _load_npy(file: Path) -> np.ndarray:
+    try:
+        return np.load(file, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise CaptionerError(f"not a readable .npy file: {exc}", file) from None
+
+
+def _hdf5_arrays(h5) -> list[tuple]:
+    """(video id, where, loader, meta) of every dataset of an open HDF5 file."""
+    import h5py
+
+    found = []
+
+    def visit(name, obj):
+        if not isinstance(obj, h5py.Dataset):
+            return
+        parent, _, leaf = name.rpartition("/")
+        # Some tools write one group per video holding a "features" dataset.
+        vid = obj.attrs.get("video_id") or (parent if parent and leaf in _GROUP_LEAVES else name)
+        if isinstance(vid, bytes):
+            vid = vid.decode("utf-8")
+        meta_raw = obj.attrs.get("meta")
+        meta = json.loads(meta_raw) if isinstance(meta_raw, (str, bytes)) else {}
+        vid = str(vid).replace("%2F", "/")
+        found.append((vid, None, lambda obj=obj: obj[()], meta))
+
+    h5.visititems(visit)
+    return found
+
+
+def _import_arrays(source: Path, arrays: list[tuple], store: FeatureStore, provenance: dict | None) -> int:
+    if not arrays:
         raise CaptionerError("no feature arrays found", source)
+    dims: set[int] = set()
+    for vid, where, load, _ in arrays:  # every check first: the arrays are read twice
+        array = np.asarray(load(), dtype=np.float32)
+        named = (where, "") if where is not None else (source, f"video {vid!r}: ")
+        if array.ndim not in (1, 2) or array.size == 0:
+            raise CaptionerError(f"{named[1]}features of shape {array.shape}; expected (T, D) or (D,)", named[0])
+        reason = non_finite_reason(array)
+        if reason:
+            raise CaptionerError(named[1] + reason, named[0])
+        dims.add(array.shape[-1])
+        if len(dims) > 1:
+            raise CaptionerError(f"videos have different feature sizes {sorted(dims)}", source)
     if provenance is None:
         provenance = {"backbone": f"imported:{source.name}", "feature_dim": dims.pop()}
-    store.set_provenance(provenance)
-    return added
+    opened = not isinstance(store, FeatureStore)
+    store = open_features(store, "a") if opened else store
+    try:
+        store.set_provenance(provenance)
+        for vid, _, load, meta in arrays:
+            array = np.asarray(load(), dtype=np.float32)
+            store.put(vid, array if array.ndim == 2 else array[None, :], {**meta, "imported_from": str(source)})
+    finally:
+        if opened:
+            store.close()
+    return len(arrays)
 
 
 def _resolve_format(path: Path, fmt: str) -> str:

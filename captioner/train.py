@@ -4,7 +4,8 @@
     python -m torch.distributed.run --nproc_per_node=N -m captioner train CONFIG   (DDP)
 
 A run directory holds config.yaml, last.pt (everything --resume needs), best.pt (the
-checkpoint with the best validation score) and metrics.csv (one row per epoch).
+checkpoint with the best validation score), metrics.csv (one row per epoch) and train.lock
+(flock()ed by the one process training there).
 
 Every video's pooled vector and every tokenised caption are loaded once into two tensors on
 the training device; a batch is then two index operations, so no data loader or per-caption
@@ -23,6 +24,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,18 +33,19 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .atomic import TMP_PREFIX, atomic_open, atomic_write
+from . import locking
+from .atomic import TMP_PREFIX, atomic_open, atomic_write, check_output_path
 from .concepts import class_word_table, heads
 from .config import load_config, save_config, validate_config
 from .datasets import Captions, join_features, load_captions
 from .device import cpu_has_native_bf16, cuda_autocast_dtype, resolve_device
-from .errors import CaptionerError
+from .errors import CaptionerError, UsageError
 from .model import (PROVENANCE_KEYS, SOURCES, CaptionModel, Checkpoint, check_provenance,
                     load_checkpoint, provenance_differences, save_checkpoint, source_name)
 from .predict import predict_captions
 from .store import open_features
 from .text import EOS_ID, PAD_ID, Vocabulary, tokenize
-from .train_config import DataConfig, ModelConfig, TrainConfig  # noqa: F401  (re-exported)
+from .train_config import RESUME_MAY_CHANGE, DataConfig, ModelConfig, TrainConfig, resume_differences  # noqa: F401
 
 log = logging.getLogger("captioner")
 
@@ -136,6 +139,8 @@ def make_tensors(store, captions: Captions, vocab: Vocabulary, max_words: int,
     video_ids = list(captions)
     feats, metas = store.pooled_with_meta(video_ids)
     views = [view_matrix(path, video_ids, feats, store.provenance) for path in augment_features]
+    for path, matrix in [(store.path, feats), *zip(augment_features, views)]:
+        _require_finite(matrix, video_ids, path)
     sources = [SOURCES.index(source_name(meta.get("is_image", False))) for meta in metas]
     paired = len(video_ids)
     if text_only:
@@ -153,6 +158,15 @@ def make_tensors(store, captions: Captions, vocab: Vocabulary, max_words: int,
                           torch.from_numpy(tokens).to(device), torch.tensor(video_of, device=device),
                           torch.from_numpy(lengths), paired,
                           torch.from_numpy(np.stack(views)).to(device) if views else None)
+
+
+def _require_finite(feats: np.ndarray, video_ids: list[str], store_path) -> None:
+    """One NaN or inf in the inputs makes every weight NaN; stores written before extraction and
+    import refused them may still hold some."""
+    bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+    if len(bad):
+        raise CaptionerError(f"features of {len(bad)} video(s) hold NaN or infinite values (e.g. "
+                             f"{video_ids[bad[0]]!r}); extract or import them again", store_path)
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -318,7 +332,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     files = RunFiles(Path(cfg.run_dir))
     device = _check_before_start(cfg, resume, world, files)
-    previous = _resumed_checkpoint(files, world, device) if resume else None
+    previous = _resumed_checkpoint(files, world, device, cfg) if resume else None
     _join_process_group(world, device)
     if rank != 0:
         log.setLevel(logging.ERROR)  # one copy of every warning, from rank 0
@@ -329,15 +343,29 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     del previous  # the model holds its own copy of the weights now
     trainer.distribute(world, device)
 
+    # Taken before the first write, so a run refused on its data leaves nothing behind.
+    lock = _lock_run(files, resume) if rank == 0 else None
+    try:
+        _train_epochs(cfg, resume, world, rank, files, device, data, trainer, progress)
+    finally:
+        if lock is not None:
+            locking.release(lock)
+    return files.best
+
+
+def _train_epochs(cfg: TrainConfig, resume: bool, world: int, rank: int, files: "RunFiles", device: torch.device,
+                  data: "TrainingData", trainer: "Trainer", progress: "Progress") -> None:
     run_log = RunLog.open(cfg, files, resume, progress, data, world, device) if rank == 0 else None
     for epoch in range(progress.epoch, cfg.epochs):
         started = time.perf_counter()
         row = {"epoch": epoch + 1, **trainer.run_epoch(cfg, data.train, epoch, rank, world)}
+        _require_finite_training(row, trainer.model, progress.epoch, files)
         seconds = time.perf_counter() - started
         rng = _gather_rng_states(device, world)
         if run_log is not None:
             if data.val is not None:
                 row.update(validate(trainer.model, data.val, data.val_refs, data.vocab, cfg))
+                _require_finite_training(row, trainer.model, progress.epoch, files)
             improved = progress.record(row, run_log.selection)
             run_log.save_epoch(trainer, data, row, improved,
                                {**trainer.state(), "rng": rng, "world": world, **progress.state()})
@@ -348,7 +376,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         run_log.close()
     if world > 1:
         dist.destroy_process_group()
-    return files.best
+
+
+def _lock_run(files: RunFiles, resume: bool) -> str:
+    """One run at a time in a run directory (two resumes of one run would train it twice)."""
+    try:
+        files.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CaptionerError(f"cannot create the run directory: {exc.strerror}", files.dir) from None
+    key = locking.acquire(files.dir, "train.lock", "training in this run directory",
+                          "wait for it to finish or choose another run_dir")
+    if not resume and files.last.exists():  # started beside us, and finished before we got the lock
+        locking.release(key)
+        raise CaptionerError("run directory already holds a run; pass --resume to continue it or "
+                             "choose another run_dir", files.dir)
+    return key
 
 
 # ---- before anything starts
@@ -379,6 +421,7 @@ def _check_before_start(cfg: TrainConfig, resume: bool, world: int, files: RunFi
         raise CaptionerError("objective scst runs in one process; start it without torchrun")
     if cfg.batch_size < world:
         raise CaptionerError(f"batch_size {cfg.batch_size} is smaller than the {world} processes")
+    check_output_path(files.dir, folder=True, flag="run_dir")  # a read-only place fails now, not after an epoch
     if resume and not files.last.is_file():
         raise CaptionerError("nothing to resume: no last.pt (start without --resume)", files.dir)
     if not resume and files.last.exists():
@@ -391,14 +434,31 @@ def _check_before_start(cfg: TrainConfig, resume: bool, world: int, files: RunFi
     return torch.device("cpu")
 
 
-def _resumed_checkpoint(files: RunFiles, world: int, device: torch.device) -> Checkpoint:
-    """last.pt of the run to continue, which must be resumed with the process count it was trained with."""
+def _resumed_checkpoint(files: RunFiles, world: int, device: torch.device, cfg: TrainConfig) -> Checkpoint:
+    """last.pt of the run to continue, which must be resumed with the process count and the config
+    it was trained with (but for RESUME_MAY_CHANGE)."""
     previous = load_checkpoint(files.last, device)
     trained_with = previous.train_state["world"]
     if trained_with != world:
         raise CaptionerError(f"run was trained with {trained_with} processes; resume it with the same number",
                              files.last)
+    differing = resume_differences(previous.config, cfg)
+    if differing:
+        shown = "; ".join(differing[:4]) + (f"; and {len(differing) - 4} more" if len(differing) > 4 else "")
+        raise UsageError(f"--resume with a changed config ({shown}); a resumed run may change only "
+                         f"{', '.join(RESUME_MAY_CHANGE)}: train the new values in another run_dir", files.last)
     return previous
+
+
+def _require_finite_training(row: dict, model: CaptionModel, last_saved: int, files: RunFiles) -> None:
+    """Stop at the first non-finite loss or weight: the run's files keep the last finite epoch."""
+    bad = [f"{k} {v}" for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+    if not bad and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        bad = ["weights not finite"]
+    if bad:
+        kept = f"last.pt keeps epoch {last_saved}" if last_saved else "nothing was saved"
+        raise CaptionerError(f"epoch {row['epoch']}: {', '.join(bad)}; training stopped ({kept}); lower lr or "
+                             "check the features", files.dir)
 
 
 def _join_process_group(world: int, device: torch.device) -> None:
@@ -582,11 +642,12 @@ class RunLog:
         scst = cfg.objective == "scst"
         columns = ["epoch", "train_loss"] + (["train_CIDEr"] if scst else []) + ["val_loss"] + (
             [f"val_{m}" for m in _metric_names(cfg)] if data.val is not None else [])
-        files.dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            _recover_run_files(files.dir, files.last, files.best, progress.epoch, progress.best_epoch,
-                               progress.history, columns)
-        save_config(cfg, files.dir / "config.yaml")
+        with _writing(files.dir / "config.yaml", progress.epoch):
+            files.dir.mkdir(parents=True, exist_ok=True)
+            if resume:
+                _recover_run_files(files.dir, files.last, files.best, progress.epoch, progress.best_epoch,
+                                   progress.history, columns)
+            save_config(cfg, files.dir / "config.yaml")  # unchanged: left alone
         train = data.train
         amp, amp_dtype = _autocast_settings(cfg, device)
         if cfg.cpu_bf16 and device.type == "cpu" and not amp:
@@ -607,11 +668,14 @@ class RunLog:
         last.pt first: it records the best epoch and every row, so a kill during either write
         after it is repaired by --resume (_recover_run_files)."""
         metrics = {k: v for k, v in row.items() if k != "epoch"}
-        save_checkpoint(self.files.last, trainer.model, data.vocab, asdict(self.cfg), data.provenance,
-                        row["epoch"], metrics, train_state)
+        with _writing(self.files.last, row["epoch"] - 1):
+            save_checkpoint(self.files.last, trainer.model, data.vocab, asdict(self.cfg), data.provenance,
+                            row["epoch"], metrics, train_state)
         if improved:
-            _copy_atomic(self.files.last, self.files.best)
-        _write_metrics(self.files.metrics, train_state["history"], self.columns)
+            with _writing(self.files.best, row["epoch"]):
+                _copy_atomic(self.files.last, self.files.best)
+        with _writing(self.files.metrics, row["epoch"]):
+            _write_metrics(self.files.metrics, train_state["history"], self.columns)
         if self.writer is not None:
             for key, value in metrics.items():
                 self.writer.add_scalar(key, value, row["epoch"])
@@ -631,6 +695,20 @@ class RunLog:
 
 
 # ----------------------------------------------------------------------------- helpers of the run
+@contextmanager
+def _writing(path: Path, saved_epoch: int):
+    """A failed write of a run's file (disk full, read-only, quota) as one line saying what is kept.
+
+    Every file is written to a temporary name and renamed, so what was there stays valid; a
+    best.pt or metrics.csv left behind last.pt is rebuilt by --resume (_recover_run_files)."""
+    try:
+        yield
+    except OSError as exc:
+        kept = (f"last.pt holds epoch {saved_epoch}; free space or fix the folder, then --resume" if saved_epoch
+                else "no epoch was saved")
+        raise CaptionerError(f"cannot write {path.name}: {exc.strerror or exc}; {kept}", path.parent) from None
+
+
 def _rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":

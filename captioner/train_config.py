@@ -157,3 +157,41 @@ class TrainConfig:
         """What a run needs beyond valid values (a pipeline config leaves these for the pipeline to set)."""
         if not self.data.features or not self.data.captions:
             raise UsageError("data.features and data.captions must be set")
+
+
+# What `train --resume` may change: how many epochs the run goes to (continue a finished run, or
+# end sooner), where it runs (device) and where its directory is now (run_dir, moved or copied).
+# Every other value shapes the data, the model or the optimisation last.pt already holds; a run
+# whose epochs were trained under two configs could not say what it is.
+RESUME_MAY_CHANGE = ("epochs", "device", "run_dir")
+
+
+def resume_differences(saved: dict, cfg: TrainConfig) -> list[str]:
+    """`key old -> new` for every value of `cfg` that differs from the config the run was saved
+    with (its last.pt) and may not change on resume."""
+    import json
+    from dataclasses import asdict
+
+    def flat(mapping: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in mapping.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    def normal(value):  # tuples and lists, ints and floats compare as their YAML/JSON forms
+        return json.loads(json.dumps(value, default=str))
+
+    new, old, default = flat(asdict(cfg)), flat(saved), flat(asdict(TrainConfig()))
+    ignored = set(RESUME_MAY_CHANGE)
+    if cfg.init_from:
+        ignored |= {k for k in new if k.startswith("model.")}  # the architecture is init_from's
+    # Filled in from the feature store when the run started.
+    ignored |= {k for k, unset in (("model.feature_dim", 0), ("model.concept_heads", [])) if new.get(k) == unset}
+    differing = []
+    for key in new:
+        if key in ignored:
+            continue
+        before = old.get(key, default.get(key))  # a key added since the run began: its default then
+        if normal(before) != normal(new[key]):
+            differing.append(f"{key} {before!r} -> {new[key]!r}")
+    return differing

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CaptionerError, UsageError
-from .inputs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_media
+from .inputs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_media, not_regular
 
 CORRUPT = "cannot decode: truncated or corrupt"
 
@@ -338,6 +338,8 @@ def _check_file(path: str | os.PathLike) -> Path:
         raise CaptionerError("file not found", path)
     if path.is_dir():
         raise CaptionerError("is a folder, not a video or image file", path)
+    if not_regular(path):
+        raise CaptionerError(not_regular(path), path)
     if not is_media(path):
         raise CaptionerError(f"unsupported file type {path.suffix or '(no extension)'!r}: expected a video "
                              f"({', '.join(sorted(VIDEO_EXTENSIONS))}) or an image "
@@ -591,6 +593,43 @@ class _PyAVReader(_Reader):
             container.close()
 
 
+# Full-scale values of PIL's integer and float modes: a 16-bit PNG or TIFF spans 0..65535, and
+# PIL's own convert("RGB") clips those to 255 (a mid-grey 16-bit image came out white).
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I", "F")
+
+
+def to_rgb(image):
+    """A PIL image of any mode as 8-bit RGB, as an image viewer shows it: 16-bit and 32-bit
+    values scaled to 8 bits, float images of 0..1 (or 0..255) scaled, CIELAB converted by colour
+    management, and transparency composited over white (the pixels under a transparent area are
+    arbitrary: often black, which would be captioned as black)."""
+    from PIL import Image
+
+    mode = image.mode
+    if mode in _WIDE_MODES:
+        values = np.asarray(image).astype(np.float64)
+        finite = values[np.isfinite(values)]
+        top = float(finite.max()) if finite.size else 0.0
+        if mode.startswith("I;16"):
+            full = 65535.0
+        elif mode == "F" and top <= 1.0:
+            full = 1.0
+        else:  # 32-bit integers or floats: whichever common range holds the values
+            full = next((f for f in (255.0, 65535.0) if top <= f), max(top, 1.0))
+        gray = np.clip(np.nan_to_num(values / full * 255.0) + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode == "LAB":
+        from PIL import ImageCms
+
+        to_srgb = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+        return ImageCms.applyTransform(image, to_srgb)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 class _ImageReader(_Reader):
     """A still image as a one-frame video."""
 
@@ -610,7 +649,7 @@ class _ImageReader(_Reader):
                 image = ImageOps.exif_transpose(image)  # photos store their orientation in EXIF
                 size = scaled_size(*image.size, short_side)
                 self._native = image.size
-                image = image.convert("RGB")
+                image = to_rgb(image)
                 if size != image.size:
                     image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
                 self._frame = np.asarray(image)[None]

@@ -11,6 +11,11 @@ is known before anything runs: that is what `--dry-run` prints.
 A stage whose outputs can be brought up to date in place (a feature store: extraction skips
 the videos it already holds) names `dir_params`: its directory is keyed by those alone and
 keeps its contents across input changes, while `.done.json` still records the full key.
+
+A marker is not enough to skip a stage: its declared outputs must still exist and verify
+(`outputs_problem`: present, non-empty, JSON that parses, checkpoints that open as archives,
+and whatever the stage's own `verify` checks). A stage whose outputs were deleted or damaged
+runs again, and so does every stage after it, whose outputs were made from the lost ones.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import os
 import shutil
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -45,6 +51,9 @@ class Stage:
     deps: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)  # paths (relative to the stage directory) it must leave
     dir_params: dict | None = None  # key the directory by these only (outputs updated in place)
+    # What else its outputs must satisfy to count (e.g. a store holding every input): the stage
+    # directory in, a one-line reason they do not out, or None.
+    verify: Callable[[Path], str | None] | None = None
 
 
 class StageFailed(CaptionerError):
@@ -127,6 +136,25 @@ def _why_changed(old: dict | None, new: dict) -> str:
     return "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
 
 
+def outputs_problem(stage: Stage, stage_dir: Path) -> str | None:
+    """Why a completed stage's outputs cannot be trusted any more (deleted, emptied, damaged), or None."""
+    for output in stage.outputs:
+        path = stage_dir / output
+        if not path.exists():
+            return f"{output} is missing"
+        if path.is_file():
+            if path.stat().st_size == 0:
+                return f"{output} is empty"
+            if path.suffix == ".json":
+                try:
+                    json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    return f"{output} is not valid JSON"
+            if path.suffix == ".pt" and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+                return f"{output} is damaged"
+    return stage.verify(stage_dir) if stage.verify is not None else None
+
+
 def select(stages: Iterable[Stage], names: Iterable[str]) -> set[str]:
     """Stage names matching each of `names` exactly or as a group prefix ('extract' = 'extract-*')."""
     known = [s.name for s in stages]
@@ -153,6 +181,7 @@ def plan(stages: list[Stage], run_dir: Path, until: Iterable[str] = (), force: I
                 todo.extend(by_name[name].deps)
     asked = select(stages, force)
     forced = set(asked)
+    remade: dict[str, str] = {}  # stage -> the upstream stage whose lost outputs are made again
     keys: dict[str, str] = {}
     steps = []
     for stage in stages:
@@ -163,12 +192,21 @@ def plan(stages: list[Stage], run_dir: Path, until: Iterable[str] = (), force: I
         stage_dir = run_dir / stage.name / (key if stage.dir_params is None else _hash(stage.dir_params))
         if any(d in forced for d in stage.deps):
             forced.add(stage.name)  # its inputs are being rewritten
+        upstream = next((remade[d] for d in stage.deps if d in remade), None)
         marker = _read_marker(stage_dir)
         fresh = False
+        lost = outputs_problem(stage, stage_dir) if marker is not None and marker.get("key") == key else None
         if stage.name not in wanted:
             action, reason = "skip", "not needed for --until"
         elif stage.name in forced:
             action, reason, fresh = "run", "forced" if stage.name in asked else "upstream forced", True
+        elif upstream is not None:
+            remade[stage.name] = upstream
+            action, reason, fresh = "run", f"upstream {upstream} is made again", stage.dir_params is None
+        elif lost is not None:
+            # A stage updated in place (a store) fills in what is missing; any other starts over.
+            remade[stage.name] = stage.name
+            action, reason, fresh = "run", f"up to date but {lost}", stage.dir_params is None
         elif marker is not None and marker.get("key") == key:
             action, reason = "skip", "up to date"
         elif stage_dir.is_dir() and marker is None:
@@ -211,11 +249,15 @@ def execute(steps: list[Step], log=None) -> None:
         started = time.perf_counter()
         try:
             stage.run(dirs)
-            missing = [o for o in stage.outputs if not (step.dir / o).exists()]
-            if missing:
-                raise CaptionerError(f"finished without writing {', '.join(missing)}", step.dir)
+            problem = outputs_problem(stage, step.dir)
+            if problem:
+                raise CaptionerError(f"finished, but {problem}", step.dir)
         except CaptionerError as exc:
             raise StageFailed(stage.name, exc) from None
+        except OSError as exc:  # disk full, read-only, quota, a file gone: the machine's state, not a bug
+            if exc.strerror is None:
+                raise
+            raise StageFailed(stage.name, CaptionerError(exc.strerror, exc.filename or step.dir)) from None
         except Exception as exc:  # a bug: keep the traceback, but say where it happened
             exc.add_note(f"in pipeline stage {stage.name} ({step.dir})")
             raise

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from captioner import locking
 from captioner.atomic import atomic_write
 from captioner.config import load_config, save_config
 from captioner.errors import CaptionerError, UsageError
@@ -42,6 +43,7 @@ from .graph import MARKER, Stage, Step, execute, format_plan, plan
 STORE = "features"  # the feature store inside an extraction stage's directory
 VIDEO_SETS = ("pretrain", "images", "train", "val", "test")
 LAUNCH = "torchrun.json"  # a multi-node training stage's launch command, for the other nodes
+LOCK = "pipeline.lock"  # held by the one `pipeline run` working in a run directory
 
 
 @dataclass
@@ -202,7 +204,28 @@ def _extract_stage(config: PipelineConfig, name: str, progress: bool) -> Stage:
     params = {"backbone": extract_config.backbone, "frames": extract_config.frames}
     if extract_config.precision in ("bf16", "mixed"):
         params["precision"] = extract_config.precision
-    return Stage(stage_name, run, params=params, inputs=paths, outputs=[f"{STORE}/store.json"], dir_params=params)
+    return Stage(stage_name, run, params=params, inputs=paths, outputs=[f"{STORE}/store.json"], dir_params=params,
+                 verify=lambda stage_dir: _store_problem(stage_dir / STORE, paths))
+
+
+def _store_problem(store_path: Path, paths: list[Path]) -> str | None:
+    """Why an extraction stage's store no longer holds what it extracted: videos deleted from it
+    (those that failed to extract, listed in failures.jsonl, were never there)."""
+    from captioner.inputs import video_ids
+    from captioner.store import open_features
+
+    try:
+        held = set(open_features(store_path).ids())
+    except CaptionerError as exc:
+        return exc.reason
+    failed = set()
+    try:
+        failed = {json.loads(line).get("id") for line in (store_path / "failures.jsonl").read_text().splitlines()
+                  if line.strip()}
+    except (OSError, ValueError, AttributeError):
+        pass
+    lost = set(video_ids(paths).values()) - held - failed
+    return f"{len(lost)} of its videos are missing from {STORE}/" if lost else None
 
 
 # ----------------------------------------------------------------------------- training set
@@ -451,6 +474,22 @@ def run_pipeline(config: PipelineConfig, *, until: list[str] = (), force: list[s
     """Print the plan, then run the stages that are not up to date (unless dry_run)."""
     out = out or sys.stdout
     run_dir = Path(config.run_dir).resolve()  # the stages may run in other processes, even on other nodes
+    if dry_run:
+        return _run_locked(config, run_dir, until, force, dry_run, progress, out)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CaptionerError(f"cannot create the run directory: {exc.strerror}", run_dir) from None
+    # Two runs on one directory would both resume the same stage (train it twice, interleave a store).
+    key = locking.acquire(run_dir, LOCK, "running this pipeline", "wait for it to finish or use another run_dir")
+    try:
+        return _run_locked(config, run_dir, until, force, dry_run, progress, out)
+    finally:
+        locking.release(key)
+
+
+def _run_locked(config: PipelineConfig, run_dir: Path, until, force, dry_run: bool, progress: bool,
+                out) -> list[Step]:
     steps = plan(build_stages(config, progress), run_dir, until, force)
     print(f"pipeline {run_dir}: {sum(s.action != 'skip' for s in steps)} of {len(steps)} stages to run"
           + (" (dry run)" if dry_run else ""), file=out)

@@ -384,6 +384,36 @@ def test_a_store_of_other_frames_or_mirrored_is_refused(captioner, model_store, 
         assert str(error.value).startswith(str(other.path))
 
 
+
+def test_non_finite_features_or_weights_are_one_line_errors(captioner, model_store, tmp_path, monkeypatch):
+    """issue 23 #2: a NaN model or NaN features ended in an IndexError traceback (nbest[0])."""
+    import torch
+
+    import captioner.store as store_module
+    from captioner.store import open_features
+
+    source = open_features(model_store)
+    with monkeypatch.context() as patched:  # a store written before extraction refused NaN
+        patched.setattr(store_module, "non_finite_reason", lambda array: None, raising=False)
+        poisoned = open_features(tmp_path / "nan", "a")
+        poisoned.set_provenance(source.provenance)
+        for vid in source.ids():
+            poisoned.put(vid, source.frames(vid), source.meta(vid))
+        poisoned.put("nan", np.full_like(source.frames(source.ids()[0]), np.nan), source.meta(source.ids()[0]))
+        poisoned.close()
+    results = dict(captioner.caption_store(tmp_path / "nan"))
+    assert str(results.pop("nan")) == f"{tmp_path / 'nan'}: video 'nan': features hold NaN or infinite values"
+    assert all(isinstance(r.caption, str) and r.caption for r in results.values())
+
+    checkpoint = torch.load(captioner.checkpoint_path, map_location="cpu", weights_only=False)
+    next(iter(checkpoint["model"].values())).fill_(float("nan"))
+    torch.save(checkpoint, tmp_path / "diverged.pt")
+    with pytest.raises(CaptionerError) as caught:
+        Captioner.load(tmp_path / "diverged.pt", device="cpu", load_backbone=False)
+    assert str(caught.value) == (f"{tmp_path / 'diverged.pt'}: checkpoint holds NaN or infinite weights (its "
+                                 "training diverged); use another checkpoint")
+
+
 # ------------------------------------------------------------------ output files
 def _same_name_in_two_folders(tmp_path, clip) -> list[str]:
     for folder in ("dupA", "dupB"):
@@ -489,3 +519,44 @@ def test_repeated_segment_captions_are_one_cue(tmp_path):
     assert [(c.start, c.end, c.text) for c in vtt] == [("00:00:00.000", "00:00:06.000", "a dog runs"),
                                                        ("00:00:06.000", "00:00:09.000", "a cat"),
                                                        ("00:00:09.000", "00:00:13.500", "a dog runs")]
+
+
+def test_a_full_disk_under_output_dir_names_the_input_and_keeps_the_captions(caption_model, msvd_clips, tmp_path,
+                                                                            monkeypatch, capsys):
+    """issue 23 #11: the line said "output files: cannot write output files", not which input's."""
+    import errno
+
+    from captioner.cli import main as cli_main
+
+    clips = msvd_clips[:2]
+    real_fsync = os.fsync
+
+    def full_disk_under_out(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path / "out")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk_under_out)
+    code = cli_main(["caption", *map(str, clips), "--model", str(caption_model), "--output-dir", str(tmp_path / "out"),
+                     "--no-progress"])
+    monkeypatch.undo()
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert [line.split("\t")[0] for line in out.splitlines()] == list(map(str, clips))  # every caption printed
+    assert err.splitlines() == [f"captioner: {clip}: cannot write its output files to {tmp_path / 'out'} (No space "
+                                "left on device); its caption is above" for clip in clips]
+    assert not list((tmp_path / "out").iterdir())  # no torn files
+
+
+def test_a_tab_or_newline_in_a_file_name_is_escaped_in_the_output(caption_model, msvd_clips, tmp_path):
+    """issue 23 #9: `path<TAB>caption` must stay one line of two fields whatever the file name."""
+    odd = tmp_path / "a\tb\nc.avi"
+    shutil.copyfile(msvd_clips[0], odd)
+    result = _cli(odd, "--model", caption_model)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].count("\t") == 1
+    name, caption = lines[0].split("\t")
+    assert name == str(tmp_path) + "/a\\tb\\nc.avi" and caption
+    as_json = json.loads(_cli(odd, "--model", caption_model, "--json").stdout)
+    assert as_json["path"] == str(odd)  # JSON carries the name as it is

@@ -254,3 +254,25 @@ def test_the_catalogue_gives_each_backbones_real_size_and_input(name, one_torch_
     assert made.feature_dim == info.feature_dim
     assert info.input.startswith(f"{made.clip_len}-frame clips, {made.input_size} px" if made.clip_len > 1
                                  else f"{made.input_size} px")
+
+
+def test_a_write_failure_no_writer_caught_is_still_one_line(monkeypatch, capsys):
+    """The class of issue 23 #6 for every command: disk full, quota or read-only is one line, exit 1."""
+    import errno
+
+    import captioner.cli as cli
+
+    def full_disk(args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "out/report.html")
+
+    monkeypatch.setattr(cli, "_run_features_info", full_disk)
+    assert cli.main(["features", "info", "s"]) == 1
+    assert capsys.readouterr().err.splitlines() == ["captioner: error: out/report.html: cannot write: No space left "
+                                                    "on device"]
+
+    def bug(args):
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    monkeypatch.setattr(cli, "_run_features_info", bug)
+    with pytest.raises(OSError):  # anything else is a bug and keeps its traceback
+        cli.main(["features", "info", "s"])

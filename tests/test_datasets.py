@@ -159,3 +159,12 @@ def test_join_reports_missing_ids_once_with_a_count(tmp_path, caplog):
     assert len(caplog.records) == 1 and "2 of 4 videos in caps.jsonl have no features" in caplog.text
     with pytest.raises(CaptionerError, match="none of the 1 videos"):
         join_features({"zz": ["x"]}, store.ids(), "caps.jsonl", store.path)
+
+
+def test_a_reference_id_named_twice_in_json_is_refused(tmp_path):
+    """issue 23 #8, the same class in caption files: json.loads kept only the last list."""
+    refs = tmp_path / "refs.json"
+    refs.write_text('{"vid1": ["a man cooks"],\n "vid1": ["a dog runs"]}')
+    with pytest.raises(CaptionerError) as caught:
+        load_references(refs)
+    assert str(caught.value) == f"{refs}:2: duplicate key 'vid1' in a JSON object (each may appear once)"

@@ -49,6 +49,10 @@ def test_prediction_formats(tmp_path):
     ("bad.jsonl", '{"path": "a.mp4", "caption": "x"}\n{"path": "b.mp4", "caption": \n', ["bad.jsonl:2", "invalid JSON"]),
     ("dup.jsonl", '{"path": "a/v.mp4", "caption": "x"}\n{"path": "a/v.mp4", "caption": "y"}\n', ["dup.jsonl:2", "'a/v'"]),
     ("nocap.jsonl", '{"path": "a.mp4", "text": "x"}\n', ["nocap.jsonl:1", "'caption'"]),
+    # issue 23 #8: an id twice in a JSON object silently kept the last caption.
+    ("dup.json", '{"vid1": "a man",\n "vid2": "a cat",\n "vid1": "a dog"}', ["dup.json:3", "duplicate key 'vid1'"]),
+    ("dupkey.jsonl", '{"path": "a.mp4", "caption": "x", "caption": "y"}\n', ["dupkey.jsonl:1",
+                                                                              "duplicate key 'caption'"]),
     ("list.json", '[{"caption": "x"}]', ["list.json", "item 0"]),
     ("empty.json", "  \n", ["empty.json", "empty predictions file"]),
     ("number.json", "42", ["number.json", "expected {id: caption}"]),

@@ -286,10 +286,46 @@ def test_a_lost_store_json_does_not_let_other_settings_skip_the_videos(tmp_path,
     assert code == 2
     assert err[-1].startswith(f"captioner: error: {store}: store.json is missing and the stored videos were "
                               "extracted with other settings (frames differ")
+    # issue 23 #1: the refused run leaves nothing behind, so the same command stays refused
+    # instead of replacing the uniform:2 features with uniform:4 ones.
+    assert not (store / "store.json").exists()
+    entry = store / "videos" / f"{msvd_clips[0].stem}.npz"
+    before = entry.read_bytes()
+    code = cli_main(["extract", str(msvd_clips[0]), "--out", str(store), "--backbone", "efficientnet_lite0",
+                     "--frames", "uniform:4", "--workers", "0", "--quiet"])
+    assert code == 2 and not (store / "store.json").exists()
     # The same settings as the videos: the run carries on and store.json is back.
     again = extract(msvd_clips[:1], store, TINY, progress=False)
     assert (again.done, again.skipped) == (0, 1)
     assert open_features(store).provenance["frames"] == "uniform:2"
+    assert entry.read_bytes() == before
+
+
+def test_entries_of_other_settings_are_replaced_only_with_overwrite(tmp_path, msvd_clips, capsys):
+    store = tmp_path / "store"
+    extract(msvd_clips[:1], store, TINY, progress=False)
+    # store.json says uniform:4 while the entry is uniform:2 (what the old bug left behind).
+    info = json.loads((store / "store.json").read_text())
+    info["provenance"]["frames"] = "uniform:4"
+    (store / "store.json").write_text(json.dumps(info))
+    entry = store / "videos" / f"{msvd_clips[0].stem}.npz"
+    written = entry.stat().st_mtime_ns
+    args = ["extract", str(msvd_clips[0]), "--out", str(store), "--backbone", "efficientnet_lite0",
+            "--frames", "uniform:4", "--workers", "0", "--quiet"]
+    capsys.readouterr()
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"captioner: error: {entry}: extracted with other settings than store.json records (frames "
+                   "differ); pass --overwrite to extract it again with the settings asked for, or use another --out"]
+    assert entry.stat().st_mtime_ns == written
+    assert cli_main(args + ["--overwrite"]) == 0
+    assert open_features(store).frames(msvd_clips[0].stem).shape == (4, 1280)
+    # Other settings in store.json itself: refused, then replaced with --overwrite.
+    args[args.index("uniform:4")] = "uniform:3"
+    assert cli_main(args) == 2
+    assert open_features(store).provenance["frames"] == "uniform:4"
+    assert cli_main(args + ["--overwrite"]) == 0
+    assert open_features(store).frames(msvd_clips[0].stem).shape == (3, 1280)
 
 
 def test_fingerprint_tells_apart_files_of_equal_size_and_mtime(tmp_path):
@@ -466,3 +502,23 @@ def test_runtimes_share_a_store_and_each_video_says_which_made_it(tmp_path, msvd
     ov_frames, torch_frames = store.frames(clips[0].stem), open_features(tmp_path / "torch").frames(clips[0].stem)
     cosines = (ov_frames * torch_frames).sum(1) / np.linalg.norm(ov_frames, axis=1) / np.linalg.norm(torch_frames, axis=1)
     assert cosines.min() >= 0.9999
+
+
+def test_a_video_whose_features_are_not_finite_fails_alone(tmp_path, msvd_clips, monkeypatch, capsys):
+    """issue 23 #2 at extraction: a backbone overflowing (low precision) must not store NaN."""
+    import captioner.extract as extract_module
+
+    clips = msvd_clips[:2]
+    real_add = extract_module._Batcher.add
+
+    def overflowing(self, video_id, frames, still=False):
+        finished = real_add(self, video_id, frames, still)
+        return [(vid, np.full_like(f, np.inf) if vid == clips[0].stem else f) for vid, f in finished]
+
+    monkeypatch.setattr(extract_module._Batcher, "add", overflowing)
+    summary = extract(clips, tmp_path / "store", dataclasses.replace(TINY, batch_size=2), progress=False)
+    assert (summary.done, summary.failed) == (1, 1)
+    reason = "features hold NaN or infinite values (2560 of 2560); refusing them"
+    assert summary.failures == [{"path": str(clips[0]), "id": clips[0].stem, "reason": reason}]
+    assert f"captioner: {clips[0]}: {reason}" in capsys.readouterr().err
+    assert open_features(tmp_path / "store").ids() == [clips[1].stem]

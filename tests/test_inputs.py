@@ -92,3 +92,42 @@ def test_two_inputs_with_one_stem_caption_and_evaluate(tmp_path, msvd_clips):
                         "--metrics", "BLEU-1", "--json", cwd=tmp_path)
     assert scored.returncode == 0, scored.stderr
     assert json.loads(scored.stdout)["n"] == {"scored": 2, "missing": 0}
+
+
+def test_a_fifo_or_device_is_not_a_regular_file_and_nothing_waits_on_it(tmp_path):
+    """issue 23 #10: a FIFO named .mp4 was reported as an "empty file" (and extract blocked reading it)."""
+    from captioner.errors import CaptionerError
+    from captioner.video import decode
+
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    listed = tmp_path / "list.txt"
+    listed.write_text("pipe.mp4\n")
+    paths, problems = find_inputs([fifo, "/dev/zero", listed])
+    assert paths == []
+    assert [str(error) for _, error in problems] == [
+        f"{fifo}: not a regular file (a FIFO)", "/dev/zero: not a regular file (a character device)",
+        f"{listed}:1: not a regular file (a FIFO): {fifo}"]
+    with pytest.raises(CaptionerError, match=r"pipe\.mp4: not a regular file \(a FIFO\)"):
+        decode(fifo)
+    extract = subprocess.run([sys.executable, "-m", "captioner.cli", "extract", str(fifo), "--out",
+                              str(tmp_path / "store")], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert extract.returncode == 1
+    assert extract.stderr.splitlines() == [f"captioner: {fifo}: not a regular file (a FIFO)",
+                                           "captioner: error: nothing to extract: every input above is missing or "
+                                           "holds no media"]
+
+
+def test_control_characters_in_names_stay_on_one_line_and_one_field(tmp_path):
+    """issue 23 #9: a newline or tab in a file name broke `path<TAB>caption` and error lines apart."""
+    from captioner.errors import CaptionerError, printable
+
+    odd = "a\tb\nc\\d\x07e é.mp4"
+    assert printable(odd) == "a\\tb\\nc\\\\d\\x07e é.mp4"
+    assert printable("plain é.mp4") == "plain é.mp4"
+    assert str(CaptionerError("file not found", tmp_path / odd)) == f"{tmp_path}/{printable(odd)}: file not found"
+    missing = subprocess.run([sys.executable, "-m", "captioner.cli", "caption", str(tmp_path / odd)],
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr.splitlines() == [f"captioner: {tmp_path}/{printable(odd)}: file not found"]

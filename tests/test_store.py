@@ -235,3 +235,117 @@ def test_disk_full_is_one_line_naming_the_store_and_loses_nothing(tmp_path, monk
     assert reader.ids() == sorted(ODD_IDS)
     for vid, frames in arrays.items():
         np.testing.assert_allclose(reader.frames(vid), frames)
+
+
+def test_a_refused_settings_check_leaves_no_store_json_and_stays_refused(tmp_path):
+    """issue 23 #1: the refused run used to write store.json ("provenance": null) before the check,
+    so the same command run again found no videos to compare and relabelled the store."""
+    settings = {"backbone": "lite0", "frames": "uniform:4", "feature_dim": 2}
+    with open_features(tmp_path / "s", "a") as store:
+        store.set_provenance(settings)
+        store.put("x", np.ones((3, 2)), {**settings, "path": "x.avi"})
+    (tmp_path / "s" / "store.json").unlink()
+    other = {**settings, "frames": "uniform:8"}
+    for _ in range(2):
+        with open_features(tmp_path / "s", "a") as store:
+            with pytest.raises(UsageError, match=r"store\.json is missing .*\(frames differ"):
+                store.set_provenance(other)
+        assert not (tmp_path / "s" / "store.json").exists()
+    # A store.json that says nothing (written by the old code) must not let other settings in either.
+    (tmp_path / "s" / "store.json").write_text(json.dumps({"format": "captioner-features", "version": 1,
+                                                          "provenance": None}))
+    with open_features(tmp_path / "s", "a") as store:
+        with pytest.raises(UsageError, match=r"\(frames differ"):
+            store.set_provenance(other)
+    assert json.loads((tmp_path / "s" / "store.json").read_text())["provenance"] is None
+    assert open_features(tmp_path / "s").verified_meta("x", settings)["frames"] == "uniform:4"
+
+
+def test_replace_settings_deletes_the_entries_of_other_settings(tmp_path):
+    settings = {"backbone": "lite0", "frames": "uniform:4", "feature_dim": 2}
+    with open_features(tmp_path / "s", "a") as store:
+        store.set_provenance(settings)
+        store.put("x", np.ones((3, 2)))
+        other = {**settings, "frames": "uniform:8"}
+        store.set_provenance(other, replace=True)
+        assert store.ids() == [] and store.provenance == other
+
+
+def test_a_store_opened_for_writing_writes_nothing_until_it_is_written(tmp_path):
+    with open_features(tmp_path / "s", "a"):
+        pass
+    assert not (tmp_path / "s" / "store.json").exists()
+    with open_features(tmp_path / "s", "a") as store:
+        store.put("x", np.ones((1, 2)))  # an entry without settings: the store is readable at once
+    assert open_features(tmp_path / "s").ids() == ["x"]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_import_refuses_non_finite_features_and_imports_nothing(tmp_path, bad):
+    """issue 23 #2: NaN or inf features trained a NaN model."""
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    np.save(folder / "a.npy", np.ones((2, 4), np.float32))
+    poisoned = np.ones((2, 4), np.float32)
+    poisoned[1, 2] = bad
+    np.save(folder / "b.npy", poisoned)
+    with pytest.raises(CaptionerError) as caught:
+        import_features(folder, open_features(tmp_path / "s", "a"))
+    assert str(caught.value) == f"{folder / 'b.npy'}: features hold NaN or infinite values (1 of 8); refusing them"
+    assert not (tmp_path / "s" / "store.json").exists() and not list((tmp_path / "s" / "videos").iterdir())
+    with h5py.File(tmp_path / "f.h5", "w") as h5:
+        h5["ok"] = np.ones((2, 4), np.float32)
+        h5["bad"] = np.full((2, 4), bad, np.float32)
+    with pytest.raises(CaptionerError, match=r"f\.h5: video 'bad': features hold NaN or infinite values \(8 of 8\)"):
+        import_features(tmp_path / "f.h5", open_features(tmp_path / "s2", "a"))
+    assert not list((tmp_path / "s2" / "videos").iterdir())
+    with pytest.raises(CaptionerError, match="NaN or infinite"):
+        open_features(tmp_path / "s3", "a").put("x", poisoned)
+
+
+def test_import_into_a_store_of_other_settings_changes_nothing(tmp_path):
+    store, arrays = _filled(tmp_path)
+    store.close()
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    np.save(folder / "plain.npy", np.zeros((2, 8), np.float32))
+    with pytest.raises(UsageError, match="other settings"):
+        import_features(folder, open_features(store.path, "a"))
+    np.testing.assert_allclose(open_features(store.path).frames("plain"), arrays["plain"])
+
+
+def test_a_refused_import_creates_no_store(tmp_path, capsys):
+    """"Nothing is created before the checks pass": `features import` used to open (create) the
+    store before reading the source."""
+    from captioner.cli import main as cli_main
+
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    np.save(folder / "a.npy", np.full((2, 4), np.inf, np.float32))
+    assert cli_main(["features", "import", str(folder), "--out", str(tmp_path / "s")]) == 1
+    assert cli_main(["features", "import", str(tmp_path / "absent"), "--out", str(tmp_path / "s")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"captioner: error: {folder / 'a.npy'}: features hold NaN or infinite values (8 of 8); refusing them",
+        f"captioner: error: {tmp_path / 'absent'}: no such file or folder"]
+    assert not (tmp_path / "s").exists()
+    np.save(folder / "a.npy", np.ones((2, 4), np.float32))
+    assert cli_main(["features", "import", str(folder), "--out", str(tmp_path / "s")]) == 0
+    assert open_features(tmp_path / "s").ids() == ["a"]
+
+
+def test_a_full_disk_during_export_or_any_command_is_one_line(tmp_path, monkeypatch, capsys):
+    """The class of issue 23 #6: `features export` (and any write no writer catches) on a full disk."""
+    from captioner.cli import main as cli_main
+
+    store, _ = _filled(tmp_path)
+    store.close()
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    assert cli_main(["features", "export", str(store.path), str(tmp_path / "out.h5")]) == 1
+    monkeypatch.undo()
+    assert capsys.readouterr().err.splitlines() == [
+        f"captioner: error: {tmp_path / 'out.h5'}: cannot write: No space left on device"]
+    assert not (tmp_path / "out.h5").exists() and not list(tmp_path.glob(".tmp-*"))

@@ -235,7 +235,7 @@ def test_run_directory_and_validation_metric(random_store, data_dir, tmp_path):
     best = train(config)
     run = Path(config.run_dir)
     assert sorted(p.name for p in run.iterdir() if p.name != "tensorboard") == [
-        "best.pt", "config.yaml", "last.pt", "metrics.csv"]
+        "best.pt", "config.yaml", "last.pt", "metrics.csv", "train.lock"]
     rows = _metrics(run)
     assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_BLEU-1", "val_BLEU-2", "val_BLEU-3",
                              "val_BLEU-4", "val_CIDEr"]
@@ -501,3 +501,229 @@ def test_ddp_two_cpu_processes(random_store, data_dir, tmp_path):
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
     checkpoint = load_checkpoint(tmp_path / "run" / "best.pt")
     assert checkpoint.train_state["world"] == 2 and len(checkpoint.train_state["rng"]) == 2
+
+
+# ------------------------------------------------------------------------- what a run must never save
+def _nan_store(random_store, path, monkeypatch):
+    """A store holding one NaN video, as stores written before import and extraction refused them."""
+    import captioner.store as store_module
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store_module, "non_finite_reason", lambda array: None, raising=False)
+        source, store = open_features(random_store), open_features(path, "a")
+        store.set_provenance(source.provenance)
+        for vid in source.ids():
+            store.put(vid, source.frames(vid))
+        store.put(source.ids()[3], np.full((3, 32), np.nan, np.float32))
+        store.close()
+    return source.ids()[3]
+
+
+def test_non_finite_features_are_refused_before_training(random_store, data_dir, tmp_path, monkeypatch):
+    """issue 23 #2: an all-NaN video trained a NaN model, saved as best.pt, exit 0."""
+    poisoned = _nan_store(random_store, tmp_path / "nan_store", monkeypatch)
+    cfg = _config(tmp_path, epochs=2, data=_data(tmp_path / "nan_store", data_dir))
+    with pytest.raises(CaptionerError) as caught:
+        train(cfg)
+    assert str(caught.value) == (f"{tmp_path / 'nan_store'}: features of 1 video(s) hold NaN or infinite values "
+                                 f"(e.g. {poisoned!r}); extract or import them again")
+    assert not (Path(cfg.run_dir) / "best.pt").exists()
+
+
+@pytest.mark.parametrize("poison", ["loss", "weights"])
+def test_a_non_finite_loss_or_weight_stops_training_and_keeps_the_last_finite_epoch(
+        random_store, data_dir, tmp_path, monkeypatch, poison):
+    cfg = _config(tmp_path, epochs=3, data=_data(random_store, data_dir))
+    real_epoch, calls = train_module.train_epoch, []
+
+    def diverges_in_second_epoch(model, *args, **kwargs):
+        loss = real_epoch(model, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("inf"))
+            return float("nan") if poison == "loss" else loss
+        return loss
+
+    monkeypatch.setattr(train_module, "train_epoch", diverges_in_second_epoch)
+    with pytest.raises(CaptionerError) as caught:
+        train(cfg)
+    shown = "train_loss nan" if poison == "loss" else "weights not finite"
+    assert str(caught.value) == (f"{cfg.run_dir}: epoch 2: {shown}; training stopped (last.pt keeps epoch 1); "
+                                 "lower lr or check the features")
+    for name in ("best.pt", "last.pt"):
+        saved = load_checkpoint(Path(cfg.run_dir) / name)
+        assert saved.epoch == 1
+        assert all(torch.isfinite(p).all() for p in saved.model.parameters())
+    assert [r["epoch"] for r in _metrics(cfg.run_dir)] == ["1"]
+
+
+# ------------------------------------------------------------------------- resuming with another config
+def test_resume_refuses_a_changed_config_and_names_the_keys(random_store, data_dir, tmp_path):
+    """issue 23 #3: other captions, lr and hidden_size on --resume went through; config.yaml then
+    claimed the new values for the whole run."""
+    from captioner.cli import main as cli_main
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "epochs": 2, "batch_size": 16,
+                                           "val_metrics": [], "model": {"embed_size": 16, "hidden_size": 16},
+                                           "data": _data(random_store, data_dir)}))
+    run = tmp_path / "run"
+    assert cli_main(["train", str(config_file)]) == 0
+    saved = {name: ((run / name).read_bytes(), (run / name).stat().st_mtime_ns) for name in ("config.yaml", "last.pt")}
+    other_captions = tmp_path / "other.tsv"
+    other_captions.write_bytes((data_dir / "msvd" / "captions" / "MSVD_train.tsv").read_bytes())
+    code = cli_main(["train", str(config_file), "--resume", "--set", "lr=0.1", "--set", "model.hidden_size=256",
+                     "--set", f"data.captions={other_captions}"])
+    assert code == 2
+    for name, state in saved.items():
+        assert ((run / name).read_bytes(), (run / name).stat().st_mtime_ns) == state
+    with pytest.raises(CaptionerError) as caught:
+        train(load_config(TrainConfig, config_file, ["lr=0.1", "model.hidden_size=256",
+                                                     f"data.captions={other_captions}"]), resume=True)
+    captions = str(data_dir / "msvd" / "captions" / "MSVD_train.tsv")
+    assert str(caught.value) == (
+        f"{run / 'last.pt'}: --resume with a changed config (lr 0.001 -> 0.1; model.hidden_size 16 -> 256; "
+        f"data.captions {captions!r} -> {str(other_captions)!r}); a resumed run may change only epochs, device, "
+        "run_dir: train the new values in another run_dir")
+    # Nothing to train (epochs as saved): the run's files stay as they are.
+    assert cli_main(["train", str(config_file), "--resume"]) == 0
+    assert (run / "config.yaml").stat().st_mtime_ns == saved["config.yaml"][1]
+    # More epochs may be asked for; config.yaml then says so.
+    assert cli_main(["train", str(config_file), "--resume", "--set", "epochs=3"]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 3
+    assert load_checkpoint(run / "last.pt").epoch == 3
+
+
+# ------------------------------------------------------------------------- write failures
+def test_a_full_disk_while_training_is_one_line_and_last_pt_stays_valid(random_store, data_dir, tmp_path,
+                                                                        monkeypatch, capsys):
+    """issue 23 #6: ENOSPC in shutil.copyfileobj (best.pt) was a traceback."""
+    import errno
+    import shutil
+
+    from captioner.cli import main as cli_main
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "epochs": 2, "batch_size": 16,
+                                           "lr_schedule": "constant", "warmup_steps": 0, "val_metrics": [],
+                                           "model": {"embed_size": 16, "hidden_size": 16},
+                                           "data": _data(random_store, data_dir)}))
+    real_copy = shutil.copyfileobj
+    copies = []
+
+    def full_on_second_copy(*args, **kwargs):
+        copies.append(1)
+        if len(copies) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_copy(*args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfileobj", full_on_second_copy)
+    assert cli_main(["train", str(config_file)]) == 1
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip().splitlines()
+    run = tmp_path / "run"
+    assert err[-1] == (f"captioner: error: {run}: cannot write best.pt: No space left on device; last.pt holds "
+                       "epoch 2; free space or fix the folder, then --resume")
+    assert load_checkpoint(run / "last.pt").epoch == 2 and load_checkpoint(run / "best.pt").epoch == 1
+    assert not list(run.glob(".tmp-*"))
+    assert cli_main(["train", str(config_file), "--resume"]) == 0  # repairs best.pt
+    assert load_checkpoint(run / "best.pt").epoch == 2
+
+
+def test_a_read_only_run_dir_is_refused_before_training_and_mid_run_is_one_line(random_store, data_dir, tmp_path,
+                                                                                monkeypatch, capsys):
+    import errno
+    import tempfile
+
+    from captioner.cli import main as cli_main
+
+    run = tmp_path / "ro" / "run"
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(yaml.safe_dump({"run_dir": str(run), "epochs": 1, "batch_size": 16, "val_metrics": [],
+                                           "model": {"embed_size": 16, "hidden_size": 16},
+                                           "data": _data(random_store, data_dir)}))
+    # Tests run as root, whom permission bits do not stop: a read-only mount is what access() reports.
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if str(path) == str(tmp_path / "ro")
+                        else real_access(path, mode, **kw))
+    (tmp_path / "ro").mkdir()
+    assert cli_main(["train", str(config_file)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"captioner: error: {run}: run_dir: cannot write there: {tmp_path / 'ro'} is not writable"]
+    assert not run.exists()
+    monkeypatch.undo()
+    # The folder turns read-only during the run (remounted): the checkpoint write fails in one line.
+    real_mkstemp = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == run:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert cli_main(["train", str(config_file)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"captioner: error: {run}: cannot write config.yaml: Read-only file system; no epoch was saved")
+
+
+@pytest.mark.parametrize("command", ["train", "pipeline"])
+def test_a_self_referencing_yaml_alias_is_a_usage_error(tmp_path, command, capsys):
+    """issue 23 #7: `val_metrics: &m [*m]` was a RecursionError traceback."""
+    from captioner.cli import main as cli_main
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("val_metrics: &m [*m]\n" if command == "train" else "train:\n  val_metrics: &m [a, *m]\n")
+    args = ["train", str(config_file)] if command == "train" else ["pipeline", "run", str(config_file), "--dry-run"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"captioner: error: {config_file}: a YAML alias refers to itself (at "
+                                f"{'val_metrics' if command == 'train' else 'train.val_metrics'}); "
+                                "write the value out"]
+    overridden = tmp_path / "ok.yaml"
+    overridden.write_text("epochs: 2\n")
+    assert cli_main(["train", str(overridden), "--set", "val_metrics=&m [*m]"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "captioner: error: --set: a YAML alias refers to itself (at val_metrics); write the value out"]
+
+
+def test_a_second_training_process_on_one_run_dir_is_refused(random_store, data_dir, tmp_path):
+    """The class of issue 23 #4 in `captioner train`: two resumes of one run trained it twice."""
+    from captioner.locking import DirectoryLocked
+
+    cfg = _config(tmp_path, epochs=1, data=_data(random_store, data_dir))
+    run = Path(cfg.run_dir)
+    run.mkdir()
+    script = ("import sys; from captioner import locking; "
+              f"locking.acquire({str(run)!r}, 'train.lock', 'x', 'y'); print('ready', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(DirectoryLocked) as caught:
+            train(cfg)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert str(caught.value) == (f"{run}: process {holder.pid} is training in this run directory; wait for it to "
+                                 "finish or choose another run_dir")
+    assert sorted(p.name for p in run.iterdir()) == ["train.lock"]
+    train(cfg)  # the holder is gone: the lock went with it
+    assert (run / "best.pt").is_file()
+
+
+def test_a_key_given_twice_in_a_yaml_config_is_a_usage_error(tmp_path, capsys):
+    """The class of issue 23 #8 in configs: PyYAML kept the last of two `epochs:` silently."""
+    from captioner.cli import main as cli_main
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("epochs: 5\nmodel:\n  hidden_size: 8\nepochs: 50\n")
+    assert cli_main(["train", str(config_file)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"captioner: error: {config_file}:4: invalid YAML: key 'epochs' appears twice in one mapping"]
+    merged = tmp_path / "merged.yaml"  # a merge key's values may still be overridden
+    merged.write_text("pretrain:\n  model: &m {hidden_size: 8, embed_size: 8}\ntrain:\n  model: {<<: *m, hidden_size: 16}\n")
+    from pipelines.stages import PipelineConfig
+
+    loaded = load_config(PipelineConfig, merged)
+    assert (loaded.train.model.hidden_size, loaded.train.model.embed_size) == (16, 8)

@@ -246,6 +246,76 @@ def test_images_of_every_extension_and_exif_orientation(tmp_path):
     assert probe(rotated).width == 40 and decode(rotated).frames.shape == (1, 80, 40, 3)
 
 
+
+def _mode_image(mode: str) -> tuple[Image.Image, np.ndarray]:
+    """An image of `mode` holding a known picture, and that picture as 8-bit RGB."""
+    gray = np.tile(np.linspace(0.1, 0.9, 64), (48, 1))
+    gray8 = np.round(gray * 255).astype(np.uint8)
+    colour = np.stack([gray8, 255 - gray8, np.full_like(gray8, 90)], axis=-1)
+    as_gray = np.repeat(gray8[..., None], 3, axis=-1)
+    opaque = Image.fromarray(np.full(gray8.shape, 255, np.uint8))
+    palette = Image.fromarray(gray8, "L").convert("P")  # a greyscale palette holding every level
+    if mode == "1":
+        bits = gray8 > 127
+        return Image.fromarray(bits), np.repeat((bits * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    if mode in ("L", "P"):
+        return Image.fromarray(gray8, "L").convert(mode), as_gray
+    if mode in ("LA", "PA"):
+        image = (Image.fromarray(gray8, "L") if mode == "LA" else palette).convert(mode)
+        image.putalpha(opaque)
+        return image, as_gray
+    if mode in ("RGB", "CMYK", "YCbCr"):
+        return Image.fromarray(colour).convert(mode), colour
+    if mode == "RGBA":
+        return Image.fromarray(colour).convert("RGBA"), colour
+    if mode == "LAB":
+        from PIL import ImageCms
+
+        to_lab = ImageCms.buildTransform(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB")
+        return ImageCms.applyTransform(Image.fromarray(colour), to_lab), colour
+    if mode in ("I;16", "I;16B"):
+        values = np.round(gray * 65535).astype("<u2" if mode == "I;16" else ">u2")
+        return Image.frombytes(mode, values.shape[::-1], values.tobytes()), as_gray
+    if mode == "I":
+        return Image.fromarray(np.round(gray * 65535).astype(np.int32)), as_gray
+    if mode == "F":
+        return Image.fromarray(gray.astype(np.float32)), as_gray
+    raise AssertionError(mode)
+
+
+# Every mode each format stores (PIL writes them, and reads them back in a mode of their own).
+FILE_MODES = [("png", m) for m in ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")] + \
+    [("tiff", m) for m in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "I", "I;16", "I;16B",
+                           "F")] + \
+    [("jpg", m) for m in ("L", "RGB", "CMYK")] + [("webp", m) for m in ("RGB", "RGBA")] + \
+    [("bmp", m) for m in ("1", "L", "P", "RGB")]
+
+
+@pytest.mark.parametrize("extension, mode", FILE_MODES)
+def test_every_image_mode_decodes_to_the_picture_it_holds(tmp_path, extension, mode):
+    """issue 23 #5: a 16-bit greyscale PNG (source mean 127) decoded to mean 254.5, nearly all white."""
+    image, expected = _mode_image(mode)
+    path = tmp_path / f"{mode.replace(';', '_')}.{extension}"
+    image.save(path)
+    frame = decode(path, "uniform:1").frames[0].astype(np.float64)
+    lossy = extension in ("jpg", "webp") or mode in ("YCbCr", "LAB")
+    assert abs(frame.mean() - expected.mean()) < (3 if lossy else 0.6), (Image.open(path).mode, frame.mean())
+    assert np.abs(frame - expected).mean() < (6 if lossy else 0.6)
+
+
+def test_transparent_pixels_are_white_as_a_viewer_shows_them(tmp_path):
+    hidden = np.zeros((48, 64, 4), np.uint8)  # black under full transparency
+    hidden[:, 32:, 3] = 255
+    for name, image in (("rgba.png", Image.fromarray(hidden, "RGBA")),
+                        ("la.png", Image.fromarray(hidden[..., [0, 3]], "LA"))):
+        image.save(tmp_path / name)
+        frame = decode(tmp_path / name).frames[0]
+        assert (frame[:, :32] == 255).all() and (frame[:, 32:] == 0).all(), name
+    keyed = Image.fromarray(np.zeros((48, 64), np.uint8), "P")
+    keyed.putpalette([0, 0, 0] * 256)
+    keyed.save(tmp_path / "keyed.png", transparency=0)  # a palette entry marked transparent (tRNS)
+    assert (decode(tmp_path / "keyed.png").frames[0] == 255).all()
+
 # ----------------------------------------------------------------------------- backends
 def test_decord_decodes_where_it_agrees_with_ffmpeg(tmp_path):
     path = media.synthetic_video(tmp_path / "gops.mp4", frames=60, width=96, height=64, gop=10, b_frames=2)
