@@ -342,18 +342,16 @@ def _plots(evaluation: Evaluation, training_captions: set[str] | None,
 
 
 def _score_plot(plt, evaluation: Evaluation, metrics: Sequence[str]) -> bytes:
-    """Per-video scores, one panel per metric, two panels a row (narrow enough for a phone).
+    """Per-video scores, one panel per metric, stacked (one column stays readable on a phone).
 
     Up to a few hundred videos: one dot per video and system, systems on their own rows, the
     corpus score as a bar; more: a histogram per system, systems in a legend of their own."""
     import numpy as np
 
     systems = evaluation.systems
-    columns = min(2, len(metrics))
-    rows = math.ceil(len(metrics) / columns)
     dots = len(evaluation.ids) <= 300
-    height = (0.45 * len(systems) + 1.1) if dots else 2.4
-    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, height * rows), squeeze=False)
+    height = (0.4 * len(systems) + 0.9) if dots else 2.2
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(4.4, height * len(metrics)), squeeze=False)
     rng = np.random.default_rng(0)  # a little vertical jitter, so equal scores stay visible
     for ax, metric in zip(axes.flat, metrics):
         for row, system in enumerate(systems):
@@ -364,15 +362,13 @@ def _score_plot(plt, evaluation: Evaluation, metrics: Sequence[str]) -> bytes:
                 ax.plot([system.corpus[metric]] * 2, [row - 0.32, row + 0.32], color="black", linewidth=1.5)
             else:
                 ax.hist(values, bins=20, histtype="step", linewidth=1.5, color=f"C{row}", label=system.name)
-        ax.set_title(metric, fontsize=9)
-        ax.tick_params(labelsize=7)
+        ax.set_title(metric, fontsize=10)
+        ax.tick_params(labelsize=8)
         if dots:
             ax.set_yticks(range(len(systems)), [s.name for s in systems])
             ax.set_ylim(len(systems) - 0.5, -0.5)
         else:
             ax.set_ylabel("videos", fontsize=8)
-    for ax in axes.flat[len(metrics):]:
-        ax.set_visible(False)
     if dots:
         fig.supxlabel(f"per-video score: one dot per video ({len(evaluation.ids)}); bar: the corpus score", fontsize=8)
     else:
@@ -427,7 +423,7 @@ table.published td { color: #555; }
 td.captions { min-width: 16em; } td.video img { display: block; width: 100%; max-width: 24em; } td.video { width: 24em; }
 td.video code { overflow-wrap: anywhere; } .ci { display: block; color: #777; font-size: 0.8em; white-space: nowrap; } .caption { font-weight: 600; } .concepts { color: #2a5d8f; font-size: 0.85em; } .baseline { color: #555; font-size: 0.9em; }
 .note { color: #666; font-size: 0.9em; } .caveat { color: #8a4b00; font-size: 0.9em; } img.plot { max-width: 100%; }
-.wide { overflow-x: auto; max-width: 100%; } .run code { overflow-wrap: anywhere; }
+.wide { overflow-x: auto; max-width: 100%; } .run code, p { overflow-wrap: anywhere; }
 details summary { cursor: pointer; color: #0366d6; } ol.refs { margin: 0.3em 0; padding-left: 1.5em; }
 /* A phone: the per-video table becomes one card per video, its scores labelled inline. */
 @media (max-width: 700px) {
@@ -532,8 +528,8 @@ def _html(evaluation: Evaluation, title: str, plots: dict[str, bytes], strips: d
                    + f'<td class="note">{e(p["source"])}</td></tr>')
     out.append("</table></div>")
 
-    out.append('<h2>Captions</h2><div class="wide"><table><tr><th>system</th><th>mean length</th><th>distinct words</th>'
-               "<th>unique captions</th><th>copied from training</th></tr>")
+    out.append('<h2>Captions</h2><div class="wide"><table><tr><th>system</th><th>mean length</th>'
+               "<th>distinct words</th><th>unique captions</th><th>copied from training</th></tr>")
     for name, s in stats.items():
         copied = "–" if s.copied_from_training is None else f"{100 * s.copied_from_training:.1f}%"
         out.append(f'<tr><td>{e(name)}</td><td class="num">{s.mean_length:.2f}</td><td class="num">{s.vocabulary}</td>'

@@ -243,14 +243,15 @@ def test_report_names_each_step_while_it_scores(tmp_path, msvd_case, capsys):
 def test_small_sets_list_each_video_once_and_large_ones_best_worst_and_all():
     def evaluation_of(n: int) -> Evaluation:
         ids = [f"v{i}" for i in range(n)]
-        model = SystemScores(MODEL, {i: "a caption" for i in ids}, {}, {i: {"METEOR": k / n} for k, i in enumerate(ids)})
+        scores = {i: {"METEOR": k / n} for k, i in enumerate(ids)}
+        model = SystemScores(MODEL, {i: "a caption" for i in ids}, {}, scores)
         return Evaluation(ids, {i: ["x"] for i in ids}, ("METEOR",), [model])
 
     [(heading, _, ids)] = video_sections(evaluation_of(9))
     assert heading == "All 9 videos, best to worst (by METEOR)" and ids == [f"v{i}" for i in reversed(range(9))]
     sections = video_sections(evaluation_of(60))
-    assert [(h, len(ids)) for h, _, ids in sections] == [("Best videos (by METEOR)", 5), ("Worst videos (by METEOR)", 5),
-                                                          ("All videos (60)", 60)]
+    assert [(h, len(ids)) for h, _, ids in sections] == [
+        ("Best videos (by METEOR)", 5), ("Worst videos (by METEOR)", 5), ("All videos (60)", 60)]
 
 
 def test_a_baseline_with_too_small_a_pool_or_one_caption_for_most_videos_is_flagged():

@@ -645,11 +645,15 @@ def test_stopping_cancels_running_and_queued_jobs_and_answers_503(make_app, mode
                               headers={"Content-Type": "multipart/form-data; boundary=long"})
 
         futures = [pool.submit(post) for _ in range(2)]
-        # The first job is into its segments; the second waits behind it.
+        # The first job is into its segments; the second waits behind it; a third client is mid-upload.
         assert _wait_until(lambda: app.state.slots.active == 2 and len(passes) >= 3, seconds=240)
+        uploading = _start_upload(_port(url))
+        assert _wait_until(lambda: app.state.upload_slots.active == 1)
         stopped_at[0] = len(passes)
         app.state.stop()
         responses = [future.result(timeout=240) for future in futures]
+        upload_reply = _reply(uploading)
+        uploading.close()
         assert _wait_until(lambda: app.state.slots.active == 0, seconds=240)
         late = httpx.post(f"{url}/api/caption", content=body, timeout=60,
                           headers={"Content-Type": "multipart/form-data; boundary=long"})
@@ -657,6 +661,7 @@ def test_stopping_cancels_running_and_queued_jobs_and_answers_503(make_app, mode
     assert all(r.json()["detail"] == "the server is stopping; try again when it is back" for r in responses)
     assert responses[0].headers["retry-after"] == "30"
     assert late.status_code == 503  # nothing new is admitted once stopping
+    assert upload_reply.startswith(b"HTTP/1.1 503 ") and b"the server is stopping" in upload_reply
     assert outcomes == ["cancelled"], outcomes  # the queued job never ran; the running one stopped
     assert sum(passes) <= 2  # at its next segment window, not after the other ~118
     # (make_app checks that both uploads are gone)
