@@ -1,6 +1,6 @@
 """The evaluation report: what the model says about each video, not only five numbers.
 
-    report_files("preds.jsonl", "MSVD_test.tsv", "report/", videos="clips/",
+    report_files("preds.jsonl", "corpus_test.csv", "report/", videos="clips/",
                  train_references="MSVD_train.tsv", train_features="features/", run="runs/msvd")
     write_report(evaluation, "report/", ...)    # from an `Evaluation` already computed
 
