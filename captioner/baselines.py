@@ -93,6 +93,17 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     return matrix / np.where(norms > 0, norms, 1.0)
 
 
+def retrieval_pool(train_store, train_references: Mapping[str, Sequence[str]]) -> list[str]:
+    """The training videos nearest-neighbour retrieval draws from: those with features and captions."""
+    stored = set(train_store.ids())
+    return [i for i in train_references if i in stored and any(_normal(c) for c in train_references[i])]
+
+
+def caption_pool(train_references: Mapping[str, Sequence[str]]) -> list[str]:
+    """The training videos concept retrieval draws from: every one with a caption."""
+    return [i for i in train_references if any(_normal(c) for c in train_references[i])]
+
+
 def nearest_neighbour_captions(train_store, train_references: Mapping[str, Sequence[str]], test_store,
                                test_ids: Sequence[str], k: int = 10) -> dict[str, str]:
     """Consensus caption among the k training videos nearest to each test video.
@@ -102,8 +113,7 @@ def nearest_neighbour_captions(train_store, train_references: Mapping[str, Seque
     """
     if k < 1:
         raise UsageError(f"k must be at least 1, got {k}")
-    stored = set(train_store.ids())
-    train_ids = [i for i in train_references if i in stored and any(_normal(c) for c in train_references[i])]
+    train_ids = retrieval_pool(train_store, train_references)
     if not train_ids:
         raise CaptionerError("no training video has both captions and features", train_store.path)
     available = set(test_store.ids())
@@ -148,7 +158,7 @@ def concept_retrieval_captions(train_references: Mapping[str, Sequence[str]], te
     if not concept_heads:
         raise CaptionerError("the concept-retrieval baseline needs features of a concept backbone "
                              "(e.g. efficientnet_lite2_concepts+i3d_concepts)", test_store.path)
-    train_ids = [i for i in train_references if any(_normal(c) for c in train_references[i])]
+    train_ids = caption_pool(train_references)
     if not train_ids:
         raise CaptionerError("the training references hold no captions")
     test = test_store.pooled_matrix(list(test_ids))[1]

@@ -245,7 +245,8 @@ def _add_report(sub) -> None:
     p.add_argument("--run", default=None, metavar="RUN_DIR", help="training run directory: plots RUN/metrics.csv")
     p.add_argument("--title", default=None, help="report title")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write the report")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress line (shown only when stderr is a terminal anyway)")
     p.set_defaults(handler=_run_report)
 
 
@@ -253,7 +254,8 @@ def _run_report(args) -> int:
     from .report import report_files
 
     paths = report_files(args.predictions, args.references, args.out, videos=args.videos, run=args.run,
-                         title=args.title, progress=not args.quiet, **_scoring_kwargs(args))
+                         title=args.title, progress=not args.quiet and sys.stderr.isatty(),
+                         **_scoring_kwargs(args))
     for path in paths.values():
         print(path)
     return 0

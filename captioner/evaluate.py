@@ -21,7 +21,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from .atomic import atomic_write
 from .datasets import jsonl_records, parse_json
@@ -40,6 +40,7 @@ _ID_KEYS = ("video_id", "image_id", "id")
 # (unless --allow-partial): scores of a subset do not compare with scores of the whole set,
 # while a few undecodable videos out of hundreds should not block an evaluation.
 MIN_COVERAGE = 0.95
+_UNNAMED = "references"  # references given in memory, not read from a file
 
 
 # ----------------------------------------------------------------------------- reading
@@ -185,6 +186,9 @@ class Evaluation:
     metrics: tuple[str, ...]
     systems: list[SystemScores] = field(default_factory=list)
     excluded: dict[str, int] = field(default_factory=dict)
+    references_file: str | None = None  # where the references came from, for the report to say
+    # Per retrieval baseline, how many training videos it drew its captions from.
+    baseline_pools: dict[str, int] = field(default_factory=dict)
 
     @property
     def model(self) -> SystemScores:
@@ -197,7 +201,8 @@ class Evaluation:
 
     def to_dict(self, per_video: bool = True) -> dict:
         out = {"videos": len(self.ids), "excluded": self.excluded, "metrics": list(self.metrics),
-               "systems": {s.name: s.corpus for s in self.systems}}
+               "systems": {s.name: s.corpus for s in self.systems}, "references_file": self.references_file,
+               "baseline_pools": self.baseline_pools}
         if per_video:
             out["per_video"] = {
                 i: {"references": self.references[i],
@@ -207,9 +212,13 @@ class Evaluation:
 
 
 def baseline_captions(ids: Sequence[str], train_references: Mapping[str, Sequence[str]] | None = None,
-                      train_features=None, test_features=None, k: int = 10) -> dict[str, dict[str, str]]:
-    """Captions of each baseline whose inputs are given: {baseline name: {id: caption}}."""
-    from .baselines import concept_retrieval_captions, constant_caption, nearest_neighbour_captions
+                      train_features=None, test_features=None, k: int = 10,
+                      pools: dict[str, int] | None = None) -> dict[str, dict[str, str]]:
+    """Captions of each baseline whose inputs are given: {baseline name: {id: caption}}.
+
+    `pools`, when given, receives how many training videos each retrieval baseline drew from."""
+    from .baselines import (caption_pool, concept_retrieval_captions, constant_caption, nearest_neighbour_captions,
+                            retrieval_pool)
     from .concepts import heads
 
     baselines: dict[str, dict[str, str]] = {}
@@ -228,8 +237,12 @@ def baseline_captions(ids: Sequence[str], train_references: Mapping[str, Sequenc
     test_store = train_store if test_features is None else opened(test_features)
     if train_store is not None:
         baselines[NEAREST] = nearest_neighbour_captions(train_store, train_references, test_store, ids, k=k)
+        if pools is not None:
+            pools[NEAREST] = len(retrieval_pool(train_store, train_references))
     if test_store is not None and heads(test_store.provenance):
         baselines[CONCEPT_RETRIEVAL] = concept_retrieval_captions(train_references, test_store, ids)
+        if pools is not None:
+            pools[CONCEPT_RETRIEVAL] = len(caption_pool(train_references))
     return baselines
 
 
@@ -237,8 +250,8 @@ def evaluate(predictions: Mapping[str, str], references: Mapping[str, Sequence[s
              metrics: str | Iterable[str] = DEFAULT_METRICS,
              train_references: Mapping[str, Sequence[str]] | None = None, train_features=None,
              test_features=None, k: int = 10, scorer: Scorer | None = None,
-             predictions_name: str = "predictions", references_name: str = "references",
-             min_coverage: float = 0.0) -> Evaluation:
+             predictions_name: str = "predictions", references_name: str = _UNNAMED,
+             min_coverage: float = 0.0, progress: Callable[[str, int, int], None] | None = None) -> Evaluation:
     """Score the model's predictions and the baselines on the ids both files share.
 
     train_references enables the constant-caption baseline; with train_features (a store or its
@@ -246,18 +259,27 @@ def evaluate(predictions: Mapping[str, str], references: Mapping[str, Sequence[s
     test features of a concept backbone, the concept-retrieval baseline (no training features needed).
     Pass a `Scorer` to reuse its METEOR process across calls. With `min_coverage` (a fraction,
     e.g. MIN_COVERAGE) predictions covering fewer reference ids are refused before scoring.
+    `progress(what, done, total)` is called before each step (finding the baselines' captions,
+    scoring each system).
     """
     ids = match_ids(predictions, references, predictions_name, references_name, min_coverage)
     refs = {i: list(references[i]) for i in ids}
+    if progress is not None:
+        progress("baselines", 0, 0)
+    pools: dict[str, int] = {}
     systems = {MODEL: {i: predictions[i] for i in ids},
-               **baseline_captions(ids, train_references, train_features, test_features, k)}
+               **baseline_captions(ids, train_references, train_features, test_features, k, pools)}
     own_scorer = scorer is None
     scorer = Scorer(metrics) if own_scorer else scorer
     try:
         evaluation = Evaluation(ids, refs, scorer.metrics,
                                 excluded={"predictions": len(predictions) - len(ids),
-                                          "references": len(references) - len(ids)})
-        for name, captions in systems.items():
+                                          "references": len(references) - len(ids)},
+                                references_file=None if references_name == _UNNAMED else references_name,
+                                baseline_pools=pools)
+        for done, (name, captions) in enumerate(systems.items()):
+            if progress is not None:
+                progress(f"scoring {name}", done, len(systems))
             scores = scorer.score_per_video(captions, refs)
             evaluation.systems.append(SystemScores(name, captions, scores.corpus, scores.per_video))
     finally:
@@ -308,7 +330,9 @@ def read_results(path: str | os.PathLike) -> Evaluation:
         data = json.loads(_read_text(path, "results"))
         per_video, metrics = data["per_video"], data["metrics"]
         evaluation = Evaluation(list(per_video), {i: v["references"] for i, v in per_video.items()},
-                                tuple(metrics), excluded=data["excluded"])
+                                tuple(metrics), excluded=data["excluded"],
+                                references_file=data.get("references_file"),  # absent from older files
+                                baseline_pools=data.get("baseline_pools") or {})
         for name, corpus in data["systems"].items():
             evaluation.systems.append(SystemScores(
                 name, {i: v[name]["caption"] for i, v in per_video.items()}, corpus,

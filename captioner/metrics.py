@@ -3,6 +3,7 @@
     score(predictions, references)            -> {"BLEU-1": ..., "METEOR": ..., "CIDEr": ...}
     score_per_video(predictions, references)  -> Scores(corpus={...}, per_video={id: {...}})
     with Scorer() as scorer: ...               keeps the Java processes alive between calls
+    scorer.bootstrap(predictions, references, resamples=1000)   -> {metric: corpus score per resample}
 
 Papers report these numbers, so the scorers themselves are pycocoevalcap's: the Java
 PTBTokenizer (Stanford CoreNLP 3.4.1), BLEU with the closest-reference brevity penalty,
@@ -196,11 +197,11 @@ def _meteor_class():
                 raise self._fail()
             return replies
 
-        def compute_score(self, gts, res):
+        def statistics(self, gts, res) -> list[str]:
+            """METEOR's sufficient statistics of each video's caption against its references."""
             assert gts.keys() == res.keys()
-            ids = list(gts)
             score_lines = []
-            for i in ids:
+            for i in gts:
                 assert len(res[i]) == 1
                 # '|||' separates fields and a newline ends the command: neither may appear in a caption.
                 refs = [_one_line(r.replace("|||", "")) for r in gts[i]]
@@ -210,13 +211,44 @@ def _meteor_class():
                 stats = []
                 for start in range(0, len(score_lines), _METEOR_BATCH):
                     stats += self._exchange(score_lines[start:start + _METEOR_BATCH])
-                # EVAL answers one line per segment, then the corpus score from the summed statistics.
-                self.meteor_p.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode("utf-8"))
-                self.meteor_p.stdin.flush()
-                replies = [self.meteor_p.stdout.readline().decode("utf-8").strip() for _ in range(len(ids) + 1)]
-                if not all(replies):
-                    raise self._fail()
-            return float(replies[-1]), [float(r) for r in replies[:-1]]
+            return stats
+
+        def evaluate_statistics(self, stats: list[str]) -> tuple[float, list[float]]:
+            """The corpus score (from the summed statistics, as coco-caption's) and each segment's."""
+            [(total, each)] = self.evaluate_many([stats])
+            return total, each
+
+        def evaluate_many(self, sets: list[list[str]]) -> list[tuple[float, list[float]]]:
+            """`evaluate_statistics` of several sets of statistics, in one exchange."""
+            # EVAL answers one line per segment, then the corpus score from the summed statistics.
+            # The commands are written from a thread: the replies to the first ones could fill the
+            # pipe while later ones are still being written.
+            failed = []
+
+            def write() -> None:
+                try:
+                    for stats in sets:
+                        self.meteor_p.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode("utf-8"))
+                    self.meteor_p.stdin.flush()
+                except OSError as error:
+                    failed.append(error)
+
+            with self.lock:
+                writer = threading.Thread(target=write, daemon=True)
+                writer.start()
+                results = []
+                for stats in sets:
+                    replies = [self.meteor_p.stdout.readline().decode("utf-8").strip() for _ in range(len(stats) + 1)]
+                    if not all(replies):
+                        raise self._fail()
+                    results.append((float(replies[-1]), [float(r) for r in replies[:-1]]))
+                writer.join()
+            if failed:
+                raise self._fail()
+            return results
+
+        def compute_score(self, gts, res):
+            return self.evaluate_statistics(self.statistics(gts, res))
 
         def close(self) -> None:
             self._finalizer()
@@ -264,14 +296,8 @@ class Scorer:
     def score(self, predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float]:
         return self.score_per_video(predictions, references).corpus
 
-    def score_per_video(self, predictions: Mapping[str, str],
-                        references: Mapping[str, Sequence[str]]) -> Scores:
-        """Corpus and per-video scores of `predictions` (one caption per id) against `references`.
-
-        Every predicted id needs at least one reference; references without a prediction are
-        ignored. CIDEr's document frequencies come from the scored ids' references, as in
-        coco-caption, so a video's CIDEr depends on which other videos are scored with it.
-        """
+    def _tokenized(self, predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]):
+        """(ids, references, predictions) in coco-caption's PTB tokens, keyed by str(id)."""
         ids = [str(i) for i in predictions]
         if not ids:
             raise CaptionerError("no predictions to score")
@@ -281,7 +307,57 @@ class Scorer:
                                  f"(e.g. {missing[0]!r})")
         res = self.tokenizer.tokenize({str(i): [predictions[i]] for i in predictions})
         gts = self.tokenizer.tokenize({str(i): list(references[i]) for i in predictions})
+        return ids, gts, res
 
+    def bootstrap(self, predictions: Mapping[str, str], references: Mapping[str, Sequence[str]],
+                  resamples: int = 1000, seed: int = 0) -> dict[str, "np.ndarray"]:
+        """Each metric's corpus score on `resamples` bootstrap samples of the videos.
+
+        A sample draws len(predictions) videos with replacement (seeded: the same seed and number
+        of videos give the same samples, so systems scored on the same ids are compared on the same
+        samples) and is scored as coco-caption scores a set holding those videos, a video drawn
+        twice counting twice: BLEU from the summed n-gram statistics with the closest-reference
+        brevity penalty, METEOR from the summed statistics (by METEOR itself), CIDEr-D with the
+        document frequencies of the sample's references, ROUGE-L and SPICE as the mean of the
+        videos'. Per-video statistics are computed once; a sample only re-weights them.
+        """
+        import numpy as np
+
+        ids, gts, res = self._tokenized(predictions, references)
+        picks = np.random.default_rng(seed).integers(0, len(ids), size=(resamples, len(ids)))
+        weights = np.zeros((resamples, len(ids)))
+        np.add.at(weights, (np.arange(resamples)[:, None], picks), 1.0)
+        out: dict[str, np.ndarray] = {}
+        if any(k in self.metrics for k in BLEU_KEYS):
+            bleu = _bleu_resampled(ids, gts, res, weights)
+            out.update({key: bleu[:, n] for n, key in enumerate(BLEU_KEYS) if key in self.metrics})
+        if "METEOR" in self.metrics:
+            stats = self._meteor.statistics(gts, res)
+            out["METEOR"] = np.array([total for total, _ in
+                                      self._meteor.evaluate_many([[stats[j] for j in row] for row in picks])])
+        if "ROUGE-L" in self.metrics:
+            from pycocoevalcap.rouge.rouge import Rouge
+
+            _, each = Rouge().compute_score(gts, res)
+            out["ROUGE-L"] = weights @ np.asarray(each, dtype=float) / len(ids)
+        if "CIDEr" in self.metrics:
+            out["CIDEr"] = _cider_resampled(ids, gts, res, weights)
+        if "SPICE" in self.metrics:
+            from pycocoevalcap.spice.spice import Spice
+
+            _, each = Spice().compute_score(gts, res)
+            out["SPICE"] = weights @ np.array([e["All"]["f"] for e in each], dtype=float) / len(ids)
+        return {k: out[k] for k in self.metrics}
+
+    def score_per_video(self, predictions: Mapping[str, str],
+                        references: Mapping[str, Sequence[str]]) -> Scores:
+        """Corpus and per-video scores of `predictions` (one caption per id) against `references`.
+
+        Every predicted id needs at least one reference; references without a prediction are
+        ignored. CIDEr's document frequencies come from the scored ids' references, as in
+        coco-caption, so a video's CIDEr depends on which other videos are scored with it.
+        """
+        ids, gts, res = self._tokenized(predictions, references)
         corpus: dict[str, float] = {}
         per_video: dict[str, dict[str, float]] = {i: {} for i in ids}
 
@@ -326,6 +402,100 @@ def score_per_video(predictions: Mapping[str, str], references: Mapping[str, Seq
                     metrics: str | Iterable[str] = DEFAULT_METRICS) -> Scores:
     with Scorer(metrics) as scorer:
         return scorer.score_per_video(predictions, references)
+
+
+# ----------------------------------------------------------------------------- bootstrap samples
+def _bleu_resampled(ids, gts, res, weights):
+    """BLEU-1..4 of each weighted sample (rows of `weights`: how often each video is drawn), from
+    the per-video statistics pycocoevalcap's BleuScorer pools, with its constants."""
+    import numpy as np
+    from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
+
+    n = 4
+    stats = np.zeros((len(ids), 2 + 2 * n))  # testlen, closest reflen, guess[n], correct[n]
+    for row, i in enumerate(ids):
+        comps = cook_test(res[i][0], cook_refs(gts[i]), eff="closest")
+        stats[row] = [comps["testlen"], comps["reflen"], *comps["guess"], *comps["correct"]]
+    pooled = weights @ stats
+    small, tiny = 1e-9, 1e-15
+    testlen, reflen = pooled[:, 0], pooled[:, 1]
+    guess, correct = pooled[:, 2:2 + n], pooled[:, 2 + n:]
+    bleus = np.cumprod((correct + tiny) / (guess + small), axis=1) ** (1.0 / np.arange(1, n + 1))
+    ratio = (testlen + tiny) / (reflen + small)
+    penalty = np.where(ratio < 1, np.exp(1 - 1 / np.maximum(ratio, tiny)), 1.0)
+    return bleus * penalty[:, None]
+
+
+def _cider_resampled(ids, gts, res, weights, chunk: int = 64):
+    """pycocoevalcap's CIDEr-D of each weighted sample, document frequencies recomputed per sample.
+
+    With idf weight w_g = log(videos) - log(max(1, df_g)) >= 0, every term of coco's clipped cosine
+    is a count product times w_g squared; so each (video, reference, n-gram order) is three sparse
+    rows of counts, and a sample's scores are those rows times its vector of w_g squared.
+    """
+    import numpy as np
+    from pycocoevalcap.cider.cider_scorer import precook
+    from scipy.sparse import csr_matrix
+
+    order_n, sigma = 4, 6.0
+    index: dict[tuple, int] = {}
+
+    def column(gram) -> int:
+        return index.setdefault(gram, len(index))
+
+    in_refs = ([], [])  # (video, n-gram) pairs: the n-gram is in one of the video's references
+    numerator, ref_norm, hyp_norm = ([], [], []), ([], [], []), ([], [], [])  # (row, column, value)
+    penalty, ref_rows, hyp_rows, owner = [], [], [], []
+    row = 0
+    for v, i in enumerate(ids):
+        hyp = precook(res[i][0], order_n)
+        hyp_length = sum(c for g, c in hyp.items() if len(g) == 2)  # coco measures length in bigrams
+        for gram, count in hyp.items():
+            hyp_norm[0].append(v * order_n + len(gram) - 1)
+            hyp_norm[1].append(column(gram))
+            hyp_norm[2].append(float(count * count))
+        seen = set()
+        for ref_text in gts[i]:
+            ref = precook(ref_text, order_n)
+            seen.update(ref)
+            ref_length = sum(c for g, c in ref.items() if len(g) == 2)
+            penalty.append(np.exp(-((hyp_length - ref_length) ** 2) / (2 * sigma ** 2)))
+            for gram, count in ref.items():
+                ref_norm[0].append(row + len(gram) - 1)
+                ref_norm[1].append(column(gram))
+                ref_norm[2].append(float(count * count))
+                if gram in hyp:
+                    numerator[0].append(row + len(gram) - 1)
+                    numerator[1].append(column(gram))
+                    numerator[2].append(float(min(hyp[gram], count) * count))
+            ref_rows.append(row)
+            hyp_rows.append(v * order_n)
+            owner.append(v)
+            row += order_n
+        in_refs[0].extend([v] * len(seen))
+        in_refs[1].extend(column(g) for g in seen)
+    grams = len(index)
+    presence = csr_matrix((np.ones(len(in_refs[0])), in_refs), shape=(len(ids), grams))
+    num = csr_matrix((numerator[2], numerator[:2]), shape=(row, grams))
+    rnorm = csr_matrix((ref_norm[2], ref_norm[:2]), shape=(row, grams))
+    hnorm = csr_matrix((hyp_norm[2], hyp_norm[:2]), shape=(len(ids) * order_n, grams))
+    penalty, owner = np.array(penalty), np.array(owner)
+    pair_rows = np.array(ref_rows)[:, None] + np.arange(order_n)  # (pairs, orders) rows of num / rnorm
+    hyp_pair_rows = np.array(hyp_rows)[:, None] + np.arange(order_n)
+    references_per_video = np.bincount(owner, minlength=len(ids)).astype(float)
+    owners = csr_matrix((np.ones(len(owner)), (owner, np.arange(len(owner)))), shape=(len(ids), len(owner)))
+    log_videos = np.log(float(len(ids)))
+    out = np.empty(len(weights))
+    for start in range(0, len(weights), chunk):
+        w = weights[start:start + chunk]
+        idf_squared = (log_videos - np.log(np.maximum(1.0, (presence.T @ w.T)))) ** 2  # (grams, samples)
+        numerators = (num @ idf_squared)[pair_rows]  # (pairs, orders, samples)
+        norms = np.sqrt((rnorm @ idf_squared)[pair_rows] * (hnorm @ idf_squared)[hyp_pair_rows])
+        cosines = np.divide(numerators, norms, out=np.zeros_like(numerators), where=norms != 0)
+        per_pair = cosines.sum(axis=1) * penalty[:, None]  # (pairs, samples)
+        per_video = (owners @ per_pair) * (10.0 / (order_n * references_per_video[:, None]))
+        out[start:start + chunk] = (w * per_video.T).sum(axis=1) / len(ids)
+    return out
 
 
 # ----------------------------------------------------------------------------- training reward

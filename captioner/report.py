@@ -1,15 +1,17 @@
 """The evaluation report: what the model says about each video, not only five numbers.
 
-    report_files("preds.jsonl", "MSVD_test.tsv", "report/", videos="clips/",
+    report_files("preds.jsonl", "corpus_test.csv", "report/", videos="clips/",
                  train_references="MSVD_train.tsv", train_features="features/", run="runs/msvd")
     write_report(evaluation, "report/", ...)    # from an `Evaluation` already computed
 
 writes OUT/report.html (one self-contained file: no external scripts, fonts or styles; images
 are data URIs), OUT/report.md (plots as OUT/plots/*.png beside it) and OUT/report.json.
-The page holds the metric table (model, baselines, published numbers), the best and worst
-videos, plots (per-video scores, caption lengths, vocabulary and copying from the training
+The page holds the metric table (model, baselines, published numbers) with bootstrap intervals of
+each corpus score, the reference file and how many references each video has, caveats about
+baselines that cannot mean much, the best and worst videos (or, for a small set, every video
+ranked once), plots (per-video scores, caption lengths, vocabulary and copying from the training
 set, training curves) and one row per video with a strip of frames, the captions, the
-references and the per-video scores.
+references and the per-video scores. It reads on a phone as on a laptop.
 """
 
 from __future__ import annotations
@@ -60,9 +62,20 @@ PUBLISHED_MSVD = [
 # penalty, is the one that agrees best with people on single sentences.
 _RANKING = ("METEOR", "CIDEr", "BLEU-4", "ROUGE-L", "BLEU-3", "BLEU-2", "BLEU-1", "SPICE")
 _EXAMPLES = 5
+# Up to this many videos, the report lists every video once, ranked (best and worst examples would
+# repeat the list), and plots one dot per video.
+SMALL_SAMPLE = 20
 # Bootstrap over videos for the intervals beside each score: seeded, so a report is reproducible.
-BOOTSTRAP_RESAMPLES = 500
+# Each resample is scored like a whole set, and METEOR's scoring runs in Java once per resample, so
+# the cost is bounded by the videos scored in all: up to MAX_RESAMPLES resamples, fewer (but at
+# least MIN_RESAMPLES) for large sets; the report says how many.
+MAX_RESAMPLES = 1000
+MIN_RESAMPLES = 200
+RESAMPLED_VIDEOS = 100_000
 BOOTSTRAP_SEED = 0
+# A retrieval baseline drawing from fewer training videos than this rarely finds a similar one:
+# over the 40 MSVD clips with video it said "an elephant is painting" for 7 of 9 test clips.
+MIN_RETRIEVAL_POOL = 200
 # Fields of `captioner caption --json` lines that say what made the captions.
 _PROVENANCE_FIELDS = ("model", "checkpoint", "beam", "length_penalty", "max_len")
 
@@ -153,35 +166,88 @@ def run_provenance(predictions: str | os.PathLike, references: str | os.PathLike
             "command": shlex.join(["captioner", *(sys.argv[1:] if command is None else command)])}
 
 
-def bootstrap_intervals(evaluation: Evaluation, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
-                        level: float = 0.95) -> dict[str, dict[str, tuple[float, float]]]:
-    """Per system and metric, a percentile interval of the mean per-video score over videos
-    resampled with replacement. Per-video scores are not re-scored per resample: CIDEr keeps the
-    document frequencies of the full reference set, and BLEU/METEOR use the mean of per-video
-    scores in place of their corpus pooling, so the interval is of the per-video mean."""
-    import numpy as np
+def bootstrap_resamples(videos: int) -> int:
+    """How many bootstrap resamples a set of this many videos gets (see RESAMPLED_VIDEOS)."""
+    return min(MAX_RESAMPLES, max(MIN_RESAMPLES, RESAMPLED_VIDEOS // max(videos, 1)))
 
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(evaluation.ids), size=(resamples, len(evaluation.ids)))
-    tail = (1 - level) / 2 * 100
-    out: dict[str, dict[str, tuple[float, float]]] = {}
-    for system in evaluation.systems:
-        out[system.name] = {}
-        for metric in evaluation.metrics:
-            values = np.array([system.per_video[i][metric] for i in evaluation.ids], dtype=float)
-            means = values[picks].mean(axis=1)
-            low, high = np.percentile(means, [tail, 100 - tail])
-            out[system.name][metric] = (float(low), float(high))
-    return out
+
+def interval_method(resamples: int, seed: int = BOOTSTRAP_SEED) -> str:
+    return (f"95% bootstrap interval of the corpus score itself (percentile method, {resamples} resamples of the "
+            f"videos drawn with replacement, seed {seed}); each resample is scored as coco-caption scores a set: "
+            "BLEU and METEOR from the pooled statistics, CIDEr-D with document frequencies of the resample's "
+            "references, ROUGE-L as the mean.")
+
+
+def _human_case(references: Mapping[str, Sequence[str]]):
+    """(first references, the other references) per video, or None when some video has only one."""
+    ids = [i for i in references if len(references[i]) > 1]
+    if not ids or len(ids) < len(references):
+        return None
+    return {i: references[i][0] for i in ids}, {i: list(references[i][1:]) for i in ids}
 
 
 def human_agreement(references: Mapping[str, Sequence[str]], scorer) -> dict[str, float] | None:
     """One human against the others: each video's first reference scored (with the report's
     scorer) against its remaining references. None when some video has a single reference."""
-    ids = [i for i in references if len(references[i]) > 1]
-    if not ids or len(ids) < len(references):
-        return None
-    return scorer.score_per_video({i: references[i][0] for i in ids}, {i: list(references[i][1:]) for i in ids}).corpus
+    case = _human_case(references)
+    return None if case is None else scorer.score_per_video(*case).corpus
+
+
+def bootstrap_intervals(evaluation: Evaluation, scorer, resamples: int | None = None, seed: int = BOOTSTRAP_SEED,
+                        level: float = 0.95, human: bool = False,
+                        progress=None) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per system (and the human-agreement row with `human`) and metric, a percentile interval of
+    the corpus score over resamples of the videos, each re-scored as a set (`Scorer.bootstrap`).
+    Every system is scored on the same resamples. `progress(what, done, total)` before each row."""
+    import numpy as np
+
+    resamples = resamples or bootstrap_resamples(len(evaluation.ids))
+    rows = [(s.name, s.captions, evaluation.references) for s in evaluation.systems]
+    case = _human_case(evaluation.references) if human else None
+    if case is not None:
+        rows.append((HUMAN, *case))
+    tail = (1 - level) / 2 * 100
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for done, (name, captions, references) in enumerate(rows):
+        if progress is not None:
+            progress(f"intervals of {name} ({resamples} resamples)", done, len(rows))
+        samples = scorer.bootstrap(captions, references, resamples=resamples, seed=seed)
+        out[name] = {metric: tuple(float(x) for x in np.percentile(values, [tail, 100 - tail]))
+                     for metric, values in samples.items()}
+    return out
+
+
+def reference_counts(evaluation: Evaluation) -> dict[str, float]:
+    """How many references the scored videos have: in all, and the fewest, mean and most per video."""
+    counts = [len(evaluation.references[i]) for i in evaluation.ids]
+    return {"total": sum(counts), "min": min(counts), "mean": sum(counts) / len(counts), "max": max(counts)}
+
+
+def references_sentence(evaluation: Evaluation) -> str:
+    counts = reference_counts(evaluation)
+    source = f"the references in {evaluation.references_file}" if evaluation.references_file else "the references"
+    spread = (f"{counts['min']} per video" if counts["min"] == counts["max"]
+              else f"{counts['min']}–{counts['max']} per video, mean {counts['mean']:.1f}")
+    return f"Scored against {source}: {counts['total']} references for {len(evaluation.ids)} videos ({spread})."
+
+
+def baseline_caveats(evaluation: Evaluation) -> list[str]:
+    """What a reader must know before taking a baseline's scores at face value."""
+    from .evaluate import CONSTANT
+
+    caveats = []
+    for system in evaluation.systems[1:]:
+        pool = evaluation.baseline_pools.get(system.name)
+        if pool is not None and pool < MIN_RETRIEVAL_POOL:
+            caveats.append(f"The {system.name} baseline retrieves from only {pool} training videos (those with "
+                           f"both features and captions), fewer than the {MIN_RETRIEVAL_POOL} retrieval needs to "
+                           "find a similar video: its scores say little about retrieval.")
+        if system.name != CONSTANT and len(evaluation.ids) > 2:
+            caption, count = Counter(system.captions[i] for i in evaluation.ids).most_common(1)[0]
+            if count > len(evaluation.ids) / 2:
+                caveats.append(f"The {system.name} baseline gives one caption, \u201c{caption}\u201d, to {count} of "
+                               f"{len(evaluation.ids)} videos.")
+    return caveats
 
 
 # ----------------------------------------------------------------------------- images
@@ -206,17 +272,7 @@ def _plots(evaluation: Evaluation, training_captions: set[str] | None,
     plots: dict[str, bytes] = {}
     metrics = [m for m in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE") if m in evaluation.metrics] \
         or list(evaluation.metrics)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.8), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for system in evaluation.systems:
-            values = [system.per_video[i][metric] for i in evaluation.ids]
-            ax.hist(values, bins=20, histtype="step", linewidth=1.5, label=system.name)
-        ax.set_title(metric)
-        ax.set_xlabel("per-video score")
-    axes[0][0].set_ylabel("videos")
-    axes[0][-1].legend(fontsize=7)
-    plots["scores"] = _png_bytes(fig)
-    plt.close(fig)
+    plots["scores"] = _score_plot(plt, evaluation, metrics)
 
     fig, ax = plt.subplots(figsize=(6, 3))
     reference_lengths = [len(tokenize(r)) for i in evaluation.ids for r in evaluation.references[i]]
@@ -285,6 +341,46 @@ def _plots(evaluation: Evaluation, training_captions: set[str] | None,
     return plots
 
 
+def _score_plot(plt, evaluation: Evaluation, metrics: Sequence[str]) -> bytes:
+    """Per-video scores, one panel per metric, stacked (one column stays readable on a phone).
+
+    Up to a few hundred videos: one dot per video and system, systems on their own rows, the
+    corpus score as a bar; more: a histogram per system, systems in a legend of their own."""
+    import numpy as np
+
+    systems = evaluation.systems
+    dots = len(evaluation.ids) <= 300
+    height = (0.4 * len(systems) + 0.9) if dots else 2.2
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(4.4, height * len(metrics)), squeeze=False)
+    rng = np.random.default_rng(0)  # a little vertical jitter, so equal scores stay visible
+    for ax, metric in zip(axes.flat, metrics):
+        for row, system in enumerate(systems):
+            values = np.array([system.per_video[i][metric] for i in evaluation.ids])
+            if dots:
+                ax.scatter(values, row + rng.uniform(-0.18, 0.18, len(values)), s=14, alpha=0.7,
+                           color=f"C{row}", linewidths=0)
+                ax.plot([system.corpus[metric]] * 2, [row - 0.32, row + 0.32], color="black", linewidth=1.5)
+            else:
+                ax.hist(values, bins=20, histtype="step", linewidth=1.5, color=f"C{row}", label=system.name)
+        ax.set_title(metric, fontsize=10)
+        ax.tick_params(labelsize=8)
+        if dots:
+            ax.set_yticks(range(len(systems)), [s.name for s in systems])
+            ax.set_ylim(len(systems) - 0.5, -0.5)
+        else:
+            ax.set_ylabel("videos", fontsize=8)
+    if dots:
+        fig.supxlabel(f"per-video score: one dot per video ({len(evaluation.ids)}); bar: the corpus score", fontsize=8)
+    else:
+        fig.supxlabel("per-video score", fontsize=8)
+        fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(systems), 3),
+                   fontsize=7, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout()
+    png = _png_bytes(fig)
+    plt.close(fig)
+    return png
+
+
 def _find_videos(videos_dir: str | os.PathLike, ids: Sequence[str]) -> dict[str, Path]:
     root = Path(videos_dir)
     if not root.is_dir():
@@ -326,8 +422,20 @@ th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: ta
 table.published td { color: #555; }
 td.captions { min-width: 16em; } td.video img { display: block; width: 100%; max-width: 24em; } td.video { width: 24em; }
 td.video code { overflow-wrap: anywhere; } .ci { display: block; color: #777; font-size: 0.8em; white-space: nowrap; } .caption { font-weight: 600; } .concepts { color: #2a5d8f; font-size: 0.85em; } .baseline { color: #555; font-size: 0.9em; }
-.note { color: #666; font-size: 0.9em; } img.plot { max-width: 100%; }
+.note { color: #666; font-size: 0.9em; } .caveat { color: #8a4b00; font-size: 0.9em; } img.plot { max-width: 100%; }
+.wide { overflow-x: auto; max-width: 100%; } .run code, p { overflow-wrap: anywhere; }
 details summary { cursor: pointer; color: #0366d6; } ol.refs { margin: 0.3em 0; padding-left: 1.5em; }
+/* A phone: the per-video table becomes one card per video, its scores labelled inline. */
+@media (max-width: 700px) {
+  body { margin: 1em auto; padding: 0 0.6em; } h1 { font-size: 1.3em; }
+  th, td { padding: 3px 5px; }
+  table.videos, table.videos tbody, table.videos tr, table.videos td { display: block; width: auto; }
+  table.videos tr.head { display: none; }
+  table.videos tr { border: 1px solid #ddd; margin: 0 0 0.8em; }
+  table.videos td { border: none; min-width: 0; }
+  table.videos td.num { display: inline-block; text-align: left; }
+  table.videos td.num::before { content: attr(data-label) " "; color: #666; font-size: 0.85em; }
+}
 """
 
 
@@ -354,20 +462,33 @@ def _scope_notes(evaluation: Evaluation) -> list[str]:
     return notes
 
 
-def _examples(evaluation: Evaluation) -> tuple[list[str], list[str]]:
+def _ranked(evaluation: Evaluation) -> list[str]:
     metric = ranking_metric(evaluation)
-    ranked = sorted(evaluation.ids, key=lambda i: evaluation.model.per_video[i][metric], reverse=True)
+    return sorted(evaluation.ids, key=lambda i: evaluation.model.per_video[i][metric], reverse=True)
+
+
+def _examples(evaluation: Evaluation) -> tuple[list[str], list[str]]:
+    ranked = _ranked(evaluation)
     n = min(_EXAMPLES, len(ranked) // 2) or 1
     return ranked[:n], ranked[::-1][:n]
 
 
-_CI_NOTE = (f"95% bootstrap interval of the mean per-video score ({BOOTSTRAP_RESAMPLES} resamples of the videos, "
-            f"seed {BOOTSTRAP_SEED}; CIDEr keeps the document frequencies of all the references)." )
+def video_sections(evaluation: Evaluation) -> list[tuple[str, str, list[str]]]:
+    """(heading, level, ids) of the per-video tables: best, worst and all videos, or for a small set
+    (where the three would repeat each other) every video once, best first."""
+    metric = ranking_metric(evaluation)
+    n = len(evaluation.ids)
+    if n <= SMALL_SAMPLE:
+        return [(f"All {n} videos, best to worst (by {metric})", "h2", _ranked(evaluation))]
+    best, worst = _examples(evaluation)
+    return [(f"Best videos (by {metric})", "h3", best), (f"Worst videos (by {metric})", "h3", worst),
+            (f"All videos ({n})", "h2", evaluation.ids)]
 
 
 def _html(evaluation: Evaluation, title: str, plots: dict[str, bytes], strips: dict, stats: dict,
           notes: list[str], concepts: Mapping | None = None, provenance: Mapping[str, str] | None = None,
-          intervals: Mapping | None = None, human: Mapping[str, float] | None = None) -> str:
+          intervals: Mapping | None = None, human: Mapping[str, float] | None = None, method: str = "",
+          caveats: Sequence[str] = ()) -> str:
     e = html.escape
     metrics = evaluation.metrics
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -380,7 +501,8 @@ def _html(evaluation: Evaluation, title: str, plots: dict[str, bytes], strips: d
             f"<tr><th>{e(k)}</th><td><code>{e(v)}</code></td></tr>" for k, v in provenance.items()) + "</table>")
 
     n = len(evaluation.ids)
-    out.append(f"<h2>Scores on this run's {n} videos</h2><table><tr><th>system</th><th>videos</th>"
+    out.append(f"<h2>Scores on this run's {n} videos</h2><p>{e(references_sentence(evaluation))}</p>"
+               '<div class="wide"><table><tr><th>system</th><th>videos</th>'
                + "".join(f"<th>{e(m)}</th>" for m in metrics) + "</tr>")
     rows = [(s.name, s.corpus) for s in evaluation.systems] + ([(HUMAN, human)] if human else [])
     for name, scores in rows:
@@ -390,34 +512,35 @@ def _html(evaluation: Evaluation, title: str, plots: dict[str, bytes], strips: d
             ci_html = f'<span class="ci">{_fmt(ci[0])}–{_fmt(ci[1])}</span>' if ci else ""
             cells.append(f'<td class="num">{_fmt(scores.get(m))}{ci_html}</td>')
         out.append(f'<tr><td>{e(name)}</td><td class="num">{n}</td>' + "".join(cells) + "</tr>")
-    out.append(f"</table><p class=\"note\">Scores on coco-caption's scale (0-1; CIDEr is CIDEr-D and can exceed 1), "
-               f"computed with pycocoevalcap. Below each score: {_CI_NOTE} With {n} videos the intervals are wide: "
+    out.append("</table></div>" + "".join(f'<p class="caveat">{e(c)}</p>' for c in caveats)
+               + "<p class=\"note\">Scores on coco-caption's scale (0-1; CIDEr is CIDEr-D and can exceed 1), "
+               f"computed with pycocoevalcap. Below each score: {e(method)} With {n} videos the intervals are wide: "
                "differences inside them are not evidence of a better system. The human-agreement row scores each "
                "video's first reference against its other references with the same scorer: a rough ceiling.</p>")
     out.append(f"<h2>Published results (MSVD test split, {PUBLISHED_MSVD_VIDEOS} videos)</h2>"
                "<p class=\"note\">Other papers' numbers on other videos, for scale only: comparable with the table "
                f"above only when this run covers the same {PUBLISHED_MSVD_VIDEOS} videos.</p>"
-               '<table class="published"><tr><th>system</th><th>videos</th>'
+               '<div class="wide"><table class="published"><tr><th>system</th><th>videos</th>'
                + "".join(f"<th>{e(m)}</th>" for m in metrics) + "<th>source</th></tr>")
     for p in PUBLISHED_MSVD:
         out.append(f'<tr><td>{e(p["name"])}</td><td class="num">{PUBLISHED_MSVD_VIDEOS}</td>'
                    + "".join(f'<td class="num">{_fmt(p["scores"].get(m))}</td>' for m in metrics)
                    + f'<td class="note">{e(p["source"])}</td></tr>')
-    out.append("</table>")
+    out.append("</table></div>")
 
-    out.append("<h2>Captions</h2><table><tr><th>system</th><th>mean length</th><th>distinct words</th>"
-               "<th>unique captions</th><th>copied from training</th></tr>")
+    out.append('<h2>Captions</h2><div class="wide"><table><tr><th>system</th><th>mean length</th>'
+               "<th>distinct words</th><th>unique captions</th><th>copied from training</th></tr>")
     for name, s in stats.items():
         copied = "–" if s.copied_from_training is None else f"{100 * s.copied_from_training:.1f}%"
         out.append(f'<tr><td>{e(name)}</td><td class="num">{s.mean_length:.2f}</td><td class="num">{s.vocabulary}</td>'
                    f'<td class="num">{100 * s.distinct_captions:.1f}%</td><td class="num">{copied}</td></tr>')
-    out.append("</table>")
+    out.append("</table></div>")
 
-    best, worst = _examples(evaluation)
-    metric = ranking_metric(evaluation)
-    out.append(f"<h2>Best and worst videos (by {e(metric)})</h2>")
-    out += ["<h3>Best</h3>", _video_table(evaluation, best, strips, concepts), "<h3>Worst</h3>",
-            _video_table(evaluation, worst, strips, concepts)]
+    sections = video_sections(evaluation)
+    if len(sections) > 1:
+        out.append(f"<h2>Best and worst videos (by {e(ranking_metric(evaluation))})</h2>")
+    for heading, level, ids in sections[:-1]:
+        out += [f"<{level}>{e(heading)}</{level}>", _video_table(evaluation, ids, strips, concepts)]
 
     captions = {"scores": "Per-video scores", "lengths": "Caption length: predictions vs references",
                 "vocabulary": "Vocabulary and copying", "training": "Training curves"}
@@ -426,8 +549,8 @@ def _html(evaluation: Evaluation, title: str, plots: dict[str, bytes], strips: d
         out.append(f'<h3>{e(captions[key])}</h3><img class="plot" alt="{e(captions[key])}" '
                    f'src="{_data_uri(png, "image/png")}">')
 
-    out += [f"<h2>All videos ({len(evaluation.ids)})</h2>", _video_table(evaluation, evaluation.ids, strips, concepts),
-            "</body></html>"]
+    heading, level, ids = sections[-1]
+    out += [f"<{level}>{e(heading)}</{level}>", _video_table(evaluation, ids, strips, concepts), "</body></html>"]
     return "\n".join(out)
 
 
@@ -461,7 +584,8 @@ def prediction_concepts(predictions: str | os.PathLike, test_features=None) -> d
 def _video_table(evaluation: Evaluation, ids: Sequence[str], strips: dict, concepts: Mapping | None = None) -> str:
     e = html.escape
     metrics = evaluation.metrics
-    rows = ["<table><tr><th>video</th><th>captions</th>" + "".join(f"<th>{e(m)}</th>" for m in metrics) + "</tr>"]
+    rows = ['<table class="videos"><tr class="head"><th>video</th><th>captions</th>'
+            + "".join(f"<th>{e(m)}</th>" for m in metrics) + "</tr>"]
     for video_id in ids:
         strip = strips.get(video_id)
         if isinstance(strip, str):
@@ -480,7 +604,8 @@ def _video_table(evaluation: Evaluation, ids: Sequence[str], strips: dict, conce
                     f"{_concepts_html((concepts or {}).get(video_id))}{baselines}"
                     f"<details><summary>{len(references)} references</summary><ol class=\"refs\">{refs}</ol>"
                     "</details></td>"
-                    + "".join(f'<td class="num">{_fmt(model.per_video[video_id][m])}</td>' for m in metrics)
+                    + "".join(f'<td class="num" data-label="{e(m)}">{_fmt(model.per_video[video_id][m])}</td>'
+                              for m in metrics)
                     + "</tr>")
     rows.append("</table>")
     return "\n".join(rows)
@@ -488,7 +613,7 @@ def _video_table(evaluation: Evaluation, ids: Sequence[str], strips: dict, conce
 
 def _markdown(evaluation: Evaluation, title: str, plot_files: dict[str, str], stats: dict, notes: list[str],
               provenance: Mapping[str, str] | None = None, intervals: Mapping | None = None,
-              human: Mapping[str, float] | None = None) -> str:
+              human: Mapping[str, float] | None = None, method: str = "", caveats: Sequence[str] = ()) -> str:
     def cell(text: str) -> str:
         return " ".join(str(text).split()).replace("|", "\\|")
 
@@ -498,14 +623,14 @@ def _markdown(evaluation: Evaluation, title: str, plot_files: dict[str, str], st
     if provenance:
         lines += ["## Run", "", "| | |", "|---|---|", *(f"| {cell(k)} | `{cell(v)}` |" for k, v in provenance.items()),
                   ""]
-    lines += [f"## Scores on this run's {n} videos", "",
+    lines += [f"## Scores on this run's {n} videos", "", cell(references_sentence(evaluation)), "",
               "| system | videos | " + " | ".join(metrics) + " |", "|---|---:|" + "---:|" * len(metrics)]
     for name, scores in [(s.name, s.corpus) for s in evaluation.systems] + ([(HUMAN, human)] if human else []):
         def shown(m):
             ci = _interval(intervals, name, m)
             return _fmt(scores.get(m)) + (f" ({_fmt(ci[0])}–{_fmt(ci[1])})" if ci else "")
         lines.append(f"| {cell(name)} | {n} | " + " | ".join(shown(m) for m in metrics) + " |")
-    lines += ["", f"_In brackets: {_CI_NOTE}_", "",
+    lines += ["", *(f"**Caveat:** {cell(c)}\n" for c in caveats), f"_In brackets: {cell(method)}_", "",
               f"## Published results (MSVD test split, {PUBLISHED_MSVD_VIDEOS} videos)", "",
               f"_Other papers' numbers on other videos, for scale only: comparable only when this run covers the "
               f"same {PUBLISHED_MSVD_VIDEOS} videos._", "",
@@ -519,10 +644,7 @@ def _markdown(evaluation: Evaluation, title: str, plot_files: dict[str, str], st
         copied = "–" if s.copied_from_training is None else f"{100 * s.copied_from_training:.1f}%"
         lines.append(f"| {cell(name)} | {s.mean_length:.2f} | {s.vocabulary} | {100 * s.distinct_captions:.1f}% "
                      f"| {copied} |")
-    best, worst = _examples(evaluation)
-    metric = ranking_metric(evaluation)
-    for heading, ids in ((f"Best videos (by {metric})", best), (f"Worst videos (by {metric})", worst),
-                         (f"All videos ({len(evaluation.ids)})", evaluation.ids)):
+    for heading, _, ids in video_sections(evaluation):
         lines += ["", f"## {heading}", "", "| video | prediction | first reference | " + " | ".join(metrics) + " |",
                   "|---|---|---|" + "---:|" * len(metrics)]
         for i in ids:
@@ -532,36 +654,75 @@ def _markdown(evaluation: Evaluation, title: str, plot_files: dict[str, str], st
     return "\n".join(lines) + "\n"
 
 
+class ReportProgress:
+    """Progress of `report` on stderr, as `caption` draws its bar: one line naming the step (starting
+    the scorers, each system scored, each row's intervals, thumbnails, plots) and the time so far."""
+
+    def __init__(self, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(file=sys.stderr, dynamic_ncols=True, bar_format="report: {desc} [{elapsed}]")
+
+    def __call__(self, what: str, done: int = 0, total: int = 0) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(f"{what} ({done + 1}/{total})" if total else what)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def write_report(evaluation: Evaluation, out_dir: str | os.PathLike, *, videos: str | os.PathLike | None = None,
                  run: str | os.PathLike | None = None, train_references: Mapping[str, Sequence[str]] | None = None,
-                 title: str | None = None, progress: bool = True,
+                 title: str | None = None, progress: bool | ReportProgress = True,
                  concepts: Mapping[str, dict] | None = None, provenance: Mapping[str, str] | None = None,
-                 human: Mapping[str, float] | None = None) -> dict[str, Path]:
+                 human: Mapping[str, float] | None = None, scorer=None) -> dict[str, Path]:
     """Write report.html, report.md (+ plots/) and report.json for an evaluation; returns their paths.
 
     `concepts`: per video, what the backbones' heads recognised (`prediction_concepts`);
     `provenance`: what produced the predictions (`run_provenance`); `human`: the human-agreement
-    scores (`human_agreement`)."""
+    scores (`human_agreement`); `scorer`: a `Scorer` to compute the intervals with (else one is
+    started for them)."""
     out = Path(out_dir)
     title = title or "Video captioning evaluation"
+    shown = progress if isinstance(progress, ReportProgress) else ReportProgress(progress)
     notes = _scope_notes(evaluation)
-    intervals = bootstrap_intervals(evaluation)
-    training_captions = None
-    if train_references is not None:
-        training_captions = {" ".join(tokenize(c)) for caps in train_references.values() for c in caps}
-    curves = read_training_curves(run) if run is not None else None
-    strips: dict = {}
-    if videos is not None:
-        found = _find_videos(videos, evaluation.ids)
-        if len(found) < len(evaluation.ids):
-            notes.append(f"{len(evaluation.ids) - len(found)} of {len(evaluation.ids)} videos not found in {videos}: "
-                         "shown without frames")
-        strips = thumbnail_strips(found, progress=progress)
-    stats = {s.name: caption_stats([s.captions[i] for i in evaluation.ids], training_captions)
-             for s in evaluation.systems}
-    stats["references"] = caption_stats([r for i in evaluation.ids for r in evaluation.references[i]],
-                                        training_captions)
-    plots = _plots(evaluation, training_captions, curves)
+    curves = read_training_curves(run) if run is not None else None  # a wrong --run fails before the intervals
+    found = _find_videos(videos, evaluation.ids) if videos is not None else None
+    resamples = bootstrap_resamples(len(evaluation.ids))
+    try:
+        if scorer is None:
+            from .metrics import Scorer
+
+            shown("starting the scorers (Java) for the intervals")
+            with Scorer(evaluation.metrics) as own_scorer:
+                intervals = bootstrap_intervals(evaluation, own_scorer, resamples, human=human is not None,
+                                                progress=shown)
+        else:
+            intervals = bootstrap_intervals(evaluation, scorer, resamples, human=human is not None, progress=shown)
+        training_captions = None
+        if train_references is not None:
+            training_captions = {" ".join(tokenize(c)) for caps in train_references.values() for c in caps}
+        strips: dict = {}
+        if found is not None:
+            if len(found) < len(evaluation.ids):
+                notes.append(f"{len(evaluation.ids) - len(found)} of {len(evaluation.ids)} videos not found in "
+                             f"{videos}: shown without frames")
+            shown("thumbnails")
+            strips = thumbnail_strips(found, progress=shown.bar is not None)
+        stats = {s.name: caption_stats([s.captions[i] for i in evaluation.ids], training_captions)
+                 for s in evaluation.systems}
+        stats["references"] = caption_stats([r for i in evaluation.ids for r in evaluation.references[i]],
+                                            training_captions)
+        shown("plots")
+        plots = _plots(evaluation, training_captions, curves)
+    finally:
+        if shown is not progress:
+            shown.close()
+    method, caveats = interval_method(resamples), baseline_caveats(evaluation)
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(exist_ok=True)
@@ -571,14 +732,16 @@ def write_report(evaluation: Evaluation, out_dir: str | os.PathLike, *, videos: 
         plot_files[key] = f"plots/{key}.png"
     paths = {"html": out / "report.html", "markdown": out / "report.md", "json": out / "report.json"}
     paths["html"].write_text(_html(evaluation, title, plots, strips, stats, notes, concepts, provenance, intervals,
-                                   human), encoding="utf-8")
-    paths["markdown"].write_text(_markdown(evaluation, title, plot_files, stats, notes, provenance, intervals, human),
-                                 encoding="utf-8")
+                                   human, method, caveats), encoding="utf-8")
+    paths["markdown"].write_text(_markdown(evaluation, title, plot_files, stats, notes, provenance, intervals, human,
+                                           method, caveats), encoding="utf-8")
     if curves is not None:  # JSON has no NaN: an epoch without validation is null
         curves = {k: [None if math.isnan(v) else v for v in values] for k, values in curves.items()}
     report = {"title": title, "provenance": dict(provenance) if provenance else None, **evaluation.to_dict(),
+              "references_per_video": reference_counts(evaluation),
               "intervals": {name: {m: list(ci) for m, ci in by_metric.items()} for name, by_metric in intervals.items()},
-              "interval_method": _CI_NOTE, "human_agreement": dict(human) if human else None,
+              "interval_method": method, "bootstrap_resamples": resamples, "caveats": caveats,
+              "human_agreement": dict(human) if human else None,
               "published_videos": PUBLISHED_MSVD_VIDEOS,
               "caption_stats": {name: vars(s) for name, s in stats.items()},
               "published": PUBLISHED_MSVD, "training_curves": curves,
@@ -591,18 +754,29 @@ def report_files(predictions: str | os.PathLike, references: str | os.PathLike, 
                  split: str | None = None, metrics=DEFAULT_METRICS, train_references: str | os.PathLike | None = None,
                  train_split: str | None = None, train_features=None, test_features=None, k: int = 10,
                  videos=None, run=None, title: str | None = None, progress: bool = True) -> dict[str, Path]:
-    """Evaluate files (as `captioner evaluate`) and write the report: what `captioner report` runs."""
+    """Evaluate files (as `captioner evaluate`) and write the report: what `captioner report` runs.
+
+    `progress`: name each step on stderr as it starts (`ReportProgress`)."""
     metrics = parse_metrics(metrics)
     if run is not None:
         read_training_curves(run)  # a wrong --run fails before minutes of scoring
+    if videos is not None:
+        _find_videos(videos, [])  # so does a missing --videos folder
     predicted = read_predictions(predictions)
     refs = read_references(references, split)
     train_refs = read_references(train_references, train_split) if train_references is not None else None
-    with Scorer(metrics) as scorer:
-        evaluation = evaluate(predicted, refs, metrics=metrics, train_references=train_refs,
-                              train_features=train_features, test_features=test_features, k=k, scorer=scorer,
-                              predictions_name=str(predictions), references_name=str(references))
-        human = human_agreement(evaluation.references, scorer)
-    return write_report(evaluation, out_dir, videos=videos, run=run, train_references=train_refs, title=title,
-                        progress=progress, concepts=prediction_concepts(predictions, test_features or train_features),
-                        provenance=run_provenance(predictions, references, split), human=human)
+    shown = ReportProgress(progress)
+    try:
+        shown("starting the scorers (Java)")
+        with Scorer(metrics) as scorer:
+            evaluation = evaluate(predicted, refs, metrics=metrics, train_references=train_refs,
+                                  train_features=train_features, test_features=test_features, k=k, scorer=scorer,
+                                  predictions_name=str(predictions), references_name=str(references), progress=shown)
+            shown("human agreement")
+            human = human_agreement(evaluation.references, scorer)
+            return write_report(evaluation, out_dir, videos=videos, run=run, train_references=train_refs,
+                                title=title, progress=shown,
+                                concepts=prediction_concepts(predictions, test_features or train_features),
+                                provenance=run_provenance(predictions, references, split), human=human, scorer=scorer)
+    finally:
+        shown.close()

@@ -22,14 +22,21 @@ is dropped from the queue, or stopped at its next segment if it is running.
 
 Browsers send any page's form posts to any server, this one included; so a POST whose Origin is
 not this server's own, or one of --allow-origin, is refused (403), and a server on a loopback
-address answers only requests addressed to a loopback name (which defeats DNS rebinding).
+address answers no request, on any route, that is not addressed to a loopback name: a page whose
+domain was rebound to 127.0.0.1 sends its own name, so it can neither post nor read anything.
+
+When the server is told to stop (SIGTERM, Ctrl-C), running and queued jobs are cancelled at
+their next step and their clients answered 503, so stopping takes seconds, not the length of the
+longest job; the upload folder goes before the process exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import io
+import ipaddress
 import logging
 import shutil
 import tempfile
@@ -45,8 +52,9 @@ from urllib.parse import urlsplit
 import anyio
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 
 from .caption import Captioner, run_timing, segment_windows
@@ -147,11 +155,12 @@ class _MultipartUpload:
         self._value = bytearray()
         self._head = bytearray()  # the file's first bytes, until its type is known
         self._out = None
+        self.complete = False  # the closing boundary arrived: without it the file's last bytes are unknown
         self.parser = MultipartParser(boundary, {
             "on_part_begin": self._part_begin, "on_header_field": self._header_field_data,
             "on_header_value": self._header_value_data, "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
-            "on_part_end": self._part_end})
+            "on_part_end": self._part_end, "on_end": self._end})
 
     def write(self, chunk: bytes) -> None:
         self.parser.write(chunk)
@@ -202,6 +211,9 @@ class _MultipartUpload:
         elif self._part is not None:
             self.fields[self._part] = self._value.decode("utf-8", "replace").strip()
 
+    def _end(self) -> None:
+        self.complete = True
+
     def _file_data(self, data: bytes) -> None:
         self.file_size += len(data)
         if self.file_size > self.max_file_bytes:
@@ -230,6 +242,10 @@ class _MultipartUpload:
 
 def _busy() -> HTTPException:
     return HTTPException(503, "the server is busy (queue full); try again shortly", headers={"Retry-After": "5"})
+
+
+def _stopping() -> HTTPException:
+    return HTTPException(503, "the server is stopping; try again when it is back", headers={"Retry-After": "30"})
 
 
 async def _disconnected(request: Request) -> None:
@@ -275,7 +291,9 @@ async def receive_upload(request: Request, folder: Path, limits: ServeLimits) ->
             if received > body_limit:
                 raise _body_too_large(limits)
             reader.write(chunk)
-        reader.parser.finalize()
+        if not reader.complete:  # python-multipart's finalize() does not check this
+            raise HTTPException(400, "malformed multipart body (it ends before its closing boundary, so the "
+                                     "file may be cut short)")
     except ClientDisconnect:
         raise HTTPException(400, "the client went away during the upload") from None
     except ValueError as error:  # python-multipart's malformed-body errors derive from ValueError
@@ -413,11 +431,49 @@ _PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsa
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def _origin_refusal(request: Request, allowed: tuple[str, ...], loopback_only: bool) -> str | None:
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address (as --host takes it, or a Host header's name) is this machine's
+    loopback: `localhost`, or any loopback address (127.0.0.0/8, ::1)."""
+    host = host.strip().lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(host_header: str) -> str:
+    """The name in a Host header ("[::1]:8000" -> "::1"); "" when it has none or is malformed."""
+    try:
+        return urlsplit(f"//{host_header}").hostname or ""
+    except ValueError:
+        return ""
+
+
+class LoopbackHostOnly:
+    """ASGI middleware: 403 for every request not addressed to a loopback name, on every route.
+
+    A DNS-rebinding page (its own domain now resolving to 127.0.0.1) sends its domain as Host;
+    refusing it everywhere, GET included, keeps it from reading the model, device or queue too.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            host = Headers(scope=scope).get("host", "")
+            if not is_loopback(_host_name(host)):
+                refusal = f"this server answers requests to {', '.join(LOOPBACK_HOSTS)} only, not to {host!r}"
+                await JSONResponse({"detail": refusal}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _origin_refusal(request: Request, allowed: tuple[str, ...]) -> str | None:
     """Why a browser on another site may not post this request, or None when it may."""
     host = request.headers.get("host", "")
-    if loopback_only and (urlsplit(f"//{host}").hostname or "").lower() not in LOOPBACK_HOSTS:
-        return f"this server answers requests to {', '.join(LOOPBACK_HOSTS)} only, not to {host!r}"
     origin = request.headers.get("origin")
     if origin is None or origin in allowed:  # no Origin: not sent by a web page (curl, scripts)
         return None
@@ -433,6 +489,8 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
 
     Without `upload_dir` the app makes a temporary one and removes it when it shuts down.
     `loopback_only`: answer requests addressed to loopback names only (for a server on 127.0.0.1).
+    `app.state.stop()` cancels every job and answers its client 503 (the server's signal handler
+    calls it); the app's shutdown does it too, and waits for the running job to reach its next step.
     """
     limits = limits or ServeLimits()
     owns_upload_dir = upload_dir is None
@@ -441,12 +499,28 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
     executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner")  # one model, one job
     slots, upload_slots = JobSlots(limits.queue), JobSlots(limits.uploads)
     page = resources.files("captioner").joinpath("web/index.html").read_text(encoding="utf-8")
+    # Stopping: a flag, and a future per request in flight that stop() resolves in the request's own
+    # loop (a test client may run each request in a loop of its own).
+    stopping = threading.Event()
+    waiting: set[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = set()
+    jobs: set[concurrent.futures.Future] = set()  # submitted and not yet done
+
+    def stop() -> None:
+        """Cancel every request in flight (503) and with it its job; callable from a signal handler."""
+        stopping.set()  # first: a request that registers after the loop below sees the flag
+        for loop, stopped in list(waiting):
+            loop.call_soon_threadsafe(lambda stopped=stopped: stopped.done() or stopped.set_result(None))
 
     @asynccontextmanager
     async def lifespan(_app):
         try:
             yield
         finally:
+            stop()
+            # The running job stops at its next step (one backbone pass); its folder goes when it does.
+            pending = list(jobs)
+            if pending:
+                await asyncio.to_thread(concurrent.futures.wait, pending, 60)
             # Here, not only after uvicorn.run returns: on SIGTERM uvicorn shuts the app down, then
             # re-raises the signal, which ends the process before any code after it runs.
             if owns_upload_dir:
@@ -456,9 +530,11 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
     app = FastAPI(title="video-captioner", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Caption a video: one English sentence, its n-best alternatives and timed captions.")
     app.state.upload_dir, app.state.slots, app.state.upload_slots = upload_dir, slots, upload_slots
-    app.state.executor = executor
+    app.state.executor, app.state.stop = executor, stop
     if limits.allow_origins:  # lets those pages read the answers too
         app.add_middleware(CORSMiddleware, allow_origins=list(limits.allow_origins), allow_methods=["GET", "POST"])
+    if loopback_only:  # added last, so it runs first: a refused request reaches nothing else
+        app.add_middleware(LoopbackHostOnly)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
@@ -480,8 +556,27 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
         `timing` counts seconds: startup and model_load are 0 (paid once, when the server
         started); total runs from the request's arrival through upload, queue and captioning.
         """
+        loop = asyncio.get_running_loop()
+        stopped = loop.create_future()
+        waiting.add((loop, stopped))
+        work = None
+        try:
+            if stopping.is_set():
+                raise _stopping()
+            work = asyncio.ensure_future(handle(request))
+            await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.discard((loop, stopped))
+            if work is not None and not work.done():  # the server is stopping, or this request was cancelled
+                work.cancel()  # its upload is dropped, its job cancelled (see `handle`)
+                await asyncio.wait({work})
+        if work.cancelled():
+            raise _stopping()
+        return work.result()
+
+    async def handle(request: Request):
         arrived = time.perf_counter()
-        refusal = _origin_refusal(request, limits.allow_origins, loopback_only)
+        refusal = _origin_refusal(request, limits.allow_origins)
         if refusal is not None:
             raise HTTPException(403, refusal)
         declared = request.headers.get("content-length")
@@ -514,16 +609,21 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
             raise
         # The job owns its folder and slot until it ends, even if this request ends first; this
         # callback runs before the awaiting request is woken.
+        jobs.add(future)
+        future.add_done_callback(jobs.discard)
         future.add_done_callback(finish)
         job = asyncio.wrap_future(future)
         client_gone = asyncio.ensure_future(_disconnected(request))
         try:
             await asyncio.wait({job, client_gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if not job.done():  # the client left, or this request was cancelled: nobody wants the answer
+            if not job.done():  # the client left, or the server is stopping: nobody will read the answer
                 cancelled.set()
                 job.cancel()  # drops it from the queue; a running job stops at its next step
-                log.info("%s: the client went away; its job is cancelled", upload.name)
+                if stopping.is_set():  # work lost, so said where the operator looks
+                    log.warning("%s: the server is stopping; its job is cancelled", upload.name)
+                else:
+                    log.info("%s: the client went away; its job is cancelled", upload.name)
             client_gone.cancel()
         if job.cancelled():
             return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
@@ -544,14 +644,22 @@ def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, lim
     import uvicorn
 
     captioner = Captioner.load(model, device=device, runtime=runtime, precision=precision)
-    loopback = host in LOOPBACK_HOSTS
+    loopback = is_loopback(host)
     if not loopback:
         log.warning("listening on %s: anyone who can reach this machine can upload videos", host)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner")
     app = create_app(captioner, limits, executor=executor, loopback_only=loopback)
     print(f"captioner: serving {captioner.model_id} on http://{host}:{port}", flush=True)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            app.state.stop()  # before uvicorn waits for the open requests: they are the jobs
+            super().handle_exit(sig, frame)
+
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
+    except KeyboardInterrupt:  # Ctrl-C, re-raised by uvicorn once it has shut down (as uvicorn.run does)
+        pass
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(app.state.upload_dir, ignore_errors=True)

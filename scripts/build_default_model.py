@@ -175,7 +175,8 @@ def step_evaluate(args) -> None:
     msvd_preds = WORK / "msvd_test_predictions.jsonl"
     _run(["caption", LISTS / "msvd_test_clips.txt", "--json", "--beam", str(args.beam)], msvd_preds)
     results = WORK / "msvd_test_results.json"
-    _run(["evaluate", "--predictions", msvd_preds, "--references", DATA / "msvd" / "captions" / "MSVD_test.tsv",
+    # corpus_test.csv: the canonical MSVD references (README, "Which MSVD reference file is canonical").
+    _run(["evaluate", "--predictions", msvd_preds, "--references", DATA / "msvd" / "captions" / "corpus_test.csv",
           "--train-references", DATA / "msvd" / "captions" / "MSVD_train.tsv",
           "--train-features", dirs["extract-train"] / "features", "--test-features", dirs["extract-test"] / "features",
           "--out", results, "--allow-partial"])  # 9 of the 670 test-split videos have video here

@@ -12,7 +12,7 @@ import pytest
 from captioner.baselines import constant_caption, nearest_neighbour_captions
 from captioner.errors import CaptionerError
 from captioner.evaluate import (CONSTANT, MIN_COVERAGE, MODEL, NEAREST, evaluate, match_ids, read_predictions,
-                                read_references)
+                                read_references, read_results, write_results)
 from captioner.store import open_features
 from eval_helpers import ROOT, assert_one_line_error, msvd_test_refs, run_cli, scorer  # noqa: F401  (fixtures)
 
@@ -162,6 +162,11 @@ def test_evaluate_scores_model_and_baselines_on_the_same_ids(tmp_path, msvd_test
     for baseline in evaluation.systems[1:]:
         assert evaluation.model.corpus["CIDEr"] > baseline.corpus["CIDEr"]
     json.dumps(evaluation.to_dict())
+    # The report's caveat needs the pool each retrieval baseline drew from, saved results included.
+    assert evaluation.baseline_pools == {NEAREST: 30} and evaluation.references_file is None
+    evaluation.references_file = "corpus_test.csv"
+    saved = read_results(write_results(evaluation, tmp_path / "results.json"))
+    assert (saved.baseline_pools, saved.references_file) == ({NEAREST: 30}, "corpus_test.csv")
 
 
 # ----------------------------------------------------------------------------- the command

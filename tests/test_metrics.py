@@ -66,6 +66,31 @@ def test_scores_equal_pycocoevalcap(real_case, scorer):
     assert 0 < ours.corpus["METEOR"] < 1 and ours.corpus["CIDEr"] > 0
 
 
+def test_bootstrap_resamples_are_scored_as_coco_scores_a_set(real_case, scorer):
+    """Each bootstrap sample is the corpus score pycocoevalcap gives the sample itself (a video drawn
+    twice in it twice): BLEU and METEOR pooled, CIDEr-D with the sample's document frequencies."""
+    import numpy as np
+
+    predictions, references = real_case
+    samples = scorer.bootstrap(predictions, references, resamples=6, seed=3)
+    assert set(samples) == {*BLEU_KEYS, "METEOR", "ROUGE-L", "CIDEr"} and all(len(v) == 6 for v in samples.values())
+    ids = list(predictions)
+    picks = np.random.default_rng(3).integers(0, len(ids), size=(6, len(ids)))
+    for row in (0, 5):
+        drawn = [ids[j] for j in picks[row]]
+        assert len(set(drawn)) < len(drawn)  # some video drawn more than once
+        named = [f"{video}#{k}" for k, video in enumerate(drawn)]
+        corpus, _ = _coco_direct({n: predictions[v] for n, v in zip(named, drawn)},
+                                 {n: references[v] for n, v in zip(named, drawn)})
+        for key, value in corpus.items():
+            assert samples[key][row] == pytest.approx(value, rel=1e-9, abs=1e-12), (key, row)
+    # Systems scored on the same ids get the same samples, so their intervals compare.
+    other = scorer.bootstrap({i: "a man is talking" for i in ids}, references, resamples=6, seed=3)
+    assert not np.allclose(other["CIDEr"], samples["CIDEr"])
+    assert scorer.bootstrap(predictions, references, resamples=6, seed=3)["CIDEr"].tolist() == \
+        samples["CIDEr"].tolist()
+
+
 def test_nltk_corpus_bleu_agrees_on_the_same_tokens(real_case, scorer):
     """nltk's corpus BLEU on coco's PTB tokens.
 

@@ -10,7 +10,8 @@ import pytest
 
 from captioner.errors import CaptionerError
 from captioner.evaluate import CONSTANT, MODEL, NEAREST, Evaluation, SystemScores, evaluate
-from captioner.report import (PUBLISHED_MSVD, PUBLISHED_MSVD_VIDEOS, _examples, ranking_metric, report_files,
+from captioner.report import (HUMAN, MIN_RETRIEVAL_POOL, PUBLISHED_MSVD, PUBLISHED_MSVD_VIDEOS, _examples,
+                              baseline_caveats, bootstrap_resamples, ranking_metric, report_files, video_sections,
                               write_report)
 from captioner.store import open_features
 from eval_helpers import assert_one_line_error, msvd_test_refs, read_msvd_tsv, run_cli, scorer  # noqa: F401
@@ -74,14 +75,28 @@ def test_report_files(report):
     published = page[page.index("<h2>Published results"):page.index("<h2>Captions</h2>")]
     assert PUBLISHED_MSVD[0]["name"] in published and f'<td class="num">{PUBLISHED_MSVD_VIDEOS}</td>' in published
     assert "ids left out" not in page
+    # Intervals of the corpus score itself: each holds its own point estimate (the constant caption's
+    # BLEU-4 read "0.252 (0.000–0.239)" when they were of the mean per-video score).
+    assert set(data["intervals"]) == {MODEL, CONSTANT, NEAREST}
     for name, by_metric in data["intervals"].items():
         for metric, (low, high) in by_metric.items():
-            assert 0 <= low <= high, (name, metric)
-    low, high = data["intervals"][MODEL]["CIDEr"]  # corpus CIDEr is the mean of per-video CIDEr
-    assert low <= data["systems"][MODEL]["CIDEr"] <= high and high - low > 0.01
+            assert 0 <= low <= data["systems"][name][metric] <= high, (name, metric, low, high)
+    low, high = data["intervals"][MODEL]["CIDEr"]
+    assert high - low > 0.01
+    assert data["bootstrap_resamples"] == bootstrap_resamples(9) == 1000
+    assert "1000 resamples" in data["interval_method"] and "1000 resamples" in page
+    # Nine videos: one table of them all, best first, not best, worst and all repeating each other.
+    assert "<h3>Best" not in page and "Best videos" not in markdown and "Worst videos" not in markdown
+    ranked = page[page.index("<h2>All 9 videos, best to worst (by METEOR)</h2>"):]
     wrong = evaluation.ids[0]
-    worst = page[page.index("<h3>Worst</h3>"):page.index("<h2>Plots</h2>")]
-    assert wrong in worst and "a woman is slicing an onion" in worst  # the wrong caption ranks last
+    assert ranked.index(f"<code>{wrong}</code>") > max(ranked.index(f"<code>{i}</code>") for i in evaluation.ids[1:])
+    assert "a woman is slicing an onion" in ranked  # the wrong caption ranks last
+    assert sum(page.count(f"<code>{i}</code>") for i in evaluation.ids) == 9  # each video shown once
+    counts = [len(evaluation.references[i]) for i in evaluation.ids]
+    assert data["references_per_video"] == {"total": sum(counts), "min": min(counts), "mean": sum(counts) / 9,
+                                            "max": max(counts)}
+    assert (f"Scored against the references: {sum(counts)} references for 9 videos ({min(counts)}–{max(counts)} per "
+            f"video, mean {sum(counts) / 9:.1f}).") in page
 
 
 def test_report_renders_in_chromium(report):
@@ -104,16 +119,23 @@ def test_report_renders_in_chromium(report):
             widest_table = page.evaluate("Math.max(...Array.from(document.querySelectorAll('table'))"
                                          ".map(t => t.getBoundingClientRect().right))")
             page.screenshot(path=str(paths["html"].parent / "report-1280.png"), full_page=True)
+            # A phone: nothing sticks out sideways; wide tables scroll inside their own box.
+            phone = browser.new_page(viewport={"width": 390, "height": 900})
+            phone.goto(paths["html"].as_uri(), wait_until="load")
+            phone_width = phone.evaluate("document.documentElement.scrollWidth")
+            card_widths = phone.evaluate("Array.from(document.querySelectorAll('table.videos tr:not(.head)'))"
+                                         ".map(r => r.getBoundingClientRect().right)")
+            phone.screenshot(path=str(paths["html"].parent / "report-390.png"), full_page=True)
         finally:
             browser.close()
     assert errors == []
     assert requests == [paths["html"].as_uri()]  # nothing fetched from anywhere else
     assert title == "MSVD <clips> & co"
     assert page_width <= 1280 and widest_table <= 1280, (page_width, widest_table)
+    assert phone_width <= 390 and card_widths and max(card_widths) <= 390, (phone_width, card_widths)
     assert images and all(complete and width > 0 for _, complete, width in images), images
     frames = [alt for alt, _, _ in images if alt.startswith("frames of ")]
-    best_and_worst = 2 * min(5, len(evaluation.ids) // 2)
-    assert len(frames) == len(evaluation.ids) + best_and_worst
+    assert len(frames) == len(evaluation.ids)  # nine videos: each shown once
     assert sum(not alt.startswith("frames of ") for alt, _, _ in images) == 4  # the four plots
 
 
@@ -137,6 +159,12 @@ def test_report_command(tmp_path, msvd_case, msvd_clips):
     page = (out / "report.html").read_text(encoding="utf-8")
     assert sum(page.count(f'alt="frames of {clip.stem}"') >= 1 for clip in linked) == 4
     assert "5 of 9 videos not found" in page
+
+    proc, _ = run_cli("report", "--predictions", str(pred_file), "--references", str(ref_file), "--metrics", "BLEU",
+                      "--out", str(tmp_path / "report2"))
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # not a terminal: no progress line
+    page = (tmp_path / "report2" / "report.html").read_text(encoding="utf-8")
+    assert f"Scored against the references in {ref_file}: " in page
 
     proc, _ = run_cli("report", "--predictions", str(pred_file), "--references", str(ref_file), "--metrics", "BLEU",
                       "--run", str(tmp_path / "no run"), "--out", str(out))
@@ -192,3 +220,53 @@ def test_best_videos_are_not_ranked_by_one_rare_word():
     assert _examples(evaluation) == (["right"], ["wrong"])
     without_meteor = Evaluation(list(scores), {i: ["x"] for i in scores}, ("CIDEr",), [model])
     assert ranking_metric(without_meteor) == "CIDEr"
+
+
+def test_report_names_each_step_while_it_scores(tmp_path, msvd_case, capsys):
+    """`report` spent 85 s silent before its first progress line: now each step is named as it starts."""
+    predictions, references, train_refs, store, _ = msvd_case
+    pred_file = tmp_path / "predictions.json"
+    pred_file.write_text(json.dumps(predictions), encoding="utf-8")
+    ref_file = tmp_path / "references.json"
+    ref_file.write_text(json.dumps(references), encoding="utf-8")
+    train_file = tmp_path / "train.json"
+    train_file.write_text(json.dumps(train_refs), encoding="utf-8")
+    report_files(pred_file, ref_file, tmp_path / "out", metrics="BLEU,CIDEr", train_references=train_file,
+                 progress=True)
+    err = capsys.readouterr().err
+    steps = ["starting the scorers (Java)", "baselines", "scoring model (1/2)", "scoring constant caption (2/2)",
+             "human agreement", "intervals of model (1000 resamples) (1/3)", f"intervals of {HUMAN}", "plots"]
+    positions = [err.find(f"report: {step}") for step in steps]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions), err
+
+
+def test_small_sets_list_each_video_once_and_large_ones_best_worst_and_all():
+    def evaluation_of(n: int) -> Evaluation:
+        ids = [f"v{i}" for i in range(n)]
+        scores = {i: {"METEOR": k / n} for k, i in enumerate(ids)}
+        model = SystemScores(MODEL, {i: "a caption" for i in ids}, {}, scores)
+        return Evaluation(ids, {i: ["x"] for i in ids}, ("METEOR",), [model])
+
+    [(heading, _, ids)] = video_sections(evaluation_of(9))
+    assert heading == "All 9 videos, best to worst (by METEOR)" and ids == [f"v{i}" for i in reversed(range(9))]
+    sections = video_sections(evaluation_of(60))
+    assert [(h, len(ids)) for h, _, ids in sections] == [
+        ("Best videos (by METEOR)", 5), ("Worst videos (by METEOR)", 5), ("All videos (60)", 60)]
+
+
+def test_a_baseline_with_too_small_a_pool_or_one_caption_for_most_videos_is_flagged():
+    ids = [f"v{i}" for i in range(9)]
+    captions = {i: "an elephant is painting" if n < 7 else f"caption {n}" for n, i in enumerate(ids)}
+    scores = {i: {"METEOR": 0.1} for i in ids}
+    systems = [SystemScores(MODEL, {i: f"model {i}" for i in ids}, {}, scores),
+               SystemScores(CONSTANT, {i: "a man is playing a guitar" for i in ids}, {}, scores),
+               SystemScores(NEAREST, captions, {}, scores)]
+    evaluation = Evaluation(ids, {i: ["x"] for i in ids}, ("METEOR",), systems, baseline_pools={NEAREST: 40})
+    assert baseline_caveats(evaluation) == [
+        f"The nearest neighbour baseline retrieves from only 40 training videos (those with both features and "
+        f"captions), fewer than the {MIN_RETRIEVAL_POOL} retrieval needs to find a similar video: its scores say "
+        "little about retrieval.",
+        "The nearest neighbour baseline gives one caption, \u201can elephant is painting\u201d, to 7 of 9 videos."]
+    evaluation.baseline_pools = {NEAREST: 1200}
+    evaluation.systems[2] = SystemScores(NEAREST, {i: f"caption {i}" for i in ids}, {}, scores)
+    assert baseline_caveats(evaluation) == []  # the constant caption is one caption by design
