@@ -146,6 +146,15 @@ def _describe_checkpoint(name: str, path: Path) -> ModelInfo:
     return info
 
 
+def default_recipe() -> dict:
+    """The default model's feature recipe, {"backbone", "frames"}: what `captioner extract` uses
+    unless told otherwise, so `caption --features` takes a store made with the defaults."""
+    from .numpy_decoder import export_path, read_export
+
+    provenance = read_export(export_path(DEFAULT_MODEL)).provenance or {}
+    return {"backbone": provenance["backbone"], "frames": provenance.get("frames", "uniform:16")}
+
+
 def list_models(runs: str | os.PathLike | None = None) -> list[ModelInfo]:
     """The shipped default model, then every checkpoint (`*.pt`) under `runs`, if given."""
     models = []
