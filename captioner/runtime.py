@@ -27,6 +27,14 @@ scale, shift, transpose) inside the graph and a dynamic batch dimension, and sav
 A run whose index entry still matches the weight files loads the model without importing
 torch or timm. Anything unreadable in the cache is rebuilt from the torch module, never fatal.
 A combination ("a+b") is compiled member by member, so a still image can skip its clip members.
+
+The default model's backbones ship already converted (SHIPPED_DIR, built by
+scripts/build_openvino_ir.py from the same modules, weights stored in fp16 where that keeps
+cosine >= 0.9999): a spec made of shipped networks loads from the package, converts nothing and
+needs no torch. Their compiled blobs (and int8 networks) go to the cache, the package being
+possibly read-only:
+
+    CACHE/openvino/shipped/<member>-<weights sha256[:16]>/compiled/   and   .../int8-<calib>/
 """
 
 from __future__ import annotations
@@ -311,6 +319,10 @@ class OpenVINOFeatures:
     def load(cls, spec: str, precision: str) -> "OpenVINOFeatures":
         cache = _ModelCache(cache_dir() / "openvino")
         shipped = _shipped_entry(spec)
+        if shipped and not all(cache.shipped_compiled(name) for name in shipped["members"]):
+            from .console import notice
+
+            notice(f"compiling backbone {spec} for this CPU, once (a few seconds; cached in {cache.root})")
         members = [cache.compile_shipped(name, precision) for name in shipped["members"]] if shipped else []
         if shipped and all(m is not None for m in members):
             entry, cache_hit = shipped, True
@@ -433,16 +445,26 @@ class _ModelCache:
             shutil.rmtree(model_dir, ignore_errors=True)
         return member
 
+    def _shipped_work_dir(self, name: str) -> Path | None:
+        try:
+            weights = json.loads((SHIPPED_DIR / name / "meta.json").read_text())["provenance"]["weights_sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return self.root / "shipped" / f"{name}-{weights[:16]}"
+
+    def shipped_compiled(self, name: str) -> bool:
+        """Whether OpenVINO's compiled blobs of a shipped member are cached (any precision)."""
+        work_dir = self._shipped_work_dir(name)
+        return work_dir is not None and any((work_dir / "compiled").glob("*.blob"))
+
     def compile_shipped(self, name: str, precision: str) -> _CompiledMember | None:
         """A shipped member's compiled model. The package folder may be read-only, so OpenVINO's
         blobs (and an int8 network) go to the cache, under the shipped weights' checksum: a
         package update with other weights gets folders of its own. None when unreadable."""
-        network = SHIPPED_DIR / name
-        try:
-            weights = json.loads((network / "meta.json").read_text())["provenance"]["weights_sha256"]
-        except (OSError, ValueError, KeyError, TypeError):
+        work_dir = self._shipped_work_dir(name)
+        if work_dir is None:
             return None
-        work_dir = self.root / "shipped" / f"{name}-{weights[:16]}"
+        network = SHIPPED_DIR / name
         member = _compile(network, work_dir, precision)
         if member is None:
             shutil.rmtree(work_dir, ignore_errors=True)  # a damaged blob or int8 network is made again
