@@ -52,11 +52,18 @@ def shell_commands(text: str) -> list[str]:
             except ValueError:
                 continue  # not a shell line (a Python or YAML block without a language tag)
             command: list[str] = []
+            redirect_target = False
             for word in words + ["&&"]:
-                if word in ("&&", "||", "|", ";"):
+                if redirect_target:  # the file of a `> FILE` redirection
+                    redirect_target = False
+                elif word in ("&&", "||", "|", ";"):
                     if command:
                         commands.append(shlex.join(command))
                     command = []
+                elif re.fullmatch(r"\d?(>>?|<)(&\d)?", word):
+                    redirect_target = not word.endswith(("&1", "&2"))
+                elif re.match(r"\d?(>>?|<)", word):
+                    continue  # `>FILE`, `2>/dev/null`
                 else:
                     command.append(word)
     return commands
@@ -80,8 +87,9 @@ def test_the_docs_hold_captioner_commands():
 
 
 def test_code_block_commands_are_split_as_a_shell_would():
-    text = "```bash\ncaptioner a x \\\n    --b 1   # note\nsetup && captioner c | head\n# captioner d\n```\n"
-    assert shell_commands(text) == ["captioner a x --b 1", "setup", "captioner c", "head"]
+    text = ("```bash\ncaptioner a x \\\n    --b 1   # note\nsetup && captioner c | head\n# captioner d\n"
+            "captioner e --json > out.jsonl 2>/dev/null\n```\n```python\ncaptioner f\n```\n")
+    assert shell_commands(text) == ["captioner a x --b 1", "setup", "captioner c", "head", "captioner e --json"]
 
 
 @pytest.mark.parametrize("doc, command", captioner_commands())
