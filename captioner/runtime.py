@@ -364,11 +364,6 @@ def shipped_backbones() -> list[str]:
     return sorted(_shipped_index())
 
 
-def can_run_without_torch(spec: str) -> bool:
-    """Whether OpenVINO can run `spec` now without converting: its network ships, or is cached."""
-    return _shipped_entry(spec) is not None or _ModelCache(cache_dir() / "openvino").lookup(spec) is not None
-
-
 def _compile(network_dir: Path, work_dir: Path, precision: str) -> _CompiledMember | None:
     """Compile the network in `network_dir` (model.xml, meta.json) for `precision`; OpenVINO's
     compiled blobs and an int8 network are kept under `work_dir`. None when a file is unreadable."""

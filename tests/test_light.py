@@ -126,6 +126,12 @@ def test_first_caption_without_torch_converts_nothing_and_writes_nothing_under_h
     assert probe.stderr == ""  # not a terminal: no notices, and no OpenVINO output
     assert json.loads(probe.stdout)["caption"]
     assert not list(Path(light_env["HOME"]).rglob("*")), "something was written under HOME (~/intel?)"
+    # As on a terminal, the first run of a fresh cache says in one line what takes the seconds.
+    told = captioner("caption", clip, env={**light_env, "XDG_CACHE_HOME": str(tmp_path / "cache2"),
+                                           "CAPTIONER_NOTICES": "1"})
+    assert told.returncode == 0, told.stderr
+    assert told.stderr.count("\n") == 1 and told.stderr.startswith("captioner: compiling backbone ")
+    assert told.stdout == probe_caption_line(probe.stdout, clip)
     code = ("import sys, captioner; from captioner.cli import main; rc = main(['caption', %r]); "
             "print(sorted(m for m in %r if m in sys.modules)); sys.exit(rc)" % (str(clip), LEFT_OUT))
     result = subprocess.run([sys.executable, "-c", code], env=light_env, cwd=ROOT, capture_output=True, text=True,
@@ -134,6 +140,10 @@ def test_first_caption_without_torch_converts_nothing_and_writes_nothing_under_h
     assert result.stdout.splitlines()[-1] == "[]"
     blocked = subprocess.run([sys.executable, "-c", "import torch"], env=light_env, capture_output=True, text=True)
     assert blocked.returncode == 1 and "No module named 'torch'" in blocked.stderr
+
+
+def probe_caption_line(json_line: str, clip: Path) -> str:
+    return f"{clip}\t{json.loads(json_line)['caption']}\n"
 
 
 def _load_in_subprocess(spec: str, env: dict) -> subprocess.CompletedProcess:
