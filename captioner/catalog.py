@@ -14,7 +14,6 @@ mirrors it, and `tests/test_catalog.py` keeps the two equal (names, and sizes of
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import os
 import platform
 import sys
@@ -43,7 +42,9 @@ class BackboneInfo:
 
     def installed(self) -> bool | None:
         """Whether the weights package is importable (None: the weights are your own file)."""
-        return None if self.module is None else importlib.util.find_spec(self.module) is not None
+        from .extras import installed
+
+        return None if self.module is None else installed(self.module)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "installed": self.installed()}

