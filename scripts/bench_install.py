@@ -29,17 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CLIP = ROOT.parent / "shared" / "data" / "msvd" / "clips" / "klteYv1Uv9A_27_33.avi"
 HEAVY = ("torch", "timm", "torchvision", "transformers")
-
-
-def light_requirements() -> list[str]:
-    """The light install's requirements, as pyproject.toml declares them."""
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
 
 
 def folder_size(path: Path) -> int:
@@ -60,20 +54,25 @@ def bench(venv: Path, clip: Path, constraints: bool, wheel: bool, pip_cache: str
     if pip_cache:
         env["PIP_CACHE_DIR"] = pip_cache
     report: dict = {"clip": str(clip), "venv": str(venv)}
+    # A copy of the project, as a download would be: building in place would leave build/ and
+    # *.egg-info in the checkout (and a stale build/ would ship removed files in the next wheel).
+    source = venv.parent / (venv.name + "-source")
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "runs", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
     started = time.perf_counter()
-    pip = [python, "-m", "pip", "install", "-q", *(["-c", str(ROOT / "constraints.txt")] if constraints else [])]
+    pip = [python, "-m", "pip", "install", "-q", *(["-c", str(source / "constraints.txt")] if constraints else [])]
     if wheel:
         dist = venv.parent / (venv.name + "-dist")
-        built, seconds = run([python, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)], env)
+        built, _ = run([python, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(source)], env)
         if built.returncode:
             raise SystemExit(f"pip wheel failed:\n{built.stderr[-2000:]}")
         (wheel_file,) = dist.glob("*.whl")
         report["wheel_mb"] = round(wheel_file.stat().st_size / 1e6, 1)
         target = str(wheel_file)
     else:
-        target = str(ROOT)
+        target = str(source)
     installed, _ = run([*pip, target], env, cwd=venv.parent)
     if installed.returncode:
         raise SystemExit(f"pip install failed:\n{installed.stderr[-2000:]}")
