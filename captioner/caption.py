@@ -458,6 +458,11 @@ def _inference_model(path: Path, digest: str) -> InferenceExport:
         pass
     if not zipfile.is_zipfile(path):  # what torch.save writes; anything else fails without importing torch
         raise CaptionerError("not a readable checkpoint (not a PyTorch zip archive)", path)
+    from .console import notice
+    from .extras import require
+
+    require(f"{path}: a checkpoint without a current inference export beside it (reading it once)", "torch")
+    notice(f"{path.name}: writing its inference export beside it, once (loads torch)")
     from .model import export_inference, inference_export
 
     try:

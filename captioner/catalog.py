@@ -14,7 +14,6 @@ mirrors it, and `tests/test_catalog.py` keeps the two equal (names, and sizes of
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import os
 import platform
 import sys
@@ -43,7 +42,9 @@ class BackboneInfo:
 
     def installed(self) -> bool | None:
         """Whether the weights package is importable (None: the weights are your own file)."""
-        return None if self.module is None else importlib.util.find_spec(self.module) is not None
+        from .extras import installed
+
+        return None if self.module is None else installed(self.module)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "installed": self.installed()}
@@ -144,6 +145,15 @@ def _describe_checkpoint(name: str, path: Path) -> ModelInfo:
     label = "default" if name == "default" else path.stem
     info.model_id = f"{label}:{info.backbone}:{digest[:12]}"
     return info
+
+
+def default_recipe() -> dict:
+    """The default model's feature recipe, {"backbone", "frames"}: what `captioner extract` uses
+    unless told otherwise, so `caption --features` takes a store made with the defaults."""
+    from .numpy_decoder import export_path, read_export
+
+    provenance = read_export(export_path(DEFAULT_MODEL)).provenance or {}
+    return {"backbone": provenance["backbone"], "frames": provenance.get("frames", "uniform:16")}
 
 
 def list_models(runs: str | os.PathLike | None = None) -> list[ModelInfo]:

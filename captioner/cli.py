@@ -40,10 +40,12 @@ def _add_extract(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="video/image files, folders (searched recursively) or .txt files listing paths")
     p.add_argument("--out", required=True, metavar="STORE", help="feature store directory")
-    p.add_argument("--backbone", default="efficientnet_lite2",
+    p.add_argument("--backbone", default=None,
                    help="registry name, several joined with '+' (e.g. efficientnet_lite2+i3d), or "
-                        "ARCH=PATH for a timm/torchvision architecture with local weights")
-    p.add_argument("--frames", default="uniform:16", metavar="SAMPLING", help=FRAMES_HELP)
+                        "ARCH=PATH for a timm/torchvision architecture with local weights (default: the "
+                        "default model's, so `caption --features` reads the store)")
+    p.add_argument("--frames", default=None, metavar="SAMPLING",
+                   help=FRAMES_HELP.replace("default uniform:16", "default: the default model's sampling"))
     p.add_argument("--batch-size", type=int, default=None,
                    help="frames per backbone batch (default: 16 with OpenVINO, 4 with PyTorch on CPU, "
                         "where small batches run faster, 64 on CUDA)")
@@ -63,18 +65,28 @@ def _add_extract(sub) -> None:
                         "inputs again with these and delete its other entries of other settings (without it, "
                         "such a store is refused and left as it is)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--progress", action="store_true",
+                   help="draw the progress bar even when stderr is not a terminal (by default only on one)")
     p.set_defaults(handler=_run_extract)
 
 
 def _run_extract(args) -> int:
+    from .catalog import default_recipe
     from .extract import ExtractConfig, extract
 
-    config = ExtractConfig(backbone=args.backbone, frames=args.frames, batch_size=args.batch_size,
-                           workers=args.workers, device=args.device, runtime=args.runtime,
-                           precision=args.precision, ray_address=args.ray_address, mirror=args.mirror)
+    recipe = default_recipe() if args.backbone is None or args.frames is None else {}
+    config = ExtractConfig(backbone=args.backbone or recipe["backbone"], frames=args.frames or recipe["frames"],
+                           batch_size=args.batch_size, workers=args.workers, device=args.device,
+                           runtime=args.runtime, precision=args.precision, ray_address=args.ray_address,
+                           mirror=args.mirror)
     config.validate()  # every flag's form, before the inputs are searched or a backbone loads
-    summary = extract(args.inputs, args.out, config, failures_path=args.failures,
-                      progress=not args.quiet, overwrite=args.overwrite)
+    if args.ray_address:
+        from .extras import require
+
+        require("--ray-address", "ray")
+    progress = not args.quiet and (args.progress or sys.stderr.isatty())
+    summary = extract(args.inputs, args.out, config, failures_path=args.failures, progress=progress,
+                      overwrite=args.overwrite)
     return 0 if summary.failed == 0 else 1
 
 
@@ -161,6 +173,9 @@ def _run_train(args) -> int:
 
     config = load_config(TrainConfig, args.config, args.overrides)  # every key, type and range; torch-free
     config.require_data()
+    from .extras import require
+
+    require("`captioner train`", "torch")
     from .train import train
 
     best = train(config, resume=args.resume)
@@ -209,6 +224,14 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(handler=_run_evaluate)
 
 
+def _require_scoring(args, command: str) -> None:
+    """Scoring's extra, checked before anything is read: coco-caption, and scipy for the baselines."""
+    from .extras import require
+
+    require(f"`captioner {command}`", "pycocoevalcap", *(["scipy"] if args.train_features else []),
+            *(["matplotlib"] if command == "report" else []))
+
+
 def _scoring_kwargs(args) -> dict:
     return dict(split=args.split, metrics=args.metrics, train_references=args.train_references,
                 train_split=args.train_split, train_features=args.train_features,
@@ -218,6 +241,7 @@ def _scoring_kwargs(args) -> dict:
 def _run_evaluate(args) -> int:
     import json
 
+    _require_scoring(args, "evaluate")
     from .evaluate import MIN_COVERAGE, evaluate_files, format_table, write_results
 
     evaluation = evaluate_files(args.predictions, args.references, **_scoring_kwargs(args),
@@ -251,6 +275,7 @@ def _add_report(sub) -> None:
 
 
 def _run_report(args) -> int:
+    _require_scoring(args, "report")
     from .report import report_files
 
     paths = report_files(args.predictions, args.references, args.out, videos=args.videos, run=args.run,
@@ -502,6 +527,10 @@ def _run_pipeline(args) -> int:
     from pipelines import load_pipeline, run_pipeline
 
     config = load_pipeline(args.config, args.overrides)
+    if not (args.dry_run or args.until):  # the whole pipeline: it trains and scores
+        from .extras import require
+
+        require("`captioner pipeline run`", "torch", "pycocoevalcap")
     if args.ray_address:
         config.extract.ray_address = args.ray_address
     run_pipeline(config, until=args.until, force=args.force, dry_run=args.dry_run, progress=not args.quiet)
@@ -608,12 +637,16 @@ def _run_models(args) -> int:
             print(f"      id         {m.model_id}")
             print(f"      backbone   {m.backbone} ({m.feature_dim}-d, frames {m.frames})")
             print(f"      vocabulary {m.vocabulary} words")
+    from .runtime import shipped_backbones
+
+    shipped = set(shipped_backbones())
     print("backbones (extract --backbone; join with '+'):")
     width = max(len(b.name) for b in BACKBONES)
     for b in BACKBONES:
         dim = f"{b.feature_dim}-d" if b.feature_dim else "arch-d"
         installed = b.installed()
-        state = "" if installed is None else "  [installed]" if installed else f"  [missing: {b.pip}]"
+        state = ("  [OpenVINO network ships]" if b.name in shipped and not installed
+                 else "" if installed is None else "  [installed]" if installed else f"  [missing: {b.pip}]")
         print(f"  {b.name:<{width}}  {dim:>7}  {b.input:<22}  {b.weights}{state}")
     return 0
 
@@ -652,6 +685,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except UsageError as exc:
         print(f"captioner: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an extra's module, imported where no check came first
+        from .extras import from_import_error
+
+        missing = from_import_error(f"`captioner {args.command}`", exc)
+        if missing is None:
+            raise
+        print(f"captioner: error: {missing}", file=sys.stderr)
         return 2
     except CaptionerError as exc:
         print(f"captioner: error: {exc}", file=sys.stderr)

@@ -35,6 +35,7 @@ import numpy as np
 
 from .atomic import publish_directory
 from .errors import CaptionerError
+from .extras import MissingExtra, require
 
 CALIBRATION_PHOTOS = 300
 # NNCF's settings; part of the calibration key. The first convolutions (EfficientNet-Lite2's stem
@@ -56,8 +57,7 @@ def nncf_version() -> str:
     try:
         return metadata.version("nncf")
     except metadata.PackageNotFoundError:
-        raise CaptionerError("--precision int8 quantizes with NNCF, which is not installed "
-                             "(pip install nncf, or the project's extra: pip install -e '.[int8]')") from None
+        raise MissingExtra("--precision int8", "nncf") from None
 
 
 def calibration_files() -> list[Path]:
@@ -109,8 +109,10 @@ def calibration_inputs(files: list[Path], size: int, name: str) -> list[np.ndarr
 
 def quantize(model_xml: Path, out_dir: Path, meta: dict) -> None:
     """Quantize the fp32 network at `model_xml` into `out_dir` (written atomically)."""
-    import openvino as ov
+    from .openvino_env import openvino
 
+    require("--precision int8 (quantizing a network, once)", "nncf")
+    ov = openvino()
     nncf_version()
     import logging
 

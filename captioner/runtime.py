@@ -27,6 +27,14 @@ scale, shift, transpose) inside the graph and a dynamic batch dimension, and sav
 A run whose index entry still matches the weight files loads the model without importing
 torch or timm. Anything unreadable in the cache is rebuilt from the torch module, never fatal.
 A combination ("a+b") is compiled member by member, so a still image can skip its clip members.
+
+The default model's backbones ship already converted (SHIPPED_DIR, built by
+scripts/build_openvino_ir.py from the same modules, weights stored in fp16 where that keeps
+cosine >= 0.9999): a spec made of shipped networks loads from the package, converts nothing and
+needs no torch. Their compiled blobs (and int8 networks) go to the cache, the package being
+possibly read-only:
+
+    CACHE/openvino/shipped/<member>-<weights sha256[:16]>/compiled/   and   .../int8-<calib>/
 """
 
 from __future__ import annotations
@@ -47,12 +55,16 @@ from .atomic import atomic_write, publish_directory
 from .cache import cache_dir
 from .device import is_cuda, resolve_device
 from .errors import CaptionerError, UsageError
+from .openvino_env import openvino, quiet_openvino
 from .preprocess import centre_crops
 
 RUNTIMES = ("auto", "torch", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "mixed", "int8")
 # Bump when conversion or the graph's preprocessing changes: older cached models then miss.
 FORMAT_VERSION = 1
+# The networks of the default model's backbones, converted once from the same torch modules
+# (scripts/build_openvino_ir.py): a fresh install runs them without torch and converts nothing.
+SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "openvino"
 # int8: the operations NNCF quantized run in int8, the others (pooling, softmax, ...) in fp32.
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
@@ -112,9 +124,7 @@ _CORE = None
 def _core():
     global _CORE
     if _CORE is None:
-        import openvino as ov
-
-        _CORE = ov.Core()
+        _CORE = openvino().Core()
     return _CORE
 
 
@@ -131,17 +141,21 @@ def load_backbone(provenance_or_name: str | dict, runtime: str = "auto", precisi
     asked = runtime
     runtime, precision = resolve(runtime, precision, device)
     if runtime == "torch":
-        return TorchFeatures(_create_torch(spec, device), precision)
+        return TorchFeatures(_create_torch(spec, device, "--runtime torch"), precision)
     try:
         return OpenVINOFeatures.load(spec, precision)
     except ConversionError as exc:
         if asked == "openvino" or precision == "int8":
             raise CaptionerError(f"backbone {spec} cannot run on OpenVINO: {exc}") from None
         warnings.warn(f"backbone {spec} runs on PyTorch: OpenVINO cannot convert it ({exc})", stacklevel=2)
-        return TorchFeatures(_create_torch(spec, device), precision)
+        return TorchFeatures(_create_torch(spec, device, f"backbone {spec} on PyTorch"), precision)
 
 
-def _create_torch(spec: str, device: str):
+def _create_torch(spec: str, device: str, what: str):
+    """The torch backbone; without torch installed, a MissingExtra that says `what` needs it."""
+    from .extras import require
+
+    require(what, "torch", "torchvision", "timm")
     from . import backbones
 
     return backbones.create(spec, device=device)
@@ -304,9 +318,18 @@ class OpenVINOFeatures:
     @classmethod
     def load(cls, spec: str, precision: str) -> "OpenVINOFeatures":
         cache = _ModelCache(cache_dir() / "openvino")
-        entry = cache.lookup(spec)
-        cache_hit = entry is not None
-        members = [cache.compile(key, precision) for key in entry["members"]] if cache_hit else []
+        shipped = _shipped_entry(spec)
+        if shipped and not all(cache.shipped_compiled(name) for name in shipped["members"]):
+            from .console import notice
+
+            notice(f"compiling backbone {spec} for this CPU, once (a few seconds; cached in {cache.root})")
+        members = [cache.compile_shipped(name, precision) for name in shipped["members"]] if shipped else []
+        if shipped and all(m is not None for m in members):
+            entry, cache_hit = shipped, True
+        else:
+            entry = cache.lookup(spec)
+            cache_hit = entry is not None
+            members = [cache.compile(key, precision) for key in entry["members"]] if cache_hit else []
         if not cache_hit or any(m is None for m in members):
             cache_hit = False
             entry = cache.convert(spec)
@@ -320,10 +343,63 @@ class OpenVINOFeatures:
         return cls(entry, members, precision, cache_hit=cache_hit)
 
 
-def _ov_version() -> str:
-    import openvino as ov
+# ----------------------------------------------------------------------------- shipped networks
+def _shipped_index() -> dict:
+    try:
+        index = json.loads((SHIPPED_DIR / "index.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return index if isinstance(index, dict) else {}
 
-    return ov.get_version()
+
+def _shipped_entry(spec: str) -> dict | None:
+    """The shipped index entry of a spec made of registry names only (user weights never ship)."""
+    if "=" in spec:
+        return None
+    return _shipped_index().get("+".join(part.strip() for part in spec.split("+")))
+
+
+def shipped_backbones() -> list[str]:
+    """Backbone specs whose OpenVINO networks ship inside the package: they run without torch."""
+    return sorted(_shipped_index())
+
+
+def _compile(network_dir: Path, work_dir: Path, precision: str) -> _CompiledMember | None:
+    """Compile the network in `network_dir` (model.xml, meta.json) for `precision`; OpenVINO's
+    compiled blobs and an int8 network are kept under `work_dir`. None when a file is unreadable."""
+    try:
+        meta = json.loads((network_dir / "meta.json").read_text())
+        if precision == "mixed":
+            precision = "bf16" if meta["clip_len"] > 1 else "fp32"
+        elif precision == "int8" and meta["clip_len"] > 1:  # see captioner.quantize
+            precision = "bf16" if cpu_has_bf16() else "fp32"
+        network, calibration = network_dir, None
+        if precision == "int8":
+            network, calibration = _quantized(network_dir, work_dir, meta)
+        compiled_dir = work_dir / "compiled" if network == network_dir else network / "compiled"
+        compiled = _core().compile_model(str(network / "model.xml"), "CPU", {
+            "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "CACHE_DIR": str(compiled_dir)})
+        return _CompiledMember(meta, compiled, calibration)
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return None
+
+
+def _quantized(network_dir: Path, work_dir: Path, meta: dict) -> tuple[Path, str]:
+    """The member's int8 network folder (quantized now if not cached) and its calibration key."""
+    from . import quantize
+
+    files = quantize.calibration_files()
+    calibration = quantize.calibration_key(files)
+    quantized = work_dir / f"int8-{calibration}"
+    if not (quantized / "model.xml").exists():
+        quantize.quantize(network_dir / "model.xml", quantized, meta)
+    # An unreadable int8 network fails compile_model, which drops the folder it is under: it is
+    # converted (or, shipped, just compiled) and quantized again.
+    return quantized, calibration
+
+
+def _ov_version() -> str:
+    return openvino().get_version()
 
 
 class _ModelCache:
@@ -358,51 +434,57 @@ class _ModelCache:
     def compile(self, key: str, precision: str) -> _CompiledMember | None:
         """The member's compiled model, or None when its files are missing or unreadable."""
         model_dir = self.root / key
-        try:
-            meta = json.loads((model_dir / "meta.json").read_text())
-            if precision == "mixed":
-                precision = "bf16" if meta["clip_len"] > 1 else "fp32"
-            elif precision == "int8" and meta["clip_len"] > 1:  # see captioner.quantize
-                precision = "bf16" if cpu_has_bf16() else "fp32"
-            network, calibration = model_dir, None
-            if precision == "int8":
-                network, calibration = self._quantized(model_dir, meta)
-            compiled = _core().compile_model(str(network / "model.xml"), "CPU", {
-                "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
-                "CACHE_DIR": str(network / "compiled")})
-            return _CompiledMember(meta, compiled, calibration)
-        except (OSError, ValueError, KeyError, RuntimeError):
+        member = _compile(model_dir, model_dir, precision)
+        if member is None:
             # A truncated or corrupt file: drop the model so it is converted again.
             shutil.rmtree(model_dir, ignore_errors=True)
+        return member
+
+    def _shipped_work_dir(self, name: str) -> Path | None:
+        try:
+            weights = json.loads((SHIPPED_DIR / name / "meta.json").read_text())["provenance"]["weights_sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
             return None
+        return self.root / "shipped" / f"{name}-{weights[:16]}"
 
-    def _quantized(self, model_dir: Path, meta: dict) -> tuple[Path, str]:
-        """The member's int8 network (quantized now if not cached) and its calibration key."""
-        from . import quantize
+    def shipped_compiled(self, name: str) -> bool:
+        """Whether OpenVINO's compiled blobs of a shipped member are cached (any precision)."""
+        work_dir = self._shipped_work_dir(name)
+        return work_dir is not None and any((work_dir / "compiled").glob("*.blob"))
 
-        files = quantize.calibration_files()
-        calibration = quantize.calibration_key(files)
-        network = model_dir / f"int8-{calibration}"
-        if not (network / "model.xml").exists():
-            quantize.quantize(model_dir / "model.xml", network, meta)
-        # An unreadable int8 network fails compile_model below, which drops the member's folder:
-        # it is converted and quantized again.
-        return network, calibration
+    def compile_shipped(self, name: str, precision: str) -> _CompiledMember | None:
+        """A shipped member's compiled model. The package folder may be read-only, so OpenVINO's
+        blobs (and an int8 network) go to the cache, under the shipped weights' checksum: a
+        package update with other weights gets folders of its own. None when unreadable."""
+        work_dir = self._shipped_work_dir(name)
+        if work_dir is None:
+            return None
+        network = SHIPPED_DIR / name
+        member = _compile(network, work_dir, precision)
+        if member is None:
+            shutil.rmtree(work_dir, ignore_errors=True)  # a damaged blob or int8 network is made again
+            member = _compile(network, work_dir, precision)
+        return member
 
     def convert(self, spec: str) -> dict:
         """Build the torch backbone, convert each member not already cached, record the spec."""
-        import torch
+        from .console import notice
+        from .extras import require
 
+        shipped = ", ".join(shipped_backbones()) or "none"
+        what = f"converting backbone {spec} to OpenVINO once (the networks that ship: {shipped})"
+        require(what, "torch", "torchvision", "timm")
+        notice(f"converting backbone {spec} to OpenVINO, once (10-60 s; cached in {self.root})")
         from .backbones import base
 
         with base.recording_weight_files() as files:
-            backbone = _create_torch(spec, "cpu")
+            backbone = _create_torch(spec, "cpu", what)
         members = list(getattr(backbone, "members", None) or [backbone])
         keys = []
         for member in members:
             key = _model_key(member)
             if not (self.root / key / "model.xml").exists() or not (self.root / key / "meta.json").exists():
-                self._save(member, key, torch)
+                self._save(member, key)
             keys.append(key)
         try:
             class_names = backbone.class_names()
@@ -419,30 +501,46 @@ class _ModelCache:
             pass  # a read-only cache only costs a conversion next time
         return entry
 
-    def _save(self, member, key: str, torch) -> None:
-        import openvino as ov
-
-        size, clip_len = member.input_size, member.clip_len
-        shape = [-1, 3, size, size] if clip_len == 1 else [-1, 3, clip_len, size, size]
-        example = torch.zeros(1, *shape[1:])
-        try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")  # tracer warnings about shapes, fixed here but batch
-                model = ov.convert_model(member.eval(), example_input=example, input=[ov.PartialShape(shape)])
-            model = _with_preprocessing(model, member, clip_len)
-        except Exception as exc:  # the converter's own errors: an unsupported operation, a failed trace
-            raise ConversionError(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
-        meta = {"provenance": member.provenance(), "input_size": size, "clip_len": clip_len,
-                "input": _input_rules(member), "openvino": _ov_version(), "format": FORMAT_VERSION}
+    def _save(self, member, key: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
         try:
-            # compress_to_fp16=False: the default would halve the weights and cost precision in fp32.
-            ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
-            (tmp / "meta.json").write_text(json.dumps(meta))
+            # compress_to_fp16=False: fp16 weights must first be shown to keep the features
+            # (scripts/build_openvino_ir.py checks that for the networks that ship).
+            save_network(member, tmp, compress_to_fp16=False)
             publish_directory(tmp, self.root / key)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_network(member, directory: Path, compress_to_fp16: bool) -> None:
+    """Convert one torch backbone to OpenVINO (preprocessing inside the graph, dynamic batch) and
+    write directory/model.xml, model.bin and meta.json (what loading needs besides the network)."""
+    import torch
+
+    ov = openvino()
+
+    size, clip_len = member.input_size, member.clip_len
+    shape = [-1, 3, size, size] if clip_len == 1 else [-1, 3, clip_len, size, size]
+    example = torch.zeros(1, *shape[1:])
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), quiet_openvino():
+            warnings.simplefilter("ignore")  # tracer warnings about shapes, fixed here but batch
+            model = ov.convert_model(member.eval(), example_input=example, input=[ov.PartialShape(shape)])
+        model = _with_preprocessing(model, member, clip_len)
+    except Exception as exc:  # the converter's own errors: an unsupported operation, a failed trace
+        raise ConversionError(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
+    meta = {"provenance": member.provenance(), "input_size": size, "clip_len": clip_len,
+            "input": _input_rules(member), "openvino": _ov_version(), "format": FORMAT_VERSION,
+            "weights_compression": "fp16" if compress_to_fp16 else None}
+    try:
+        class_names = member.class_names()
+    except CaptionerError:
+        class_names = None
+    meta["class_names"] = class_names
+    with quiet_openvino():
+        ov.save_model(model, str(directory / "model.xml"), compress_to_fp16=compress_to_fp16)
+    (directory / "meta.json").write_text(json.dumps(meta))
 
 
 def _absolute_paths(spec: str) -> str:
@@ -469,7 +567,7 @@ def _model_key(member) -> str:
 
 def _with_preprocessing(model, member, clip_len: int):
     """uint8 channels-last pixels in; (x - 255 mean) / (255 std) and the transpose run in the graph."""
-    import openvino as ov
+    ov = openvino()
     from openvino.preprocess import PrePostProcessor
 
     ppp = PrePostProcessor(model)

