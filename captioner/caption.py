@@ -99,6 +99,10 @@ class Captioner:
         self.sampling = provenance.get("frames", "uniform:16")
         self.concept_heads = heads(provenance)
         self.checkpoint_path = model.path  # load() names the checkpoint the export came from
+        # on_pooled(path, window, decoded, pooled): called for every input (window None) and every
+        # segment window ((start, end)) as soon as its frames are pooled, so a caller can keep
+        # keyframes and features from the same pass that captions (captioner.library does).
+        self.on_pooled: Callable[[str, tuple | None, object, np.ndarray], None] | None = None
 
     @property
     def backbone(self):
@@ -305,7 +309,10 @@ class Captioner:
         try:
             decoded, seconds = decoded_and_seconds.result() if hasattr(decoded_and_seconds, "result") \
                 else decoded_and_seconds
-            return _Pooled(path, video_id, decoded.info, self._pooled(decoded, seconds, timing), timing)
+            pooled = self._pooled(decoded, seconds, timing)
+            if self.on_pooled is not None:
+                self.on_pooled(path, None, decoded, pooled)
+            return _Pooled(path, video_id, decoded.info, pooled, timing)
         except CaptionerError as error:
             return error
 
@@ -349,6 +356,8 @@ class Captioner:
                 if k + 1 < len(windows):
                     upcoming = pool.submit(self._decoded, path, *windows[k + 1])
                 pooled = self._pooled(*decoded, timing)
+                if self.on_pooled is not None:
+                    self.on_pooled(path, (start, end), decoded[0], pooled)
                 caption, score = self._describe(pooled[None], ["video"], decoding, 1, [timing])[0][0]
                 result.append(Segment(start, end, caption, score))
                 if progress is not None:
