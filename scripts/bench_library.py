@@ -220,7 +220,8 @@ def size(db: Path, out: dict) -> None:
         shutil.copy(db, copy)
         steps = [("everything", []),
                  ("without keyframes", ["UPDATE videos SET thumbnail = NULL", "UPDATE windows SET thumbnail = NULL"]),
-                 ("without keyframes and features", ["UPDATE videos SET features = NULL"])]
+                 ("without keyframes and features", ["UPDATE videos SET features = NULL"]),
+                 ("without keyframes, features and embeddings", ["DELETE FROM embeddings"])]
         with sqlite3.connect(copy) as connection:
             for name, statements in steps:
                 for statement in statements:

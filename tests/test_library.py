@@ -26,7 +26,9 @@ from captioner.errors import CaptionerError, UsageError
 from captioner.library import MAX_QUERY_TERMS, SCHEMA_VERSION, Library, LibraryLocked, _WriterLock, query_terms
 
 ROOT = Path(__file__).resolve().parent.parent
-SEGMENTS = 4.0
+SEGMENTS = 5.0
+# Indexing the clips once takes minutes on a busy 2-core machine (measured up to 15 under load).
+pytestmark = pytest.mark.timeout(2400)
 # Short real clips with distinct activities (MSVD references in brackets).
 CLIPS = {
     "Kqb-mmkEWqU_1_5": "soccer",        # a boy kicks a soccer ball into the goal
@@ -237,6 +239,10 @@ HOSTILE_QUERIES = ['"', '""', "'", "*", "cat*", "^cat", "caption:cat", "a AND", 
 def test_fts_syntax_characters_and_huge_queries_are_words(indexed):
     with Library.open(indexed[0], create=False) as library:
         for query in HOSTILE_QUERIES:
+            if not query_terms(query):  # no word at all ('"', '*'): a usage error, one line in the CLI
+                with pytest.raises(UsageError, match="give words to search for"):
+                    library.search(query, limit=5)
+                continue
             hits = library.search(query, limit=5)
             assert isinstance(hits, list) and len(hits) <= 5
         assert len(library) == len(CLIPS)
@@ -360,7 +366,7 @@ def test_indexing_is_the_captioning_pass_not_a_second_one(model, clips, tmp_path
     monkeypatch.setattr(captioner.backbone, "features", lambda *a, **k: (passes.append(1), features(*a, **k))[1])
     list(captioner.caption_many(clips[1:2], segments=SEGMENTS))
     captioning = (len(decodes), len(passes))
-    assert captioning[0] >= 3  # the whole clip and its two windows
+    assert captioning[0] >= 2  # the whole clip and its window
     decodes.clear()
     passes.clear()
     with Library.open(tmp_path / "library.db") as library:
