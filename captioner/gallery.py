@@ -33,7 +33,8 @@ MAX_QUERY_CHARS = 10_000
 
 def _public(hit: dict) -> dict:
     key, window = hit["key"], hit["window"]
-    hit = {**hit, "name": Path(hit.pop("path")).name}
+    hit = dict(hit)
+    hit["name"] = Path(hit.pop("path")).name
     hit["thumbnail"] = f"/api/library/thumbnails/{key}" + (f"/{window}" if window is not None else "")
     hit["video"] = f"/api/library/videos/{key}/file"
     hit["captions"] = f"/api/library/videos/{key}/captions.vtt"

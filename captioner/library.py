@@ -60,7 +60,7 @@ COLUMNS = tuple(FIELD_WEIGHTS)
 # With sentence embeddings, a hit's score is (1 - this) * its BM25 score / the best BM25 score of
 # the query + this * the best cosine between the query and the video's captions. Chosen on the
 # dev clips by scripts/bench_library.py.
-EMBEDDING_WEIGHT = 0.5
+EMBEDDING_WEIGHT = 0.7
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 # Concepts count (in the text and for --concept) from this probability up: the heads spread a
 # little mass over hundreds of classes, which says nothing.
@@ -453,7 +453,8 @@ class Library:
             ids = video_ids(found)
             todo, changed = [], set()
             model_digest = captioner.model_id.rsplit(":", 1)[-1] if captioner is not None else _model_digest(model)
-            recorded = {row[0]: (row[1], row[2]) for row in self._query("SELECT id, source, settings FROM videos")}
+            recorded = {row[0]: (row[1], row[2], row[3])
+                        for row in self._query("SELECT id, source, settings, path FROM videos")}
             for path in found:
                 try:
                     source = source_fingerprint(path)
@@ -465,6 +466,8 @@ class Library:
                         json.loads(before[1]).get("segments") == segments and \
                         str(json.loads(before[1]).get("model")).endswith(":" + model_digest):
                     summary.skipped += 1
+                    if before[2] != os.path.abspath(path):  # the same file, found elsewhere: serve it from there
+                        self._db.execute("UPDATE videos SET path = ? WHERE id = ?", (os.path.abspath(path), ids[path]))
                     continue
                 if before is not None:
                     changed.add(path)

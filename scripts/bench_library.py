@@ -52,11 +52,11 @@ VARIANTS = {
     "windows": ({**ZERO, "windows": 1.0}, 0.0),
     "caption+alternatives+concepts": ({**ZERO, "caption": 1.0, "alternatives": 0.5, "concepts": 0.5}, 0.0),
     "caption+alternatives+windows+concepts": ({**FIELD_WEIGHTS, "related": 0.0}, 0.0),
-    "all fields + synonyms (BM25 alone)": (dict(FIELD_WEIGHTS), 0.0),
+    "all fields + synonyms (BM25 alone: the default without the extra)": (dict(FIELD_WEIGHTS), 0.0),
     "embeddings alone": (dict(FIELD_WEIGHTS), 1.0),
     "all fields + synonyms + embeddings 0.3": (dict(FIELD_WEIGHTS), 0.3),
     "all fields + synonyms + embeddings 0.5": (dict(FIELD_WEIGHTS), 0.5),
-    "all fields + synonyms + embeddings 0.7": (dict(FIELD_WEIGHTS), 0.7),
+    "all fields + synonyms + embeddings 0.7 (default)": (dict(FIELD_WEIGHTS), 0.7),
 }
 
 
@@ -217,7 +217,8 @@ def size(db: Path, out: dict) -> None:
     result = {"videos": videos, "hours": round(hours, 4)}
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "copy.db"
-        shutil.copy(db, copy)
+        with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
+            source.backup(target)  # with what the write-ahead log holds
         steps = [("everything", []),
                  ("without keyframes", ["UPDATE videos SET thumbnail = NULL", "UPDATE windows SET thumbnail = NULL"]),
                  ("without keyframes and features", ["UPDATE videos SET features = NULL"]),
@@ -228,6 +229,7 @@ def size(db: Path, out: dict) -> None:
                     connection.execute(statement)
                 connection.commit()
                 connection.execute("VACUUM")
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # VACUUM's pages into the file
                 bytes_ = copy.stat().st_size
                 result[name] = {"MB": round(bytes_ / 1e6, 2), "MB per hour": round(bytes_ / 1e6 / hours, 1),
                                 "KB per video": round(bytes_ / 1e3 / videos, 1)}

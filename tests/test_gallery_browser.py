@@ -4,6 +4,7 @@ HTTP, then Debian's Chromium searching, filtering by concept and playing a hit a
 from __future__ import annotations
 
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,6 +37,15 @@ def webm_copy(source: Path, target: Path) -> Path:
         for packet in stream.encode():
             out.mux(packet)
     return target
+
+
+def wait_for(page, condition: str, seconds: float = 60) -> None:
+    """Poll a JavaScript condition from outside the page (the page's CSP forbids the eval that
+    Playwright's wait_for_function needs)."""
+    deadline = time.monotonic() + seconds
+    while not page.evaluate(f"() => Boolean({condition})"):
+        assert time.monotonic() < deadline, f"timed out waiting for {condition}"
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -119,15 +129,15 @@ def test_search_filter_and_play_a_hit_at_its_window(gallery):
                 cards.first.click()
                 player = page.locator("#player")
                 expect(player).to_be_visible()
-                page.wait_for_function("document.querySelector('#player').readyState >= 1 && "
-                                       f"document.querySelector('#player').currentTime >= {start}")
+                wait_for(page, f"document.querySelector('#player').readyState >= 1 && "
+                               f"document.querySelector('#player').currentTime >= {start}")
                 expect(page.locator("#player-segments li")).to_have_count(len(record["segments"]))
                 expect(page.locator("#player track")).to_have_attribute("src", "/api/library/videos/"
                                                                         f"{hit['hits'][0]['key']}/captions.vtt")
                 # A window of the timed captions plays from its start.
                 last = record["segments"][-1]
                 page.locator("#player-segments button").last.click()
-                page.wait_for_function(f"document.querySelector('#player').currentTime >= {last['start']}")
+                wait_for(page, f"document.querySelector('#player').currentTime >= {last['start']}")
                 expect(page.locator("#player-segments li").last).to_have_class("current")
                 page.screenshot(path=str(SCREENSHOTS / f"gallery-player-{width}.png"), full_page=True)
 

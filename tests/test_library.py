@@ -246,7 +246,7 @@ def test_fts_syntax_characters_and_huge_queries_are_words(indexed):
             hits = library.search(query, limit=5)
             assert isinstance(hits, list) and len(hits) <= 5
         assert len(library) == len(CLIPS)
-        assert [h.id for h in library.search('"cat"* ^NEAR(', 3)] == [h.id for h in library.search("cat", 3)]
+        assert [h.id for h in library.search('"cat"* ^NEAR(', 3)] == [h.id for h in library.search("cat near", 3)]
     assert len(query_terms("x " * 10_000 + " ".join(f"w{i}" for i in range(100)))) == MAX_QUERY_TERMS
     code, stderr, _, stdout = probe("search", indexed[0], "NEAR(" + "a" * 10_000, "--json")
     assert code == 0 and stderr == [], stderr
@@ -353,7 +353,7 @@ def test_bm25_alone_still_ranks_and_embeddings_pick_windows(indexed):
         lexical = library.search("a man riding a motorbike", 3, embedding_weight=0)
         assert lexical[0].id == "klteYv1Uv9A_27_33"
         for hit in library.search("a car driving on a road", 3):
-            assert 0 <= hit.start < hit.end <= hit.duration + 1e-6
+            assert 0 <= hit.start < hit.end <= hit.duration + 1e-3  # windows are in milliseconds
 
 
 def test_indexing_is_the_captioning_pass_not_a_second_one(model, clips, tmp_path, monkeypatch):
