@@ -408,8 +408,10 @@ _UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-
         "keyframes": {"type": "integer", "minimum": 0, "maximum": MAX_KEYFRAMES, "default": 0,
                       "description": "return this many frames as data-URI JPEGs"}}}}}}}
 # The page is one file with inline CSS and JS; nothing else may load or run.
-_PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob: 'self'; "
-                "media-src blob: 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+# 'self' images and media: the library gallery's keyframes and indexed videos (captioner.gallery).
+_PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                "img-src data: blob: 'self'; media-src blob: 'self'; connect-src 'self'; base-uri 'none'; "
+                "form-action 'self'; frame-ancestors 'none'")
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -548,7 +550,7 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
 
 def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None,
           device: str = "auto", runtime: str = "auto", precision: str = "auto", db: str | None = None) -> None:
-    """Load the model, then serve the page and the API until interrupted; with `db`, also that library's gallery."""
+    """Load the model, then serve the page and the API until interrupted; with `db`, that library's gallery too."""
     import uvicorn
 
     library = None

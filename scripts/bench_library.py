@@ -150,8 +150,8 @@ def synthetic_library(path: Path, count: int, seed: int = 0, embeddings: bool = 
         library.vocabulary = vocabulary
         for k in range(count):
             windows = [Segment(5.0 * w, 5.0 * (w + 1), rng.choice(captions), -0.5) for w in range(3)]
-            concepts = {head["kind"]: [{"name": rng.choice(head["classes"]).split(",")[0], "p": round(rng.random() / 2, 4)}
-                                       for _ in range(5)] for head in vocabulary}
+            concepts = {head["kind"]: [{"name": rng.choice(head["classes"]).split(",")[0],
+                                        "p": round(rng.random() / 2, 4)} for _ in range(5)] for head in vocabulary}
             caption = rng.choice(captions)
             result = Caption(path=f"/videos/v{k}.mp4", id=f"v{k}", caption=caption, score=-0.5,
                              alternatives=[{"caption": caption, "score": -0.5},

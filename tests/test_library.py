@@ -22,7 +22,7 @@ from test_cli import probe
 
 from captioner.caption import segment_windows
 from captioner.concepts import top_concepts
-from captioner.errors import CaptionerError, UsageError
+from captioner.errors import UsageError
 from captioner.library import MAX_QUERY_TERMS, SCHEMA_VERSION, Library, LibraryLocked, _WriterLock, query_terms
 
 ROOT = Path(__file__).resolve().parent.parent
