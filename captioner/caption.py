@@ -104,6 +104,10 @@ class Captioner:
         self.sampling = provenance.get("frames", "uniform:16")
         self.concept_heads = heads(provenance)
         self.checkpoint_path = model.path  # load() names the checkpoint the export came from
+        # on_pooled(path, window, decoded, pooled): called for every input (window None) and every
+        # segment window ((start, end)) as soon as its frames are pooled, so a caller can keep
+        # keyframes and features from the same pass that captions (captioner.library does).
+        self.on_pooled: Callable[[str, tuple | None, object, np.ndarray], None] | None = None
 
     @property
     def backbone(self):
@@ -311,7 +315,10 @@ class Captioner:
         try:
             decoded, seconds = decoded_and_seconds.result() if hasattr(decoded_and_seconds, "result") \
                 else decoded_and_seconds
-            return _Encoded(path, video_id, decoded.info, self._pooled(decoded, seconds, timing), timing)
+            pooled = self._pooled(decoded, seconds, timing)
+            if self.on_pooled is not None:
+                self.on_pooled(path, None, decoded, pooled)
+            return _Encoded(path, video_id, decoded.info, pooled, timing)
         except CaptionerError as error:
             return error
 
@@ -346,7 +353,10 @@ class Captioner:
             progress(0, len(windows))
         with closing(one_ahead(self._decoded, [(path, *window) for window in windows])) as decoded:
             for (start, end), frames in zip(windows, decoded):
-                pooled = self._pooled(*frames.result(), timing)
+                frames = frames.result()
+                pooled = self._pooled(*frames, timing)
+                if self.on_pooled is not None:
+                    self.on_pooled(path, (start, end), frames[0], pooled)
                 caption, score = self._describe(pooled[None], ["video"], decoding.but(n_best=1), [timing])[0][0]
                 result.append(Segment(start, end, caption, score))
                 if progress is not None:

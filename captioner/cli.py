@@ -569,6 +569,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="a web origin (e.g. https://example.org) whose pages may post videos here; repeatable. "
                         "Posts from other sites' pages get HTTP 403")
+    p.add_argument("--db", default=None, metavar="FILE",
+                   help="a library made by `captioner index`: the page adds its gallery (search, keyframes, playback)")
     add_device_argument(p)
     add_runtime_arguments(p)
     p.set_defaults(handler=_run_serve)
@@ -593,13 +595,152 @@ def _run_serve(args) -> int:
     from .caption import check_model
 
     check_model(args.model)  # before the web framework is imported
+    if args.db is not None:
+        _check_library_path(args.db, must_exist=True)
+        from .library import Library
+
+        Library.open(args.db, create=False).close()  # not a library, or a newer one: one line, before the server
     from .serve import ServeLimits, serve
 
     limits = ServeLimits(max_upload_mb=args.max_upload_mb, queue=args.queue, uploads=args.uploads,
                          upload_timeout=args.upload_timeout, idle_timeout=args.idle_timeout,
                          allow_origins=tuple(args.allow_origin))
     serve(model=args.model, host=args.host, port=args.port, limits=limits, device=args.device,
-          runtime=args.runtime, precision=args.precision)
+          runtime=args.runtime, precision=args.precision, db=args.db)
+    return 0
+
+
+# ----------------------------------------------------------------------------- library
+def _add_index(sub) -> None:
+    p = sub.add_parser("index", help="caption videos into a searchable library (one SQLite file)",
+                       description="Caption every input and its timed windows (as `caption --segments`) and keep "
+                                   "the captions, concepts, keyframes, duration and pooled features in one database "
+                                   "file. Resumable: a re-run skips unchanged videos and redoes changed ones.")
+    p.add_argument("inputs", nargs="+", metavar="VIDEO",
+                   help="video/image files, folders (searched recursively), glob patterns or .txt lists")
+    p.add_argument("--db", required=True, metavar="FILE", help="the library's database file (created if missing)")
+    p.add_argument("--segments", type=float, default=5.0, metavar="SECONDS",
+                   help="length of the timed windows captioned in each video (default %(default)g)")
+    p.add_argument("--model", default="default",
+                   help="'default' (the model inside the package) or a checkpoint file (.pt)")
+    p.add_argument("--no-thumbnails", dest="thumbnails", action="store_false", help="keep no keyframe JPEGs")
+    p.add_argument("--no-features", dest="features", action="store_false", help="keep no pooled feature vectors")
+    p.add_argument("--export", default=None, metavar="FILE",
+                   help="afterwards, write the whole library as JSON Lines (as `captioner export`)")
+    add_device_argument(p)
+    add_runtime_arguments(p)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar on stderr (default: when stderr is a terminal)")
+    p.set_defaults(handler=_run_index)
+
+
+def _check_library_path(db: str, must_exist: bool) -> None:
+    from pathlib import Path
+
+    path = Path(db)
+    if path.is_dir():
+        raise UsageError(f"{db}: a library is a database file, not a folder")
+    if must_exist and not path.exists():
+        raise CaptionerError("library not found (create it with `captioner index VIDEOS --db FILE`)", path)
+    if not must_exist and not path.exists() and not path.parent.is_dir():
+        raise UsageError(f"the folder for --db does not exist: {path.parent}")
+
+
+def _check_export_path(out: str) -> None:
+    from pathlib import Path
+
+    if Path(out).is_dir():
+        raise UsageError(f"export needs a file name, not a folder: {out}")
+    if Path(out).suffix.lower() == ".parquet":
+        raise UsageError("Parquet export is not available (it would need pyarrow); write JSON Lines (.jsonl)")
+
+
+def _run_index(args) -> int:
+    import sys
+
+    if not args.segments > 0:
+        raise UsageError("--segments must be a positive number of seconds")
+    _check_library_path(args.db, must_exist=False)
+    if args.export:
+        _check_export_path(args.export)
+    check_options(args.runtime, args.precision)
+    check_device(args.device)
+    from .caption import check_model
+
+    check_model(args.model)
+    from .library import Library
+
+    with Library.open(args.db) as library:
+        summary = library.add(args.inputs, segments=args.segments, model=args.model, thumbnails=args.thumbnails,
+                              features=args.features, progress=sys.stderr.isatty() if args.progress is None
+                              else args.progress, device=args.device, runtime=args.runtime,
+                              precision=args.precision)
+        print(f"captioner: {summary.line()}", file=sys.stderr)
+        if args.export:
+            count = library.export(args.export)
+            print(f"exported {count} videos to {args.export}")
+    return 0 if summary.failed == 0 else 1
+
+
+def _add_search(sub) -> None:
+    p = sub.add_parser("search", help="find videos in a library by words",
+                       description="Rank the library's videos by how well their captions, window captions and "
+                                   "recognised concepts (with synonyms) match the query; print each hit's id, "
+                                   "best-matching window, score, caption, concepts and path.")
+    p.add_argument("db", metavar="DB", help="a library made by `captioner index`")
+    p.add_argument("query", metavar="QUERY", help="words to look for (quote them); may be empty with a filter")
+    p.add_argument("--limit", type=int, default=10, help="hits to print (default %(default)s)")
+    p.add_argument("--concept", default=None, help="only videos where this class was recognised, e.g. skateboarding")
+    p.add_argument("--min-duration", type=float, default=None, metavar="SECONDS",
+                   help="only videos at least this long")
+    p.add_argument("--json", action="store_true", help="one JSON object per hit and line")
+    p.set_defaults(handler=_run_search)
+
+
+def _run_search(args) -> int:
+    import json
+    import math
+
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    if args.min_duration is not None and not (math.isfinite(args.min_duration) and args.min_duration >= 0):
+        raise UsageError("--min-duration must be a number of seconds, 0 or more")
+    if not args.query.strip() and args.concept is None and args.min_duration is None:
+        raise UsageError("give words to search for, or a filter (--concept, --min-duration)")
+    _check_library_path(args.db, must_exist=True)
+    from .library import Library
+
+    with Library.open(args.db, create=False) as library:
+        hits = library.search(args.query, args.limit, concept=args.concept, min_duration=args.min_duration)
+    for hit in hits:
+        if args.json:
+            print(json.dumps(hit.to_dict(), ensure_ascii=False))
+        else:
+            concepts = ", ".join(c["name"] for found in hit.concepts.values() for c in found[:2])
+            print(f"{hit.id}\t{hit.start:.1f}-{hit.end:.1f}s\t{hit.score:.2f}\t{hit.caption}\t{concepts}\t{hit.path}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a library as JSON Lines",
+                       description="Write every indexed video as one JSON object per line: id, path, duration, "
+                                   "caption, alternatives, concepts, timed windows, input fingerprint and the "
+                                   "pooled features (pandas.read_json(lines=True), DuckDB and pyarrow read it).")
+    p.add_argument("db", metavar="DB", help="a library made by `captioner index`")
+    p.add_argument("out", metavar="OUT", help="the JSON Lines file to write (.jsonl)")
+    p.add_argument("--no-features", dest="features", action="store_false", help="leave the feature vectors out")
+    p.add_argument("--thumbnails", action="store_true", help="add the keyframes as data-URI JPEGs")
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(args) -> int:
+    _check_library_path(args.db, must_exist=True)
+    _check_export_path(args.out)
+    from .library import Library
+
+    with Library.open(args.db, create=False) as library:
+        count = library.export(args.out, features=args.features, thumbnails=args.thumbnails)
+    print(f"exported {count} videos to {args.out}")
     return 0
 
 
@@ -673,7 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in (_add_extract, _add_features, _add_caption, _add_train, _add_evaluate, _add_report,
-                _add_pipeline, _add_serve, _add_models):
+                _add_pipeline, _add_serve, _add_models, _add_index, _add_search, _add_export):
         add(sub)
     return parser
 

@@ -424,8 +424,10 @@ _UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-
         "keyframes": {"type": "integer", "minimum": 0, "maximum": MAX_KEYFRAMES, "default": 0,
                       "description": "return this many frames as data-URI JPEGs"}}}}}}}
 # The page is one file with inline CSS and JS; nothing else may load or run.
-_PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; "
-                "media-src blob:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+# 'self' images and media: the library gallery's keyframes and indexed videos (captioner.gallery).
+_PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                "img-src data: blob: 'self'; media-src blob: 'self'; connect-src 'self'; base-uri 'none'; "
+                "form-action 'self'; frame-ancestors 'none'")
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -484,9 +486,10 @@ def _origin_refusal(request: Request, allowed: tuple[str, ...]) -> str | None:
 
 
 def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_dir: str | Path | None = None,
-               executor: ThreadPoolExecutor | None = None, loopback_only: bool = False) -> FastAPI:
+               executor: ThreadPoolExecutor | None = None, loopback_only: bool = False, library=None) -> FastAPI:
     """The web app around a loaded captioner; uploads go to private job folders under `upload_dir`.
 
+    `library`: an open captioner.library.Library whose gallery the page then shows (captioner.gallery).
     Without `upload_dir` the app makes a temporary one and removes it when it shuts down.
     `loopback_only`: answer requests addressed to loopback names only (for a server on 127.0.0.1).
     `app.state.stop()` cancels every job and answers its client 503 (the server's signal handler
@@ -635,20 +638,30 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
         response["timing"] = run_timing(response["timing"], 0.0, 0.0, time.perf_counter() - arrived)
         return response
 
+    if library is not None:
+        from .gallery import add_gallery_routes
+
+        add_gallery_routes(app, library, lambda request: _origin_refusal(request, limits.allow_origins,
+                                                                         loopback_only))
     return app
 
 
 def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None,
-          device: str = "auto", runtime: str = "auto", precision: str = "auto") -> None:
-    """Load the model, then serve the page and the API until interrupted."""
+          device: str = "auto", runtime: str = "auto", precision: str = "auto", db: str | None = None) -> None:
+    """Load the model, then serve the page and the API until interrupted; with `db`, that library's gallery too."""
     import uvicorn
 
+    library = None
+    if db is not None:
+        from .library import Library
+
+        library = Library.open(db, create=False)
     captioner = Captioner.load(model, device=device, runtime=runtime, precision=precision)
     loopback = is_loopback(host)
     if not loopback:
         log.warning("listening on %s: anyone who can reach this machine can upload videos", host)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner")
-    app = create_app(captioner, limits, executor=executor, loopback_only=loopback)
+    app = create_app(captioner, limits, executor=executor, loopback_only=loopback, library=library)
     print(f"captioner: serving {captioner.model_id} on http://{host}:{port}", flush=True)
 
     class Server(uvicorn.Server):

