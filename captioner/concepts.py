@@ -3,7 +3,8 @@
 A concept backbone (`backbones/concepts.py`) appends class probabilities to a video's vector:
 ImageNet objects from EfficientNet-Lite, Kinetics-400 actions from I3D. This module knows
 where they sit in the vector (`heads`), which caption words each class name stands for
-(`class_words`: "motorcycling" -> riding, motorcycle), the top classes of a video for people
+(`class_words`: "motorcycling" -> riding, motorcycle, road; hand-written
+and learned from VATEX's captions of Kinetics clips, `action_words.py`), the top classes of a video for people
 to read (`top_concepts`), and how to give a video that has only captions the probabilities
 the heads would have produced (`caption_probabilities`, `corrupt`): the MSVD corpus has
 captions for 1,200 training videos but the video of few, and this is how the decoder learns
@@ -178,7 +179,11 @@ def display_name(class_name: str) -> str:
 def class_words(class_name: str, kind: str, index: int) -> list[str]:
     """The caption words a class stands for, most specific first, without repeats."""
     if kind == "actions":
-        text = ACTION_WORDS.get(class_name, class_name)
+        # The hand-written words or the name's own, then what people write about the class
+        # (learned from VATEX captions of Kinetics clips, `action_words.py`).
+        from .action_words import learned_action_words
+
+        text = ACTION_WORDS.get(class_name, class_name) + " " + " ".join(learned_action_words().get(class_name, ()))
     else:
         # The first names and the lower-case synonyms: skip Latin ("Felis concolor") and rare
         # capitalised variants, which no caption uses.
@@ -187,7 +192,8 @@ def class_words(class_name: str, kind: str, index: int) -> list[str]:
         text += "".join(f" {word}" for (first, last), word in OBJECT_FAMILIES if first <= index <= last)
     words = []
     for word in re.findall(r"[a-z]+", text.lower()):
-        if word not in STOPWORDS and len(word) > 1 and word not in words:
+        # "dogs" beside "dog" would count as two words named where a caption says one.
+        if word not in STOPWORDS and len(word) > 1 and not _forms([word]) & set(words):
             words.append(word)
     return words
 
