@@ -307,27 +307,53 @@ def _forms(caption: list[str]) -> set[str]:
 
 
 def corrupt(clean: np.ndarray, real_outputs: np.ndarray, rng: np.random.Generator,
-            noise: tuple[float, float] = (0.3, 0.8)) -> np.ndarray:
+            noise: tuple[float, float] = (0.3, 0.8), shares: np.ndarray | None = None) -> np.ndarray:
     """Mix caption-derived probabilities with a real head's output on other footage.
 
     Real heads err by putting much of their mass on a wrong but confident class ("cutting
     pineapple" for a tomato); a random real output (`real_outputs`, rows from clips with video)
-    is exactly that kind of error, at the confidence real heads have. The weight of the mix
-    is drawn from `noise`; a video no class matched gets the real output alone.
+    is exactly that kind of error, at the confidence real heads have. The caption-derived part
+    keeps a share drawn from `shares` (what real heads put on the classes a clip's captions name,
+    `agreement_shares`), else one drawn uniformly from 1 - `noise`; a video no class matched
+    gets the real output alone.
     """
     other = real_outputs[rng.integers(len(real_outputs))]
     if clean.sum() <= 0:
         return other.astype(np.float32)
-    weight = rng.uniform(*noise)
-    return ((1 - weight) * clean + weight * other).astype(np.float32)
+    keep = float(rng.choice(shares)) if shares is not None and len(shares) else 1.0 - rng.uniform(*noise)
+    return (keep * clean + (1 - keep) * other).astype(np.float32)
+
+
+def agreement_shares(clean: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Per clip, the share of a real head's probability on the classes its captions name.
+
+    clean: (clips, classes) caption-derived probabilities (`caption_probabilities`); real: the
+    head's pooled output on the same clips. Clips whose captions name no class are left out.
+    This is how far the heads agree with what people say, the calibration of `corrupt`.
+    """
+    named = clean > 0
+    keep = named.any(axis=1)
+    return (real * named).sum(axis=1)[keep] / np.maximum(real.sum(axis=1)[keep], 1e-12)
 
 
 def text_only_vector(captions: list[list[str]], feature_dim: int, concept_heads: list[Head],
-                     real_outputs: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+                     real_outputs: dict[str, np.ndarray], rng: np.random.Generator,
+                     shares: dict[str, np.ndarray] | None = None, known: dict[str, int] | None = None,
+                     still: bool = False) -> np.ndarray:
     """The vector of a video known only by its tokenised captions: no appearance (zeros), and per
     head the caption-derived probabilities corrupted like a real head's (`real_outputs[kind]`:
-    rows of that head's output on real footage)."""
+    rows of that head's output on real footage; `shares[kind]`: the calibration of `corrupt`).
+    `known[kind]`: a class index known from a label (a Kinetics clip's action), which stands
+    for the captions' guess. `still`: a photo's captions, whose action part stays zeros."""
     vector = np.zeros(feature_dim, dtype=np.float32)
     for head in concept_heads:
-        vector[head.start:head.end] = corrupt(caption_probabilities(captions, head), real_outputs[head.kind], rng)
+        if still and head.kind == "actions":
+            continue
+        if known and head.kind in known:
+            clean = np.zeros(len(head.classes))
+            clean[known[head.kind]] = 1.0
+        else:
+            clean = caption_probabilities(captions, head)
+        vector[head.start:head.end] = corrupt(clean, real_outputs[head.kind], rng,
+                                              shares=(shares or {}).get(head.kind))
     return vector
