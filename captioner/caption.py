@@ -24,11 +24,12 @@ import numpy as np
 
 from .atomic import atomic_write
 from .catalog import DEFAULT_MODEL
-from .concepts import heads, top_concepts
+from .concepts import appearance_mask, heads, top_concepts
 from .errors import CaptionerError, UsageError
 from .inputs import video_id, video_ids
 from .numpy_decoder import InferenceExport, export_path, read_export, source_name
 from .predict import DEFAULT_DECODING, Decoding, Hypothesis, checkpoint_decoding, predict_captions
+from .segments import merge_same_meaning, shot_starts, smooth_windows
 from .version import __version__
 
 DEFAULT_LENGTH_PENALTY = DEFAULT_DECODING.length_penalty  # kept for scripts that import it from here
@@ -99,6 +100,9 @@ class Captioner:
         self.sampling = provenance.get("frames", "uniform:16")
         self.concept_heads = heads(provenance)
         self.checkpoint_path = model.path  # load() names the checkpoint the export came from
+        # --segments windows of one shot are smoothed towards their shot and neighbours that say
+        # the same share one caption (captioner/segments.py); False captions each window alone.
+        self.steady_segments = True
 
     @property
     def backbone(self):
@@ -335,27 +339,35 @@ class Captioner:
         windows = segment_windows(info.duration, seconds)
         if info.is_image or info.duration <= 0:  # one segment: the caption of the whole input
             return [Segment(0.0, max(info.duration, 0.0), *whole)]
-        result = []
-        # The next window is decoded while the backbone and the decoder work on this one (both
-        # release the GIL, so on 2 cores they overlap); one ahead only, so a long video's
-        # windows never pile up in memory.
+        pooled = []
+        # The next window is decoded while the backbone works on this one (both release the
+        # GIL, so on 2 cores they overlap); one ahead only, so a long video's frames never pile
+        # up in memory (its pooled vectors are small).
         if progress is not None:
             progress(0, len(windows))
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner-decode")
         try:
             upcoming = pool.submit(self._decoded, path, *windows[0])
-            for k, (start, end) in enumerate(windows):
+            for k in range(len(windows)):
                 decoded = upcoming.result()
                 if k + 1 < len(windows):
                     upcoming = pool.submit(self._decoded, path, *windows[k + 1])
-                pooled = self._pooled(*decoded, timing)
-                caption, score = self._describe(pooled[None], ["video"], decoding, 1, [timing])[0][0]
-                result.append(Segment(start, end, caption, score))
+                pooled.append(self._pooled(*decoded, timing))
                 if progress is not None:
-                    progress(len(result), len(windows))
+                    progress(len(pooled), len(windows))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        return result
+        vectors = np.stack(pooled)
+        starts = [0]
+        if self.steady_segments:
+            appearance = vectors[:, appearance_mask(vectors.shape[1], self.concept_heads)]
+            starts = shot_starts(appearance)
+            vectors = smooth_windows(vectors, starts)
+        captions = [tuple(best[0]) for best in self._describe(vectors, ["video"] * len(windows), decoding, 1,
+                                                                [timing])]
+        if self.steady_segments:
+            captions = merge_same_meaning(captions, starts)
+        return [Segment(start, end, caption, score) for (start, end), (caption, score) in zip(windows, captions)]
 
 
 def check_model(model: str | os.PathLike) -> Path:
