@@ -34,8 +34,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "pipeline_quality.yaml")
     parser.add_argument("--dev-store", type=Path, default=ROOT / "runs" / "quality" / "features" / "msvd_dev")
-    parser.add_argument("--clips-store", type=Path, required=True,
-                        help="the training clips' store (their heads' outputs calibrate the MSR-VTT vectors)")
+    parser.add_argument("--clips-store", type=Path, default=None,
+                        help="the training clips' store (their heads' outputs calibrate the MSR-VTT vectors); "
+                             "without it only the MSVD dev clips are measured")
     parser.add_argument("--weights", default="0,1,2", help="reranking weights to try on the n-best list")
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--n-best", type=int, default=3)
@@ -97,6 +98,9 @@ def main() -> None:
         for vid in ids:
             print(f"  {vid}: {report['msvd_dev'][weights[0]]['captions'][vid]} | {references[vid][0]}")
 
+        if args.clips_store is None:
+            _write(args.out, report)
+            return
         # ---- 2. MSR-VTT val: language transfer from concept vectors
         msrvtt = load_msrvtt(DATA / "msrvtt" / "train_val_videodatainfo.json")
         val = sorted(msrvtt.videos("val"))[:args.msrvtt]
@@ -149,9 +153,13 @@ def main() -> None:
     print(f"MSR-VTT val caption retrieval from concept vectors ({len(pool)} candidates): "
           f"R@1 {report['msrvtt_retrieval']['R@1']:.3f} R@5 {report['msrvtt_retrieval']['R@5']:.3f} "
           f"median rank {report['msrvtt_retrieval']['median_rank']:.0f}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1))
+    _write(args.out, report)
+
+
+def _write(path: Path | None, report: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

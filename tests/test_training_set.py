@@ -213,3 +213,29 @@ def test_a_malformed_text_corpus_entry_is_a_usage_error():
         TextCorpus.parse([{"format": "webvid", "path": "x"}])
     with pytest.raises(CaptionerError, match="unknown key"):
         TextCorpus.parse([{"format": "coco", "path": "x", "captions": 3}])
+
+
+def test_the_quality_recipe_adds_the_text_corpora_and_keys_its_stage_by_their_files():
+    """configs/pipeline_quality.yaml: MSR-VTT train (its val split is the language-transfer dev
+    set), VATEX with Kinetics labels, COCO as photos; changing a corpus file reruns the stage."""
+    import os
+    from pathlib import Path
+
+    from captioner.training_set import TextCorpus
+    from pipelines import build_stages, load_pipeline
+
+    root = Path(__file__).resolve().parent.parent
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        config = load_pipeline("configs/pipeline_quality.yaml")
+        stage = next(s for s in build_stages(config, progress=False) if s.name == "training-set")
+    finally:
+        os.chdir(cwd)
+    corpora = TextCorpus.parse(config.training_set.text_corpora)
+    assert {c.format for c in corpora} == {"msrvtt", "vatex", "coco"}
+    assert [c.split for c in corpora if c.format == "msrvtt"] == ["train"]
+    assert [c.source for c in corpora if c.format == "coco"] == ["image"]
+    inputs = {p.name for p in stage.inputs}
+    assert {"train_val_videodatainfo.json", "val.en", "val.id", "kinetics-600_val.csv",
+            "captions_val2017.json"} <= inputs
