@@ -26,6 +26,7 @@ from .atomic import atomic_write
 from .catalog import DEFAULT_MODEL
 from .concepts import appearance_mask, heads, top_concepts
 from .errors import CaptionerError, UsageError
+from .grounding import RERANK_WEIGHT, head_support, rerank
 from .inputs import video_id, video_ids
 from .numpy_decoder import InferenceExport, export_path, read_export, source_name
 from .predict import DEFAULT_DECODING, Decoding, Hypothesis, checkpoint_decoding, predict_captions
@@ -103,6 +104,18 @@ class Captioner:
         # --segments windows of one shot are smoothed towards their shot and neighbours that say
         # the same share one caption (captioner/segments.py); False captions each window alone.
         self.steady_segments = True
+        # The beam's n-best list is ordered by score + this x the captions' agreement with what
+        # the heads recognise (captioner/grounding.py); 0 keeps the beam's order.
+        self.rerank_weight = RERANK_WEIGHT
+
+    @property
+    def _reranks(self) -> bool:
+        return bool(self.rerank_weight) and bool(self.concept_heads)
+
+    def _reranked(self, pooled: np.ndarray, nbest: list[Hypothesis]) -> list[Hypothesis]:
+        if not self._reranks:
+            return nbest
+        return rerank(nbest, head_support(pooled, self.concept_heads), self.rerank_weight)
 
     @property
     def backbone(self):
@@ -176,7 +189,9 @@ class Captioner:
                   timings: list[dict]) -> list[list[Hypothesis]]:
         """Captions of pooled rows; each row's dict in `timings` gets its share of the time."""
         t0 = time.perf_counter()
-        hyps = predict_captions(self.model.decoder, self.model.vocab, pooled, sources, decoding, n_best)
+        searched = max(n_best, decoding.beam) if self._reranks else n_best
+        hyps = predict_captions(self.model.decoder, self.model.vocab, pooled, sources, decoding, searched)
+        hyps = [self._reranked(row, nbest)[:n_best] for row, nbest in zip(pooled, hyps)]
         share = (time.perf_counter() - t0) / max(1, len(timings))
         for timing in timings:
             timing["caption"] = timing.get("caption", 0.0) + share
@@ -284,11 +299,13 @@ class Captioner:
         if sampled is not None and str(sampled) != str(self.sampling):
             raise CaptionerError(f"the store's features sample frames {sampled}, the model's were {self.sampling}; "
                                  f"re-extract with --frames {self.sampling}", store.path)
-        for item in predict_store(self.model.decoder, self.model.vocab, store, ids, decoding, n_best, batch_size):
+        searched = max(n_best, decoding.beam) if self._reranks else n_best
+        for item in predict_store(self.model.decoder, self.model.vocab, store, ids, decoding, searched, batch_size):
             if item.error is not None:
                 yield item.id, item.error
             else:
-                yield item.id, self._result(item.meta.get("path") or item.id, item.id, item.hypotheses, item.pooled,
+                yield item.id, self._result(item.meta.get("path") or item.id, item.id,
+                                            self._reranked(item.pooled, item.hypotheses)[:n_best], item.pooled,
                                             decoding)
 
     def store_predictions(self, store, beam: int | None = None, length_penalty: float | None = None,

@@ -19,7 +19,7 @@ def _vector(objects, actions):
 
 def test_support_comes_from_the_most_probable_class_standing_for_a_word():
     support = head_support(_vector([0.26, 0.05, 0.0], [0.20, 0.0, 0.7]), HEADS)
-    assert abs(support["librari"] - 0.26) < 1e-6  # words are known by their Porter stems
+    assert abs(support["librari"] - 0.26) < 1e-6  # words are known by their stems
     assert abs(support["slice"] - 0.7) < 1e-6  # "cutting pineapple" stands for slicing too
     assert "kangaroo" in support and support["kangaroo"] < 0.1
 
