@@ -27,7 +27,7 @@ def main() -> None:
 
     from captioner.caption import Captioner, segment_windows
     from captioner.concepts import appearance_mask
-    from captioner.segments import flicker, merge_same_meaning, shot_starts, smooth_windows
+    from captioner.segments import OWN_WEIGHT, flicker, merge_same_meaning, shot_starts, smooth_windows
     from captioner.video import probe
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,6 +35,9 @@ def main() -> None:
     parser.add_argument("--segments", type=float, default=2.0)
     parser.add_argument("--min-seconds", type=float, default=10.0)
     parser.add_argument("--limit", type=int, default=None, help="the first N such clips by id")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="keep each clip's window vectors here and reuse them (another model or setting)")
+    parser.add_argument("--own-weight", type=float, default=None, help="segments.OWN_WEIGHT to try")
     parser.add_argument("--out", type=Path, default=None, help="per-clip captions as JSON")
     args = parser.parse_args()
 
@@ -47,13 +50,22 @@ def main() -> None:
         duration = probe(clip).duration
         windows = segment_windows(duration, args.segments)
         timing: dict = {}
-        pooled = np.stack([captioner._pooled(*captioner._decoded(clip, start, end), timing) for start, end in windows])
+        cached = args.cache / f"{clip.stem}_{args.segments:g}s.npy" if args.cache else None
+        if cached is not None and cached.is_file():
+            pooled = np.load(cached)
+        else:
+            pooled = np.stack([captioner._pooled(*captioner._decoded(clip, start, end), timing)
+                               for start, end in windows])
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                np.save(cached, pooled)
         describe = lambda vectors: [tuple(b[0]) for b in captioner._describe(vectors, ["video"] * len(vectors),
                                                                              decoding, 1, [timing])]
         alone = [c for c, _ in describe(pooled)]
         starts = shot_starts(pooled[:, appearance_mask(pooled.shape[1], captioner.concept_heads)])
         cut += len(starts) > 1
-        steady = [c for c, _ in merge_same_meaning(describe(smooth_windows(pooled, starts)), starts)]
+        own = OWN_WEIGHT if args.own_weight is None else args.own_weight
+        steady = [c for c, _ in merge_same_meaning(describe(smooth_windows(pooled, starts, own)), starts)]
         alone_rates.append(flicker(alone, duration))
         steady_rates.append(flicker(steady, duration))
         rows.append({"clip": clip.stem, "seconds": round(duration, 1), "shots": len(starts), "alone": alone,
