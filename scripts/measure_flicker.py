@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="per-clip captions as JSON")
     args = parser.parse_args()
 
-    captioner = Captioner.load(args.model)
+    captioner = Captioner.load(args.model, load_backbone=False)  # loaded on the first window not cached
     splits = msvd_clips_by_split()
     clips = [c for c in splits["train"] + splits["val"] if probe(c).duration >= args.min_seconds][:args.limit]
     decoding = captioner.decoding
