@@ -20,7 +20,7 @@ def test_a_cut_starts_a_shot_and_a_steady_shot_does_not():
 
 def test_smoothing_pulls_windows_towards_their_shot_and_never_across_a_cut():
     windows = np.array([[0.0], [0.0], [3.0], [0.0], [10.0], [10.0]], dtype=np.float32)
-    smoothed = smooth_windows(windows, [0, 4])
+    smoothed = smooth_windows(windows, [0, 4], own_weight=0.5)
     # The odd window of the first shot is pulled halfway to the shot (mean 0.75), its neighbours
     # a little; the second shot is untouched by the first.
     assert smoothed[2, 0] == pytest.approx(0.5 * (0.25 * 0 + 0.5 * 3 + 0.25 * 0) + 0.5 * 0.75)
