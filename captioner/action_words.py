@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping
 
-ASSET = Path(__file__).resolve().parent / "assets" / "action_words.json"
+from .concepts import LEARNED_ACTION_WORDS as ASSET
 WORDS_PER_CLASS = 4
 # A learned word must be in this share of the class's captions, of at least this many videos,
 # and this many times more common there than in all captions.
@@ -94,20 +94,6 @@ def write_action_words(data: str | os.PathLike, classes: list[str], out: str | o
              "words": learned}
     atomic_write(Path(out), json.dumps(table, indent=1, sort_keys=True) + "\n")
     return table
-
-
-_LOADED: dict[str, list[str]] | None = None
-
-
-def learned_action_words() -> dict[str, list[str]]:
-    """The shipped table: {Kinetics-400 class: learned words} (empty if the asset is missing)."""
-    global _LOADED
-    if _LOADED is None:
-        try:
-            _LOADED = json.loads(ASSET.read_text(encoding="utf-8"))["words"]
-        except FileNotFoundError:
-            _LOADED = {}
-    return _LOADED
 
 
 if __name__ == "__main__":

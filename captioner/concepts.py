@@ -15,8 +15,11 @@ Numpy only: the caption path uses it without importing torch.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -137,6 +140,18 @@ OBJECT_FAMILIES = (
 
 FAMILY_WORDS = frozenset(word for _, word in OBJECT_FAMILIES)
 
+# What people write about each Kinetics class, learned from real pairs (`action_words.py` writes it).
+LEARNED_ACTION_WORDS = Path(__file__).resolve().parent / "assets" / "action_words.json"
+
+
+@lru_cache(maxsize=1)
+def learned_action_words() -> dict[str, list[str]]:
+    """{Kinetics-400 class: learned words} (empty if the asset is missing)."""
+    try:
+        return json.loads(LEARNED_ACTION_WORDS.read_text(encoding="utf-8"))["words"]
+    except FileNotFoundError:
+        return {}
+
 
 @dataclass(frozen=True)
 class Head:
@@ -181,8 +196,6 @@ def class_words(class_name: str, kind: str, index: int) -> list[str]:
     if kind == "actions":
         # The hand-written words or the name's own, then what people write about the class
         # (learned from VATEX captions of Kinetics clips, `action_words.py`).
-        from .action_words import learned_action_words
-
         text = ACTION_WORDS.get(class_name, class_name) + " " + " ".join(learned_action_words().get(class_name, ()))
     else:
         # The first names and the lower-case synonyms: skip Latin ("Felis concolor") and rare
