@@ -24,11 +24,13 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .catalog import DEFAULT_MODEL
-from .concepts import heads, top_concepts
+from .concepts import appearance_mask, heads, top_concepts
 from .errors import CaptionerError, UsageError
+from .grounding import RERANK_WEIGHT, head_support, rerank
 from .inputs import video_id, video_ids
 from .numpy_decoder import InferenceExport, export_path, read_export, source_name
 from .predict import Decoding, Hypothesis, checkpoint_decoding, predict_captions
+from .segments import merge_same_meaning, shot_starts, smooth_windows
 from .version import __version__
 
 
@@ -108,6 +110,25 @@ class Captioner:
         # segment window ((start, end)) as soon as its frames are pooled, so a caller can keep
         # keyframes and features from the same pass that captions (captioner.library does).
         self.on_pooled: Callable[[str, tuple | None, object, np.ndarray], None] | None = None
+        # --segments windows of one shot are smoothed towards their shot and neighbours that say
+        # the same share one caption (captioner/segments.py); False captions each window alone.
+        self.steady_segments = True
+        # The beam's n-best list is ordered by score + this x the captions' agreement with what
+        # the heads recognise (captioner/grounding.py); 0 keeps the beam's order.
+        self.rerank_weight = RERANK_WEIGHT
+
+    @property
+    def _reranks(self) -> bool:
+        return bool(self.rerank_weight) and bool(self.concept_heads)
+
+    def _reranked(self, pooled: np.ndarray, nbest: list[Hypothesis]) -> list[Hypothesis]:
+        if not self._reranks:
+            return nbest
+        return rerank(nbest, head_support(pooled, self.concept_heads), self.rerank_weight)
+
+    def _searched(self, decoding: Decoding) -> Decoding:
+        """What the beam is asked for: its whole n-best list when reranking will reorder it."""
+        return decoding.but(n_best=max(decoding.count, decoding.beam)) if self._reranks else decoding
 
     @property
     def backbone(self):
@@ -185,7 +206,8 @@ class Captioner:
                   timings: list[dict]) -> list[list[Hypothesis]]:
         """Captions of pooled rows; each row's dict in `timings` gets its share of the time."""
         t0 = time.perf_counter()
-        hyps = predict_captions(self.model.decoder, self.model.vocab, pooled, sources, decoding)
+        hyps = predict_captions(self.model.decoder, self.model.vocab, pooled, sources, self._searched(decoding))
+        hyps = [self._reranked(row, nbest)[:decoding.count] for row, nbest in zip(pooled, hyps)]
         share = (time.perf_counter() - t0) / max(1, len(timings))
         for timing in timings:
             timing["caption"] = timing.get("caption", 0.0) + share
@@ -288,13 +310,15 @@ class Captioner:
         if sampled is not None and str(sampled) != str(self.sampling):
             raise CaptionerError(f"the store's features sample frames {sampled}, the model's were {self.sampling}; "
                                  f"re-extract with --frames {self.sampling}", store.path)
-        for item in predict_store(self.model.decoder, self.model.vocab, store, ids, decoding, batch_size=batch_size):
+        for item in predict_store(self.model.decoder, self.model.vocab, store, ids, self._searched(decoding),
+                                  batch_size=batch_size):
             if item.error is not None:
                 yield item.id, item.error
             elif not np.isfinite(item.pooled).all():  # stores written before extraction refused them
                 yield item.id, CaptionerError(f"video {item.id!r}: features hold NaN or infinite values", store.path)
             else:
-                yield item.id, self._result(item.meta.get("path") or item.id, item.id, item.hypotheses, item.pooled,
+                yield item.id, self._result(item.meta.get("path") or item.id, item.id,
+                                            self._reranked(item.pooled, item.hypotheses)[:decoding.count], item.pooled,
                                             decoding)
 
     def store_predictions(self, store, beam: int | None = None, length_penalty: float | None = None,
@@ -348,20 +372,28 @@ class Captioner:
         windows = segment_windows(info.duration, seconds)
         if info.is_image or info.duration <= 0:  # one segment: the caption of the whole input
             return [Segment(0.0, max(info.duration, 0.0), *whole)]
-        result = []
+        pooled = []
         if progress is not None:
             progress(0, len(windows))
         with closing(one_ahead(self._decoded, [(path, *window) for window in windows])) as decoded:
-            for (start, end), frames in zip(windows, decoded):
+            for window, frames in zip(windows, decoded):
                 frames = frames.result()
-                pooled = self._pooled(*frames, timing)
+                pooled.append(self._pooled(*frames, timing))
                 if self.on_pooled is not None:
-                    self.on_pooled(path, (start, end), frames[0], pooled)
-                caption, score = self._describe(pooled[None], ["video"], decoding.but(n_best=1), [timing])[0][0]
-                result.append(Segment(start, end, caption, score))
+                    self.on_pooled(path, window, frames[0], pooled[-1])
                 if progress is not None:
-                    progress(len(result), len(windows))
-        return result
+                    progress(len(pooled), len(windows))
+        vectors = np.stack(pooled)
+        starts = [0]
+        if self.steady_segments:
+            appearance = vectors[:, appearance_mask(vectors.shape[1], self.concept_heads)]
+            starts = shot_starts(appearance)
+            vectors = smooth_windows(vectors, starts)
+        captions = [tuple(best[0]) for best in self._describe(vectors, ["video"] * len(windows),
+                                                                decoding.but(n_best=1), [timing])]
+        if self.steady_segments:
+            captions = merge_same_meaning(captions, starts)
+        return [Segment(start, end, caption, score) for (start, end), (caption, score) in zip(windows, captions)]
 
 
 def one_ahead(function: Callable, calls: list[tuple]) -> Iterator[Future]:

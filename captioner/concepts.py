@@ -3,7 +3,8 @@
 A concept backbone (`backbones/concepts.py`) appends class probabilities to a video's vector:
 ImageNet objects from EfficientNet-Lite, Kinetics-400 actions from I3D. This module knows
 where they sit in the vector (`heads`), which caption words each class name stands for
-(`class_words`: "motorcycling" -> riding, motorcycle), the top classes of a video for people
+(`class_words`: "motorcycling" -> riding, motorcycle, road; hand-written
+and learned from VATEX's captions of Kinetics clips, `action_words.py`), the top classes of a video for people
 to read (`top_concepts`), and how to give a video that has only captions the probabilities
 the heads would have produced (`caption_probabilities`, `corrupt`): the MSVD corpus has
 captions for 1,200 training videos but the video of few, and this is how the decoder learns
@@ -14,8 +15,11 @@ Numpy only: the caption path uses it without importing torch.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -136,6 +140,18 @@ OBJECT_FAMILIES = (
 
 FAMILY_WORDS = frozenset(word for _, word in OBJECT_FAMILIES)
 
+# What people write about each Kinetics class, learned from real pairs (`action_words.py` writes it).
+LEARNED_ACTION_WORDS = Path(__file__).resolve().parent / "assets" / "action_words.json"
+
+
+@lru_cache(maxsize=1)
+def learned_action_words() -> dict[str, list[str]]:
+    """{Kinetics-400 class: learned words} (empty if the asset is missing)."""
+    try:
+        return json.loads(LEARNED_ACTION_WORDS.read_text(encoding="utf-8"))["words"]
+    except FileNotFoundError:
+        return {}
+
 
 @dataclass(frozen=True)
 class Head:
@@ -178,7 +194,9 @@ def display_name(class_name: str) -> str:
 def class_words(class_name: str, kind: str, index: int) -> list[str]:
     """The caption words a class stands for, most specific first, without repeats."""
     if kind == "actions":
-        text = ACTION_WORDS.get(class_name, class_name)
+        # The hand-written words or the name's own, then what people write about the class
+        # (learned from VATEX captions of Kinetics clips, `action_words.py`).
+        text = ACTION_WORDS.get(class_name, class_name) + " " + " ".join(learned_action_words().get(class_name, ()))
     else:
         # The first names and the lower-case synonyms: skip Latin ("Felis concolor") and rare
         # capitalised variants, which no caption uses.
@@ -187,7 +205,8 @@ def class_words(class_name: str, kind: str, index: int) -> list[str]:
         text += "".join(f" {word}" for (first, last), word in OBJECT_FAMILIES if first <= index <= last)
     words = []
     for word in re.findall(r"[a-z]+", text.lower()):
-        if word not in STOPWORDS and len(word) > 1 and word not in words:
+        # "dogs" beside "dog" would count as two words named where a caption says one.
+        if word not in STOPWORDS and len(word) > 1 and not _forms([word]) & set(words):
             words.append(word)
     return words
 
@@ -301,27 +320,53 @@ def _forms(caption: list[str]) -> set[str]:
 
 
 def corrupt(clean: np.ndarray, real_outputs: np.ndarray, rng: np.random.Generator,
-            noise: tuple[float, float] = (0.3, 0.8)) -> np.ndarray:
+            noise: tuple[float, float] = (0.3, 0.8), shares: np.ndarray | None = None) -> np.ndarray:
     """Mix caption-derived probabilities with a real head's output on other footage.
 
     Real heads err by putting much of their mass on a wrong but confident class ("cutting
     pineapple" for a tomato); a random real output (`real_outputs`, rows from clips with video)
-    is exactly that kind of error, at the confidence real heads have. The weight of the mix
-    is drawn from `noise`; a video no class matched gets the real output alone.
+    is exactly that kind of error, at the confidence real heads have. The caption-derived part
+    keeps a share drawn from `shares` (what real heads put on the classes a clip's captions name,
+    `agreement_shares`), else one drawn uniformly from 1 - `noise`; a video no class matched
+    gets the real output alone.
     """
     other = real_outputs[rng.integers(len(real_outputs))]
     if clean.sum() <= 0:
         return other.astype(np.float32)
-    weight = rng.uniform(*noise)
-    return ((1 - weight) * clean + weight * other).astype(np.float32)
+    keep = float(rng.choice(shares)) if shares is not None and len(shares) else 1.0 - rng.uniform(*noise)
+    return (keep * clean + (1 - keep) * other).astype(np.float32)
+
+
+def agreement_shares(clean: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Per clip, the share of a real head's probability on the classes its captions name.
+
+    clean: (clips, classes) caption-derived probabilities (`caption_probabilities`); real: the
+    head's pooled output on the same clips. Clips whose captions name no class are left out.
+    This is how far the heads agree with what people say, the calibration of `corrupt`.
+    """
+    named = clean > 0
+    keep = named.any(axis=1)
+    return (real * named).sum(axis=1)[keep] / np.maximum(real.sum(axis=1)[keep], 1e-12)
 
 
 def text_only_vector(captions: list[list[str]], feature_dim: int, concept_heads: list[Head],
-                     real_outputs: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+                     real_outputs: dict[str, np.ndarray], rng: np.random.Generator,
+                     shares: dict[str, np.ndarray] | None = None, known: dict[str, int] | None = None,
+                     still: bool = False) -> np.ndarray:
     """The vector of a video known only by its tokenised captions: no appearance (zeros), and per
     head the caption-derived probabilities corrupted like a real head's (`real_outputs[kind]`:
-    rows of that head's output on real footage)."""
+    rows of that head's output on real footage; `shares[kind]`: the calibration of `corrupt`).
+    `known[kind]`: a class index known from a label (a Kinetics clip's action), which stands
+    for the captions' guess. `still`: a photo's captions, whose action part stays zeros."""
     vector = np.zeros(feature_dim, dtype=np.float32)
     for head in concept_heads:
-        vector[head.start:head.end] = corrupt(caption_probabilities(captions, head), real_outputs[head.kind], rng)
+        if still and head.kind == "actions":
+            continue
+        if known and head.kind in known:
+            clean = np.zeros(len(head.classes))
+            clean[known[head.kind]] = 1.0
+        else:
+            clean = caption_probabilities(captions, head)
+        vector[head.start:head.end] = corrupt(clean, real_outputs[head.kind], rng,
+                                              shares=(shares or {}).get(head.kind))
     return vector

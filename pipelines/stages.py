@@ -37,6 +37,7 @@ from captioner.errors import CaptionerError, UsageError
 from captioner.extract import ExtractConfig
 from captioner.search import check_settings
 from captioner.train_config import TrainConfig  # torch-free: a config typo fails fast
+from captioner.training_set import TextCorpus
 
 from .graph import MARKER, Stage, Step, execute, format_plan, plan
 
@@ -75,6 +76,8 @@ class TrainingSetConfig:
     image_captions: str | None = None  # captions of videos.images
     image_split: str | None = "train"
     seed: int = 0
+    # More corpora by their captions alone (captioner.training_set.TextCorpus: format, path, ...).
+    text_corpora: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -250,7 +253,8 @@ def _training_set_stage(config: PipelineConfig, stores: Mapping[str, str]) -> St
             images=dirs[images] / STORE if images else None,
             image_captions=load_captions(cfg.image_captions, cfg.image_split) if images else None,
             corpus=load_captions(cfg.corpus, cfg.corpus_split), exclude=exclude,
-            captions_per_video=cfg.captions_per_video, views=cfg.views, seed=cfg.seed)
+            captions_per_video=cfg.captions_per_video, views=cfg.views, seed=cfg.seed,
+            text_corpora=TextCorpus.parse(cfg.text_corpora))
         _write_json(dirs[TRAINING_SET] / "counts.json", built.counts)
         print(f"{TRAINING_SET}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in built.counts.items()),
               file=sys.stderr)
@@ -258,6 +262,7 @@ def _training_set_stage(config: PipelineConfig, stores: Mapping[str, str]) -> St
     params = {**asdict(cfg), "captions_split": data.split}
     inputs = [Path(f) for f in (data.captions, cfg.corpus, cfg.image_captions) if f]
     inputs += [Path(f) for f in cfg.exclude] + _split_files(data.split, cfg.corpus_split, cfg.image_split)
+    inputs += [f for corpus in TextCorpus.parse(cfg.text_corpora) for f in corpus.files()]
     return Stage(TRAINING_SET, run, params=params, inputs=inputs, deps=deps,
                  outputs=["features/store.json", "captions.jsonl", "counts.json"])
 

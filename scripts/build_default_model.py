@@ -34,7 +34,6 @@ DATA = ROOT.parent / "shared" / "data"
 WORK = ROOT / "runs" / "default_model"
 CONFIG = ROOT / "configs" / "pipeline_default.yaml"
 LISTS = ROOT / "configs" / "lists"
-DEV_STORE = WORK / "features" / "msvd_dev"
 STEPS = ("lists", "pipeline", "dev", "package", "evaluate")
 # Train-split clips held out with the val-split ones as the video dev set (every 6th by id).
 HELD_OUT_EVERY = 6
@@ -72,7 +71,7 @@ def training_clips() -> list[Path]:
 def _pipeline(args):
     from pipelines import build_stages, load_pipeline
 
-    config = load_pipeline(CONFIG, args.set)
+    config = load_pipeline(args.config, args.set)
     return config, build_stages(config, progress=False)
 
 
@@ -101,7 +100,7 @@ def step_lists(args) -> None:
 def step_pipeline(args) -> None:
     from pipelines import load_pipeline, run_pipeline
 
-    run_pipeline(load_pipeline(CONFIG, args.set))
+    run_pipeline(load_pipeline(args.config, args.set))
 
 
 def step_dev(args) -> None:
@@ -113,11 +112,12 @@ def step_dev(args) -> None:
     from captioner.store import open_features
 
     config, _ = _pipeline(args)
-    summary = extract([LISTS / "msvd_dev_clips.txt"], DEV_STORE, config.extract, progress=False)
+    dev_store = args.work / "features" / "msvd_dev"
+    summary = extract([LISTS / "msvd_dev_clips.txt"], dev_store, config.extract, progress=False)
     if summary.failed:
-        sys.exit(f"extraction failed for {summary.failed} dev clips; see {DEV_STORE}/failures.jsonl")
+        sys.exit(f"extraction failed for {summary.failed} dev clips; see {dev_store}/failures.jsonl")
     checkpoint = load_checkpoint(args.checkpoint or _stage_dirs(args)["train"] / "best.pt")
-    clips = open_features(DEV_STORE)
+    clips = open_features(dev_store)
     ids = [c.stem for c in dev_clips()]
     vectors = clips.pooled_matrix(ids)[1]
     # The checkpoint's own decoding settings, as `captioner caption` uses them.
@@ -167,23 +167,24 @@ def step_evaluate(args) -> None:
     """Caption the held-out sets through the CLI with the packaged model and score them."""
     scores = {}
     dirs = _stage_dirs(args)
-    flickr_preds = WORK / "flickr8k_test_predictions.jsonl"
+    work = args.work
+    flickr_preds = work / "flickr8k_test_predictions.jsonl"
     _run(["caption", LISTS / "flickr8k_test.txt", "--json", "--beam", str(args.beam)], flickr_preds)
     scores["flickr8k_test"] = json.loads(_run(["evaluate", "--predictions", flickr_preds, "--references",
                                                DATA / "flickr8k" / "captions.csv", "--split", "test", "--json"]))
 
-    msvd_preds = WORK / "msvd_test_predictions.jsonl"
+    msvd_preds = work / "msvd_test_predictions.jsonl"
     _run(["caption", LISTS / "msvd_test_clips.txt", "--json", "--beam", str(args.beam)], msvd_preds)
-    results = WORK / "msvd_test_results.json"
+    results = work / "msvd_test_results.json"
     # corpus_test.csv: the canonical MSVD references (README, "Which MSVD reference file is canonical").
     _run(["evaluate", "--predictions", msvd_preds, "--references", DATA / "msvd" / "captions" / "corpus_test.csv",
           "--train-references", DATA / "msvd" / "captions" / "MSVD_train.tsv",
           "--train-features", dirs["extract-train"] / "features", "--test-features", dirs["extract-test"] / "features",
           "--out", results, "--allow-partial"])  # 9 of the 670 test-split videos have video here
     scores["msvd_test"] = json.loads(results.read_text())
-    (WORK / "scores.json").write_text(json.dumps(scores, indent=2))
+    (work / "scores.json").write_text(json.dumps(scores, indent=2))
     print(json.dumps(scores["flickr8k_test"], indent=2))
-    for line in (WORK / "msvd_test_predictions.jsonl").read_text().splitlines():
+    for line in msvd_preds.read_text().splitlines():
         item = json.loads(line)
         print(f"{item['id']}\t{item['caption']}")
 
@@ -192,6 +193,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of " + ", ".join(STEPS))
     parser.add_argument("--beam", type=int, default=3)
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the pipeline (default: %(default)s)")
+    parser.add_argument("--work", type=Path, default=WORK,
+                        help="where the evaluate step writes predictions and scores (default: %(default)s)")
     parser.add_argument("--half", action=argparse.BooleanOptionalAction, default=True,
                         help="package the weights in float16 (half the size; default)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="dev step: the checkpoint to score")

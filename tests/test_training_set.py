@@ -62,7 +62,9 @@ def test_clips_photos_and_caption_only_videos_join_in_one_store_with_views(tmp_p
     train = open_features(built.features)
     # c_val has video but no training captions: held out, also as a caption-only video.
     assert sorted(train.ids()) == ["c_cat", "c_moto", "p_cat", "t_guitar", "t_moto"]
+    shares = built.counts.pop("agreement_share")
     assert built.counts == {"photos": 1, "clips": 2, "caption_only_videos": 2, "captions": 17, "views": 2}
+    assert set(shares) == {"objects", "actions"}
     assert train.provenance["backbone"] == PROVENANCE["backbone"]
     np.testing.assert_allclose(train.pooled_matrix(["c_moto"])[1][0], open_features(clips).pooled_matrix(["c_moto"])[1][0])
 
@@ -145,3 +147,95 @@ def test_held_out_videos_come_from_lists_and_stores(tmp_path, sources):
     assert held_out_ids([listed], [photos]) == {"t_dev", "t_other", "p_cat", "p_dev"}
     with pytest.raises(CaptionerError, match="cannot read the list"):
         held_out_ids([tmp_path / "missing.txt"])
+
+
+def _text_corpora(tmp_path):
+    """Tiny files in the real corpora's formats: MSR-VTT, VATEX with Kinetics labels, COCO."""
+    msrvtt = tmp_path / "msrvtt.json"
+    msrvtt.write_text(json.dumps({
+        "videos": [{"video_id": "video0", "split": "train", "category": 3},
+                   {"video_id": "video1", "split": "validate", "category": 3}],
+        "sentences": [{"video_id": "video0", "caption": "a man is playing a guitar on stage"},
+                      {"video_id": "video0", "caption": "guitar"},  # too short: skipped
+                      {"video_id": "video1", "caption": "a man is playing a guitar in a room"}]}))
+    (tmp_path / "val.en").write_text("a man rides his motorcycle down a road .\n"
+                                     "a man on a motorbike goes very fast along the long winding mountain road .\n")
+    (tmp_path / "val.id").write_text("yt_a_000010_000020&0\nyt_a_000010_000020&1\n")
+    labels = tmp_path / "k600.csv"
+    labels.write_text("label,youtube_id,time_start,time_end,split\nmotorcycling,yt_a,10,20,val\n")
+    coco = tmp_path / "coco.json"
+    coco.write_text(json.dumps({"annotations": [{"image_id": 7, "caption": "A cat sleeps on a sofa."}]}))
+    return [{"format": "msrvtt", "path": str(msrvtt), "split": "train", "captions_per_video": 2},
+            {"format": "vatex", "path": str(tmp_path / "val.en"), "labels": str(labels), "captions_per_video": 2},
+            {"format": "coco", "path": str(coco), "source": "image"}]
+
+
+def test_text_corpora_join_as_caption_only_videos_with_calibrated_concepts(tmp_path, sources):
+    from captioner.training_set import TextCorpus
+
+    clips, _, clip_captions, _ = sources
+    corpora = TextCorpus.parse(_text_corpora(tmp_path))
+    built = build_training_set(tmp_path / "set", clips, clip_captions, corpus={}, views=1, seed=0,
+                               text_corpora=corpora)
+    train = open_features(built.features)
+    # MSR-VTT's val video is held out (split train); the VATEX caption over 12 words is skipped.
+    assert sorted(train.ids()) == ["c_cat", "c_moto", "coco_coco7", "msrvtt_video0", "vatex_yt_a_000010_000020"]
+    assert built.counts["msrvtt_msrvtt_train"] == {"videos": 1, "captions": 1, "labelled": 0}
+    assert built.counts["vatex_val"] == {"videos": 1, "captions": 1, "labelled": 1}
+    captions = {json.loads(line)["video"]: json.loads(line)["captions"] for line in built.captions.read_text().splitlines()}
+    assert captions["msrvtt_video0"] == ["a man is playing a guitar on stage"]
+    # The toy clips' heads put all their mass on what their captions name: the labelled VATEX
+    # clip's actions stay its Kinetics class, and a photo's captions have no actions.
+    assert built.counts["agreement_share"]["actions"] == pytest.approx(1.0)
+    vectors = dict(zip(*train.pooled_matrix(["vatex_yt_a_000010_000020", "coco_coco7"])))
+    moto = vectors["vatex_yt_a_000010_000020"]
+    assert not moto[:APPEARANCE].any() and moto[APPEARANCE + len(OBJECTS) + ACTIONS.index("motorcycling")] == 1.0
+    cat = vectors["coco_coco7"]
+    assert not cat[APPEARANCE + len(OBJECTS):].any() and cat[APPEARANCE + OBJECTS.index("tabby, tabby cat")] > 0.9
+    assert open_features(built.features).meta("coco_coco7")["is_image"] is True
+
+
+def test_agreement_shares_measure_what_real_heads_put_on_the_captions_classes():
+    from captioner.concepts import agreement_shares, corrupt
+
+    clean = np.array([[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    real = np.array([[0.6, 0.0, 0.4], [0.2, 0.3, 0.5], [0.9, 0.0, 0.1]])
+    np.testing.assert_allclose(agreement_shares(clean, real), [0.6, 0.1])  # the second names no class
+    rng = np.random.default_rng(0)
+    mixed = corrupt(np.array([0.0, 0.0, 1.0]), np.array([[1.0, 0.0, 0.0]]), rng, shares=np.array([0.25]))
+    np.testing.assert_allclose(mixed, [0.75, 0.0, 0.25])
+
+
+def test_a_malformed_text_corpus_entry_is_a_usage_error():
+    from captioner.training_set import TextCorpus
+
+    with pytest.raises(CaptionerError, match="format must be msrvtt, vatex or coco"):
+        TextCorpus.parse([{"format": "webvid", "path": "x"}])
+    with pytest.raises(CaptionerError, match="unknown key"):
+        TextCorpus.parse([{"format": "coco", "path": "x", "captions": 3}])
+
+
+def test_the_quality_recipe_adds_the_text_corpora_and_keys_its_stage_by_their_files():
+    """configs/pipeline_quality.yaml: MSR-VTT train (its val split is the language-transfer dev
+    set), VATEX with Kinetics labels, COCO as photos; changing a corpus file reruns the stage."""
+    import os
+    from pathlib import Path
+
+    from captioner.training_set import TextCorpus
+    from pipelines import build_stages, load_pipeline
+
+    root = Path(__file__).resolve().parent.parent
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        config = load_pipeline("configs/pipeline_quality.yaml")
+        stage = next(s for s in build_stages(config, progress=False) if s.name == "training-set")
+    finally:
+        os.chdir(cwd)
+    corpora = TextCorpus.parse(config.training_set.text_corpora)
+    assert {c.format for c in corpora} == {"msrvtt", "vatex", "coco"}
+    assert [c.split for c in corpora if c.format == "msrvtt"] == ["train"]
+    assert [c.source for c in corpora if c.format == "coco"] == ["image"]
+    inputs = {p.name for p in stage.inputs}
+    assert {"train_val_videodatainfo.json", "val.en", "val.id", "kinetics-600_val.csv",
+            "captions_val2017.json"} <= inputs
