@@ -29,8 +29,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import difflib
-import errno
-import fcntl
 import functools
 import io
 import json
@@ -45,6 +43,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from . import locking
 from .errors import CaptionerError, UsageError
 
 FORMAT = "captioner-library"
@@ -197,39 +196,25 @@ class LibraryLocked(CaptionerError):
 
 
 class _WriterLock:
-    """An flock on DB-writer.lock beside the database: one `index` at a time. The kernel drops
-    it when the holder dies, so a killed run never leaves a stale lock."""
+    """An flock on DB-writer.lock beside the database (captioner/locking.py, as a feature store's
+    and a training run's): one `index` at a time, and a killed run never leaves a stale lock."""
 
     def __init__(self, db: Path):
-        self.path = db.with_name(db.name + "-writer.lock")
-        self.handle = None
+        self.db = Path(db)
+        self.key = None
 
     def acquire(self) -> None:
         try:
-            handle = open(self.path, "a+", encoding="utf-8")
-        except OSError as exc:
-            raise CaptionerError(f"cannot create the library's lock file: {exc.strerror}", self.path) from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            handle.seek(0)
-            holder = handle.read().strip()
-            handle.close()
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise CaptionerError(f"cannot lock the library for writing: {exc.strerror}", self.path) from None
-            who = f"process {holder}" if holder.isdigit() else "another process"
-            raise LibraryLocked(f"{who} is indexing into this library; wait for it to finish or use another "
-                                "--db (one writer at a time)", self.path.with_name(self.path.name[:-12])) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self.handle = handle
+            self.key = locking.acquire(self.db.parent, self.db.name + "-writer.lock", "indexing into this library",
+                                       "wait for it to finish or use another --db (one writer at a time)",
+                                       error=LibraryLocked)
+        except LibraryLocked as exc:
+            raise LibraryLocked(exc.reason, self.db) from None  # named by the database, not its folder
 
     def release(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
+        if self.key is not None:
+            locking.release(self.key)
+            self.key = None
 
 
 # ----------------------------------------------------------------------------- words
