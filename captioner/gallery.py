@@ -23,7 +23,8 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
 
-from .caption import Segment, merge_repeats
+from .caption import Segment
+from .writers import merge_repeats
 from .errors import CaptionerError
 from .library import Library
 

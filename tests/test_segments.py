@@ -52,7 +52,8 @@ def test_flicker_counts_distinct_captions_per_minute():
 def test_a_single_shot_clip_gets_one_caption_or_near_identical_ones():
     """A 17-s single shot of a woman cutting vegetables: captioned window by window, the default
     model said 7 different things in 2-s windows (measured); steadied, one or two that agree."""
-    from captioner.caption import Captioner, merge_repeats, segment_windows
+    from captioner.caption import Captioner, segment_windows
+    from captioner.writers import merge_repeats
     from captioner.video import probe
 
     from conftest import MSVD_CLIPS
