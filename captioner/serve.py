@@ -550,7 +550,8 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
         return {"status": "ok", "model": captioner.model_id, "device": captioner.device,
                 "runtime": captioner.backbone.runtime, "precision": captioner.backbone.precision,
                 "jobs": slots.active, "queue": slots.limit, "uploads": upload_slots.active,
-                "max_uploads": upload_slots.limit, "max_upload_mb": limits.max_upload_mb}
+                "max_uploads": upload_slots.limit, "max_upload_mb": limits.max_upload_mb,
+                "library": library is not None}
 
     @app.post("/api/caption", responses=_ERRORS, openapi_extra=_UPLOAD_SCHEMA)
     async def caption(request: Request) -> dict:
@@ -641,8 +642,8 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None, upload_d
     if library is not None:
         from .gallery import add_gallery_routes
 
-        add_gallery_routes(app, library, lambda request: _origin_refusal(request, limits.allow_origins,
-                                                                         loopback_only))
+        # Host names are checked for every route already (the loopback rule above).
+        add_gallery_routes(app, library, lambda request: _origin_refusal(request, limits.allow_origins))
     return app
 
 

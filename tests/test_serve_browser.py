@@ -119,7 +119,7 @@ def test_upload_a_real_clip_and_read_its_caption(browser, model, msvd_clips):
     with page.expect_download() as download_info:
         srt_link.click()
     subtitles = download_info.value.path().read_text(encoding="utf-8")
-    assert subtitles.startswith("1\n00:00:00,000 --> 00:00:02,000\n")
+    assert subtitles.startswith("1\n00:00:00,000 --> 00:00:0")  # one cue, or two where the windows differ
     # Chromium cannot play AVI: no preview, and the page says so rather than showing a broken player.
     expect(page.locator("#preview")).to_be_hidden()
     expect(page.locator("#preview-note")).to_be_visible()
@@ -153,17 +153,21 @@ def test_a_playable_video_gets_a_preview_with_the_timed_captions(browser, tmp_pa
     preview = page.locator("#preview")
     expect(preview).to_be_visible()
     page.wait_for_function("() => { const t = document.getElementById('preview').textTracks[0];"
-                           " return t && t.cues && t.cues.length === 2; }")
+                           " return t && t.cues && t.cues.length >= 1; }")
     cues = page.evaluate("() => Array.from(document.getElementById('preview').textTracks[0].cues,"
                          " c => [c.startTime, c.endTime, c.text])")
-    assert [cue[:2] for cue in cues] == [[0, 2], [2, 4]] and page.locator("#segment-list li").count() == 2
-    assert [cue[2] for cue in cues] == [page.locator("#timeline button").nth(i).inner_text() for i in range(2)]
+    # Two 2-s windows; windows that say the same are one cue (steadied windows of one shot often do).
+    windows = [page.locator("#timeline button").nth(i).inner_text() for i in range(2)]
+    assert page.locator("#segment-list li").count() == 2
+    assert [cue[2] for cue in cues] == [w for k, w in enumerate(windows) if k == 0 or w != windows[k - 1]]
+    assert cues[0][0] == 0 and cues[-1][1] == 4 and all(a[1] == b[0] for a, b in zip(cues, cues[1:]))
 
     # A segment on the timeline seeks the preview just inside it, so only its caption shows:
     # on the 2.0-s boundary the cue ending there is still active and two lines stack.
     page.locator("#timeline button").nth(1).click()
     page.wait_for_function("() => { const t = document.getElementById('preview').textTracks[0];"
-                           " return t.activeCues && t.activeCues.length === 1 && t.activeCues[0].startTime === 2; }")
+                           " return t.activeCues && t.activeCues.length === 1 &&"
+                           " t.activeCues[0].endTime === 4; }")
     assert 2 < page.evaluate("document.getElementById('preview').currentTime") < 2.1
     page.screenshot(path=str(SCREENSHOTS / "serve_result.png"), full_page=True)
 
