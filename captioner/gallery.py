@@ -24,7 +24,7 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from .caption import Segment
-from .writers import merge_repeats
+from .writers import subtitles
 from .errors import CaptionerError
 from .library import Library
 
@@ -43,15 +43,8 @@ def _public(hit: dict) -> dict:
 
 
 def vtt_text(segments: list[dict]) -> str:
-    """WebVTT of a video's windows; consecutive windows with one caption are one cue."""
-    def stamp(seconds: float) -> str:
-        millis = int(round(seconds * 1000))
-        hours, rest = divmod(millis, 3_600_000)
-        minutes, rest = divmod(rest, 60_000)
-        return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"
-
-    cues = merge_repeats([Segment(s["start"], s["end"], s["caption"], s["score"]) for s in segments])
-    return "WEBVTT\n\n" + "".join(f"{stamp(c.start)} --> {stamp(c.end)}\n{c.caption}\n\n" for c in cues)
+    """WebVTT of a video's stored windows, written as `captioner caption --vtt` writes it."""
+    return subtitles([Segment(s["start"], s["end"], s["caption"], s["score"]) for s in segments], "vtt")
 
 
 def add_gallery_routes(app: FastAPI, library: Library, refusal) -> None:
