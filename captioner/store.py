@@ -20,6 +20,7 @@ SIGKILLed writer never leaves a stale lock behind. Readers take no lock and neve
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -42,6 +43,7 @@ _SUFFIX = ".npz"
 _GROUP_LEAVES = ("features", "frames", "feats")
 _LOCK_NAME = "writer.lock"
 _MEMBERS = ("frames", "pooled", "meta")
+_LARGE_SETTING = 512  # bytes of JSON above which an entry records a setting by its digest
 
 
 class MissingFeatures(CaptionerError, KeyError):
@@ -73,8 +75,23 @@ def _normalized(provenance: dict) -> dict:
     return json.loads(_json_bytes(provenance))
 
 
+def _entry_settings(provenance: dict) -> dict:
+    """The settings one entry records: a large value (a concept member's class list runs to
+    32 KB) by its digest, so a store of 45,000 entries does not hold 45,000 copies of it and
+    every read does not parse one."""
+    compact = {}
+    for key, value in provenance.items():
+        if isinstance(value, dict) and set(value) == {"sha256"}:
+            compact[key] = value
+            continue
+        data = _json_bytes(value)
+        compact[key] = value if len(data) <= _LARGE_SETTING else {"sha256": hashlib.sha256(data).hexdigest()}
+    return compact
+
+
 def _differing(recorded: dict, expected: dict) -> list[str]:
     # "runtimes" lists every runtime that wrote into the store: it grows, and may (see set_provenance).
+    recorded, expected = _entry_settings(recorded), _entry_settings(expected)
     return sorted(k for k in set(recorded) | set(expected) - {"runtimes"}
                   if k != "runtimes" and recorded.get(k) != expected.get(k))
 
@@ -296,10 +313,17 @@ class FeatureStore:
         self._check_settings(settings, path)
         return values
 
+    def _compact_provenance(self) -> dict:
+        """store.json's provenance as entries record it, computed once per provenance."""
+        provenance = self.provenance
+        if getattr(self, "_compact", (None, None))[0] is not provenance:
+            self._compact = (provenance, _entry_settings(provenance))
+        return self._compact[1]
+
     def _check_settings(self, settings: dict | None, path: Path) -> None:
         if settings is None or self.provenance is None:
             return  # written before entries carried their settings, or by an import
-        differing = _differing(settings, self.provenance)
+        differing = _differing(settings, self._compact_provenance())
         if differing:
             raise CaptionerError(f"features extracted with other settings than store.json records "
                                  f"({', '.join(differing)} differ); re-run `captioner extract` into "
@@ -338,7 +362,7 @@ class FeatureStore:
         """
         recorded = self._recorded_settings(video_id)
         differing = _differing_settings(recorded, _normalized(expected) if expected is not None
-                                        else self.provenance or {})
+                                        else self._compact_provenance() if self.provenance else {})
         if differing:
             raise OtherSettings(f"extracted with other settings than store.json records "
                                  f"({', '.join(differing)} differ)", self._videos / _file_name(video_id))
@@ -399,7 +423,7 @@ class FeatureStore:
             self._write_info(self.info)
         records = {"meta": _json_bytes(meta or {})}
         if self.provenance is not None:
-            records["settings"] = _json_bytes(self.provenance)
+            records["settings"] = _json_bytes(self._compact_provenance())
         buf = io.BytesIO()
         np.savez(buf, frames=frames, pooled=pooled,
                  **{name: np.frombuffer(data, dtype=np.uint8) for name, data in records.items()})
@@ -448,7 +472,8 @@ def _differing_settings(recorded: tuple[dict | None, dict, int], expected: dict)
     else:
         # Written before entries carried their settings: extraction copied the provenance
         # into each video's meta, so compare the keys that has.
-        differing = {k for k in expected if k in meta and meta[k] != expected[k]}
+        shared = {k: meta[k] for k in expected if k in meta}
+        differing = set(_differing(shared, {k: expected[k] for k in shared}))
     if "feature_dim" in expected and dim != int(expected["feature_dim"]):
         differing.add("feature_dim")
     return sorted(differing)

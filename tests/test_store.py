@@ -190,6 +190,20 @@ def test_entries_carry_their_settings_and_reads_check_them(tmp_path):
         reader.verified_meta("x")
 
 
+def test_entries_record_a_large_setting_by_its_digest_and_still_check_it(tmp_path):
+    members = [{"name": "lite2", "labels": [f"class {i}" for i in range(1000)]}]
+    store = open_features(tmp_path / "s", "a")
+    store.set_provenance({"backbone": "concepts", "members": members, "feature_dim": 2})
+    store.put("x", np.ones((3, 2)))
+    assert (store.path / "videos" / "x.npz").stat().st_size < 4096  # the class list is 14 KB
+    assert open_features(tmp_path / "s").verified_meta("x") == {}
+    info = json.loads((tmp_path / "s" / "store.json").read_text())
+    info["provenance"]["members"][0]["labels"][999] = "another class"
+    (tmp_path / "s" / "store.json").write_text(json.dumps(info))
+    with pytest.raises(CaptionerError, match=r"other settings .*\(members differ\)"):
+        open_features(tmp_path / "s").pooled("x")
+
+
 def test_verified_meta_finds_truncated_and_inconsistent_entries(tmp_path):
     store, _ = _filled(tmp_path)
     assert store.verified_meta("plain") == {"frames": "uniform:4", "id": "plain"}
