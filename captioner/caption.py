@@ -31,6 +31,7 @@ from .inputs import video_id, video_ids
 from .numpy_decoder import InferenceExport, export_path, read_export, source_name
 from .predict import Decoding, Hypothesis, checkpoint_decoding, predict_captions
 from .segments import merge_same_meaning, shot_starts, smooth_windows
+from .store import pool_over_time
 from .version import __version__
 
 
@@ -150,10 +151,10 @@ class Captioner:
         """
         from .device import resolve_device
         from .hashing import file_sha256
-        from .runtime import check_options
+        from .precision import captioning_precision, check
 
         started = time.perf_counter()
-        check_options(runtime, precision)  # a mistyped flag is reported before any model is read
+        check(runtime, precision)  # a mistyped flag is reported before any model is read
         device = resolve_device(device)
         path = check_model(model)
         digest = file_sha256(path)
@@ -168,7 +169,7 @@ class Captioner:
         def backbone():
             from .runtime import load_backbone
 
-            chosen = _training_precision(provenance, runtime, device) if precision == "auto" else precision
+            chosen = captioning_precision(provenance, runtime, device) if precision == "auto" else precision
             loaded = load_backbone(provenance, runtime=runtime, precision=chosen, device=device)
             inference.check_features({**loaded.provenance(), "frames": provenance.get("frames")}, path)
             return loaded
@@ -200,7 +201,7 @@ class Captioner:
             raise CaptionerError("the backbone gave NaN or infinite features for this input", decoded.info.path)
         timing["decode"] = timing.get("decode", 0.0) + decode_seconds
         timing["backbone"] = timing.get("backbone", 0.0) + time.perf_counter() - t0
-        return features.mean(0)
+        return pool_over_time(features)
 
     def _describe(self, pooled: np.ndarray, sources: list[str], decoding: Decoding,
                   timings: list[dict]) -> list[list[Hypothesis]]:
@@ -459,22 +460,6 @@ def _frames_as_video(frames, fps: float | None, sampling: str, clip_len: int, na
     timestamps = indices / rate if rate else np.zeros(len(indices))
     picked = frames[clip_windows(indices, count, clip_len)] if clip_len > 1 else frames[indices]
     return DecodedVideo(frames=np.ascontiguousarray(picked), indices=indices, timestamps=timestamps, info=info)
-
-
-def _training_precision(provenance: dict, runtime: str, device: str) -> str:
-    """What precision="auto" means for captioning: the one the training features were computed in.
-
-    A model fed features computed as in training says what it was validated to say; OpenVINO
-    bf16 features changed 2 of the 18 test clips' captions of the fp32-trained default model
-    (measured). Stores record their precision; older ones were PyTorch fp32.
-    """
-    from .runtime import cpu_has_bf16, resolve
-
-    if resolve(runtime, "auto", device)[0] != "openvino":
-        return "auto"
-    if provenance.get("precision") in ("bf16", "mixed") and cpu_has_bf16():
-        return provenance["precision"]
-    return "fp32"
 
 
 def _all_finite(value) -> bool:

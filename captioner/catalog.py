@@ -182,20 +182,10 @@ def _version(distribution: str) -> str | None:
 
 
 def _cpu() -> dict:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
-    return {"model": model, "cores": os.cpu_count(),
-            "bf16": bool(flags & {"amx_bf16", "avx512_bf16"}) if flags else None}
+    from .precision import cpu_has_bf16, cpu_info
+
+    info = cpu_info()
+    return {"model": info["model"], "cores": info["cores"], "bf16": cpu_has_bf16()}
 
 
 def _nvidia_gpus() -> list[str]:

@@ -17,7 +17,8 @@ import sys
 
 from .errors import CaptionerError, UsageError, printable
 from .device import add_device_argument, check_device
-from .runtime import add_runtime_arguments, check_options
+from .precision import check as check_runtime_options
+from .runtime import add_runtime_arguments
 
 
 class _Parser(argparse.ArgumentParser):
@@ -393,7 +394,7 @@ def _run_caption(args) -> int:
     formats = _check_caption_args(args)
     from .atomic import check_output_path
 
-    check_options(args.runtime, args.precision)
+    check_runtime_options(args.runtime, args.precision)
     check_device(args.device)
     from .caption import Captioner, CaptionProgress, check_model, run_timing
     from .inputs import expand_globs, find_inputs
@@ -590,7 +591,7 @@ def _run_serve(args) -> int:
         if parts.scheme not in ("http", "https") or not parts.netloc or origin != f"{parts.scheme}://{parts.netloc}":
             raise UsageError(f"--allow-origin takes an origin such as https://example.org:8443 "
                              f"(scheme, host and port only), got {origin!r}")
-    check_options(args.runtime, args.precision)
+    check_runtime_options(args.runtime, args.precision)
     check_device(args.device)
     from .caption import check_model
 
@@ -663,7 +664,7 @@ def _run_index(args) -> int:
     _check_library_path(args.db, must_exist=False)
     if args.export:
         _check_export_path(args.export)
-    check_options(args.runtime, args.precision)
+    check_runtime_options(args.runtime, args.precision)
     check_device(args.device)
     from .caption import check_model
 

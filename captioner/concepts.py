@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .text import word_forms
+
 # Words that say nothing about which class a caption describes: function words, and words
 # that class names use but nearly every caption has ("a man is ...", "white").
 STOPWORDS = frozenset("""a an the of or and with on in at to up down out off for from by into over through
@@ -309,14 +311,7 @@ def _match_table(head: Head) -> _MatchTable:
 
 def _forms(caption: list[str]) -> set[str]:
     """A caption's words with their singular and plural forms, as `known_form` matches them."""
-    forms = set()
-    for word in caption:
-        forms.update((word, word + "s"))
-        if word.endswith("s"):
-            forms.add(word[:-1])
-        if word.endswith("es"):
-            forms.add(word[:-2])
-    return forms
+    return {form for word in caption for form in word_forms(word)}
 
 
 def corrupt(clean: np.ndarray, real_outputs: np.ndarray, rng: np.random.Generator,

@@ -68,14 +68,3 @@ def cuda_autocast_dtype():
     import torch
 
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes in bf16 itself (AVX-512 BF16 or AMX). Elsewhere torch emulates
-    bf16 on the CPU, which is slower than fp32, so training asks before it autocasts."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags

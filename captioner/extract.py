@@ -62,7 +62,7 @@ class ExtractConfig:
         """Every value's form, without torch: a pipeline config is checked when it is loaded."""
         from .catalog import check_backbone
         from .device import check_device
-        from .runtime import check_options
+        from .precision import check
         from .video import Sampling
 
         Sampling.parse(self.frames)
@@ -72,7 +72,7 @@ class ExtractConfig:
             raise UsageError(f"--workers must be 0 or more, got {self.workers}")
         if self.ray_videos_per_task < 1:
             raise UsageError(f"ray_videos_per_task must be at least 1, got {self.ray_videos_per_task}")
-        check_options(self.runtime, self.precision)
+        check(self.runtime, self.precision)
         check_device(self.device)
         check_backbone(self.backbone)
 

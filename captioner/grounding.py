@@ -26,7 +26,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from .concepts import STOPWORDS, Head, class_words
-from .text import tokenize
+from .text import stem, tokenize
 
 # How much concept agreement counts against the decoder's score when `captioner caption`
 # reranks its n-best list (chosen on the MSVD dev clips; MODEL_CARD.md).
@@ -41,20 +41,6 @@ GENERIC = frozenset("""is are was were be being has have it its this that there 
     player players group crowd one two three other another front back top side inside outside
     while then very also together each doing does do playing plays play talking talks talk
     speaking speaks standing stands sitting sits walking walks looking looks""".split()) | STOPWORDS
-
-
-@lru_cache(maxsize=65536)
-def stem(word: str) -> str:
-    return _stemmer().stemWord(word)
-
-
-@lru_cache(maxsize=1)
-def _stemmer():
-    # Snowball's English (Porter 2) stemmer: a small pure-Python package that imports in
-    # milliseconds (nltk's Porter stemmer takes seconds to import, too long for `caption`).
-    import snowballstemmer
-
-    return snowballstemmer.stemmer("english")
 
 
 def content_words(caption: str) -> list[str]:

@@ -45,6 +45,7 @@ import numpy as np
 
 from . import locking
 from .errors import CaptionerError, UsageError
+from .text import word_forms
 
 FORMAT = "captioner-library"
 SCHEMA_VERSION = 1
@@ -235,15 +236,6 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
-def _forms(word: str) -> tuple[str, ...]:
-    """A word and its singular, for looking it up among class words ("knives" stays itself)."""
-    if word.endswith("es") and len(word) > 4:
-        return word, word[:-2], word[:-1]
-    if word.endswith("s") and len(word) > 3:
-        return word, word[:-1]
-    return (word,)
-
-
 class Synonyms:
     """Which words stand for one another, from the concept vocabulary's class names (a class's
     words: "motorcycling" -> riding motorcycle motorbike bike; ImageNet's own synonyms) and a
@@ -271,7 +263,7 @@ class Synonyms:
         words = set(words)
         found = set()
         for word in words:
-            for form in _forms(word):
+            for form in word_forms(word):
                 found |= self.related.get(form, set())
         return sorted(found - words)
 

@@ -3,15 +3,8 @@
     fx = load_backbone("efficientnet_lite2")            # runtime="auto", precision="auto"
     fx.features(frames_uint8)                           # (N, feature_dim) float32 numpy
 
-`auto` runs OpenVINO on a CPU (2-2.5x PyTorch fp32 there) and PyTorch on CUDA. On OpenVINO,
-bf16 (another 1.3-2x on CPUs whose OpenVINO capabilities list BF16) keeps Inception-v3 and I3D
-features within cosine 0.9999 of fp32, but EfficientNet-Lite1/2's only within 0.997-0.998 per
-video (0.986 per frame), below the 0.999 the project asks of a runtime, and it changes some
-captions. So `auto` there is fp32 for image backbones and `mixed` for combinations with a clip
-member: the clip members (I3D, most of the time of a concept model) in bf16, the image members
-in fp32. `bf16` runs every member in bf16. `int8` (OpenVINO only, opt-in) runs each image
-member's network quantized by NNCF, calibrated once on Flickr8k train photos and cached beside
-the fp32 network, and clip members as `auto` does (`captioner.quantize` says why).
+`auto` runs OpenVINO on a CPU (2-2.5x PyTorch fp32 there) and PyTorch on CUDA; which precision
+each network runs in is `captioner.precision`'s rule (fp32, bf16, mixed, int8).
 
 The OpenVINO model is converted from the same module `backbones.create` builds (so every
 backbone that converts gets it, user weights included), with preprocessing (uint8 NHWC in,
@@ -53,13 +46,12 @@ import numpy as np
 
 from .atomic import atomic_write, publish_directory
 from .cache import cache_dir
-from .device import is_cuda, resolve_device
-from .errors import CaptionerError, UsageError
+from .device import resolve_device
+from .errors import CaptionerError
 from .openvino_env import openvino, quiet_openvino
+from .precision import features_precision, member_precision, resolve
 from .preprocess import centre_crops
 
-RUNTIMES = ("auto", "torch", "openvino")
-PRECISIONS = ("auto", "fp32", "bf16", "mixed", "int8")
 # Bump when conversion or the graph's preprocessing changes: older cached models then miss.
 FORMAT_VERSION = 1
 # The networks of the default model's backbones, converted once from the same torch modules
@@ -71,7 +63,7 @@ _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """`--runtime` and `--precision` for every command that runs a backbone. Values are checked
-    by `check_options`, which raises a one-line UsageError (exit 2)."""
+    by `captioner.precision.check`, which raises a one-line UsageError (exit 2)."""
     parser.add_argument("--runtime", default="auto", metavar="RUNTIME",
                         help="auto (OpenVINO on CPU, PyTorch on CUDA), torch or openvino")
     parser.add_argument("--precision", default="auto", metavar="PRECISION",
@@ -79,43 +71,6 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                              "bf16 units; mixed precision on CUDA), fp32, bf16 (faster, features within cosine "
                              "0.98-0.9999 of fp32), mixed (OpenVINO: bf16 clip members, fp32 image members) or "
                              "int8 (OpenVINO, opt-in: image members NNCF-quantized, calibrated once on Flickr8k train photos)")
-
-
-def check_options(runtime: str, precision: str) -> None:
-    if runtime not in RUNTIMES:
-        raise UsageError(f"unknown --runtime {runtime!r} (auto, torch or openvino)")
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown --precision {precision!r} (auto, fp32, bf16, mixed or int8)")
-
-
-def resolve(runtime: str, precision: str, device: str) -> tuple[str, str]:
-    """(runtime, precision) that `auto` means on this device."""
-    check_options(runtime, precision)
-    if runtime == "auto":
-        runtime = "torch" if is_cuda(device) else "openvino"
-    if runtime == "openvino" and is_cuda(device):
-        raise UsageError("--runtime openvino runs on the CPU; with --device cuda use --runtime torch or auto")
-    if precision == "mixed" and runtime != "openvino":
-        raise UsageError("--precision mixed is an OpenVINO precision; with --runtime torch use fp32 or bf16")
-    if precision == "int8" and runtime != "openvino":
-        raise UsageError("--precision int8 is an OpenVINO precision; with --runtime torch use fp32 or bf16")
-    if precision == "auto":
-        # CUDA keeps the backbone's mixed precision (bf16, or fp16 on older GPUs). On the CPU see
-        # the module doc; `mixed` falls back to fp32 for backbones without clip members.
-        if runtime == "torch":
-            precision = "autocast" if is_cuda(device) else "fp32"
-        else:
-            precision = "mixed" if cpu_has_bf16() else "fp32"
-    if precision in ("bf16", "mixed") and runtime == "openvino" and not cpu_has_bf16():
-        raise UsageError(f"--precision {precision}: this CPU has no bf16 support (OpenVINO's "
-                         "OPTIMIZATION_CAPABILITIES lacks BF16); use fp32")
-    if precision == "int8" and "INT8" not in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        raise UsageError("--precision int8: OpenVINO lists no INT8 support for this CPU; use fp32")
-    return runtime, precision
-
-
-def cpu_has_bf16() -> bool:
-    return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 _CORE = None
@@ -336,11 +291,8 @@ class OpenVINOFeatures:
             members = [cache.compile(key, precision) for key in entry["members"]]
             if any(m is None for m in members):
                 raise ConversionError("OpenVINO cannot compile the converted network")
-        if precision == "mixed" and not any(m.clip_len > 1 for m in members):
-            precision = "fp32"  # nothing runs in bf16: the features are fp32 ones
-        if precision == "int8" and all(m.clip_len > 1 for m in members):
-            precision = "bf16" if cpu_has_bf16() else "fp32"  # clip members are not quantized
-        return cls(entry, members, precision, cache_hit=cache_hit)
+        return cls(entry, members, features_precision(precision, [m.clip_len for m in members]),
+                   cache_hit=cache_hit)
 
 
 # ----------------------------------------------------------------------------- shipped networks
@@ -369,10 +321,7 @@ def _compile(network_dir: Path, work_dir: Path, precision: str) -> _CompiledMemb
     compiled blobs and an int8 network are kept under `work_dir`. None when a file is unreadable."""
     try:
         meta = json.loads((network_dir / "meta.json").read_text())
-        if precision == "mixed":
-            precision = "bf16" if meta["clip_len"] > 1 else "fp32"
-        elif precision == "int8" and meta["clip_len"] > 1:  # see captioner.quantize
-            precision = "bf16" if cpu_has_bf16() else "fp32"
+        precision = member_precision(precision, meta["clip_len"])
         network, calibration = network_dir, None
         if precision == "int8":
             network, calibration = _quantized(network_dir, work_dir, meta)

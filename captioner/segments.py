@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .text import stem
+
 # Neighbouring windows whose appearance features are less alike than this (cosine) start a new
 # shot. Measured on the MSVD clips with video: neighbouring 2-s windows of one shot score
 # 0.8-1.0; a cut to other footage scores lower.
@@ -57,17 +59,8 @@ def smooth_windows(pooled: np.ndarray, starts: list[int], own_weight: float = OW
 
 
 def content_words(caption: str) -> frozenset[str]:
-    """A caption's words that carry its meaning, plural and singular alike ("dogs" = "dog")."""
-    words = set()
-    for word in caption.split():
-        if word in _FUNCTION_WORDS:
-            continue
-        if len(word) > 3 and word.endswith(("oes", "ches", "shes", "xes")):
-            word = word[:-2]  # tomatoes, peaches, dishes, boxes
-        elif len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
-            word = word[:-1]
-        words.add(word)
-    return frozenset(words)
+    """A caption's words that carry its meaning, by their stems ("dogs" = "dog", "slices" = "slicing")."""
+    return frozenset(stem(word) for word in caption.split() if word not in _FUNCTION_WORDS)
 
 
 def same_meaning(first: str, second: str) -> bool:

@@ -415,7 +415,7 @@ class FeatureStore:
             frames = frames[None, :]
         if frames.ndim != 2 or frames.shape[0] == 0:
             raise ValueError(f"frames must be (T, D) with T >= 1, got {frames.shape}")
-        pooled = frames.mean(axis=0) if pooled is None else np.asarray(pooled, dtype=np.float32)
+        pooled = pool_over_time(frames) if pooled is None else np.asarray(pooled, dtype=np.float32)
         non_finite = non_finite_reason(frames) or non_finite_reason(pooled)
         if non_finite:  # a model trained on one NaN is all NaN
             raise CaptionerError(f"video {video_id!r}: {non_finite}", self.path)
@@ -441,6 +441,12 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, {len(self)} videos)"
+
+
+def pool_over_time(frames: np.ndarray) -> np.ndarray:
+    """A video's one vector: the mean of its per-frame (or per-clip) features, as the seed
+    paper pools them. Stores keep it beside the frames; captioning computes it the same way."""
+    return np.asarray(frames, dtype=np.float32).mean(axis=0)
 
 
 def non_finite_reason(features: np.ndarray) -> str | None:

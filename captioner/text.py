@@ -1,4 +1,4 @@
-"""Caption text: the tokenizer and the vocabulary.
+"""Caption text: the tokenizer, the vocabulary, and the two rules for a word's other forms.
 
 Captions are scored by the coco-caption metrics, which first run Stanford's PTBTokenizer
 (lowercased, punctuation split off, then dropped). Training on the same tokens means the model
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from functools import lru_cache
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -60,6 +61,33 @@ def tokenize(caption: str) -> list[str]:
         match = _CONTRACTION.match(tok)
         tokens.extend(match.groups() if match else (tok,))
     return tokens
+
+
+def word_forms(word: str) -> tuple[str, ...]:
+    """`word` with the singular and plural spellings a word list may hold instead ("dogs": dog;
+    "dog": dogs; "dishes": dishe, dish). For looking a word up where it must be spelled as listed
+    (class names, a vocabulary); whether two words mean the same is `stem`'s rule."""
+    forms = [word, word + "s"]
+    if word.endswith("s"):
+        forms.append(word[:-1])
+    if word.endswith("es"):
+        forms.append(word[:-2])
+    return tuple(forms)
+
+
+@lru_cache(maxsize=65536)
+def stem(word: str) -> str:
+    """The word's Snowball (Porter 2) stem: "slicing", "slices" and "sliced" are one word."""
+    return _stemmer().stemWord(word)
+
+
+@lru_cache(maxsize=1)
+def _stemmer():
+    # A small pure-Python package that imports in milliseconds (nltk's Porter stemmer takes
+    # seconds to import, too long for `caption`).
+    import snowballstemmer
+
+    return snowballstemmer.stemmer("english")
 
 
 class Vocabulary:

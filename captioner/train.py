@@ -38,7 +38,8 @@ from .atomic import TMP_PREFIX, atomic_open, atomic_write, check_output_path
 from .concepts import class_word_table, heads
 from .config import load_config, save_config, validate_config
 from .datasets import Captions, join_features, load_captions
-from .device import cpu_has_native_bf16, cuda_autocast_dtype, resolve_device
+from .device import cuda_autocast_dtype, resolve_device
+from .precision import cpu_has_bf16
 from .errors import CaptionerError, UsageError
 from .model import (PROVENANCE_KEYS, SOURCES, CaptionModel, Checkpoint, check_provenance,
                     load_checkpoint, provenance_differences, save_checkpoint, source_name)
@@ -193,7 +194,7 @@ def _autocast_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, to
     with bf16 units when cfg.cpu_bf16 does. With autocast off the dtype is unused."""
     if device.type == "cuda":
         return cfg.amp, cuda_autocast_dtype() if cfg.amp else torch.float16
-    return cfg.cpu_bf16 and cpu_has_native_bf16(), torch.bfloat16
+    return cfg.cpu_bf16 and cpu_has_bf16(), torch.bfloat16
 
 
 def _optimizer_step(model, loss, optimizer, scheduler, scaler, cfg: TrainConfig) -> None:

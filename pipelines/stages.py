@@ -34,6 +34,7 @@ from captioner import locking
 from captioner.atomic import atomic_write
 from captioner.config import load_config, save_config
 from captioner.errors import CaptionerError, UsageError
+from captioner.precision import keyed_precision
 from captioner.extract import ExtractConfig
 from captioner.search import check_settings
 from captioner.train_config import TrainConfig  # torch-free: a config typo fails fast
@@ -200,13 +201,9 @@ def _extract_stage(config: PipelineConfig, name: str, progress: bool) -> Stage:
                                  f"raise videos.max_failures")
 
     # Where and how fast extraction runs does not change the features, so batch size, workers,
-    # device, runtime (see captioner.store) and the Ray address are not part of the key. bf16
-    # and mixed change them a little; they are keyed when asked for by name, so the keys of fp32
-    # stores made before precisions existed stay what they were. What `auto` resolved to is
-    # recorded in the store, which is never filled in two precisions.
-    params = {"backbone": extract_config.backbone, "frames": extract_config.frames}
-    if extract_config.precision in ("bf16", "mixed"):
-        params["precision"] = extract_config.precision
+    # device, runtime (see captioner.store) and the Ray address are not part of the key.
+    params = {"backbone": extract_config.backbone, "frames": extract_config.frames,
+              **keyed_precision(extract_config.precision)}
     return Stage(stage_name, run, params=params, inputs=paths, outputs=[f"{STORE}/store.json"], dir_params=params,
                  verify=lambda stage_dir: _store_problem(stage_dir / STORE, paths))
 

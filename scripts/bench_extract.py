@@ -93,7 +93,8 @@ def main() -> None:
     from captioner.device import resolve_device
     from captioner.errors import CaptionerError
     from captioner.extract import ExtractConfig, default_batch_size, extract
-    from captioner.runtime import cpu_has_bf16, load_backbone
+    from captioner.precision import cpu_has_bf16
+    from captioner.runtime import load_backbone
     from captioner.video import Sampling, decode, probe, sample_indices
 
     device = resolve_device(args.device)

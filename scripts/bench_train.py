@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from captioner import open_features  # noqa: E402
-from captioner.device import cpu_has_native_bf16  # noqa: E402
+from captioner.precision import cpu_has_bf16  # noqa: E402
 from captioner.model import CaptionModel, ModelConfig  # noqa: E402
 from captioner.text import PAD_ID, Vocabulary, tokenize  # noqa: E402
 from captioner.train import (DataConfig, TrainConfig, _autocast_settings, batch_layout, load_split,  # noqa: E402
@@ -110,7 +110,7 @@ def main() -> None:
         train_epoch(model, data, optimizer, scheduler, scaler, bf16_cfg, generator, max_steps=steps)
 
     contenders = [("train", full), ("bare", bare)]
-    if device.type == "cpu" and cpu_has_native_bf16():
+    if device.type == "cpu" and cpu_has_bf16():
         contenders.append(("bf16", bf16))
 
     def timed(fn) -> float:

@@ -220,7 +220,7 @@ def test_captions_equal_between_runtimes(caption_model, msvd_clips):
     """The default OpenVINO path gives PyTorch fp32's captions on 6 real clips: its precision "auto"
     is the training features' (fp32 Lite2 beside bf16 I3D, `mixed`, on a bf16 CPU), since bf16
     Lite2 features changed 2 of the 18 clips' captions of an fp32-trained model."""
-    from captioner.runtime import cpu_has_bf16
+    from captioner.precision import cpu_has_bf16
 
     clips = msvd_clips[::3]
     torch_captioner = Captioner.load(caption_model, device="cpu", runtime="torch")
@@ -246,15 +246,14 @@ def test_captions_equal_between_runtimes(caption_model, msvd_clips):
 
 
 def test_auto_precision_is_the_one_the_training_features_had():
-    from captioner.caption import _training_precision
-    from captioner.runtime import cpu_has_bf16
+    from captioner.precision import captioning_precision, cpu_has_bf16
 
-    assert _training_precision({"backbone": "efficientnet_lite2"}, "auto", "cpu") == "fp32"  # before precisions
-    assert _training_precision({"precision": "bf16", "runtimes": ["openvino"]}, "openvino", "cpu") == \
+    assert captioning_precision({"backbone": "efficientnet_lite2"}, "auto", "cpu") == "fp32"  # before precisions
+    assert captioning_precision({"precision": "bf16", "runtimes": ["openvino"]}, "openvino", "cpu") == \
         ("bf16" if cpu_has_bf16() else "fp32")
-    assert _training_precision({"precision": "fp32", "runtimes": ["openvino", "torch"]}, "auto", "cpu") == "fp32"
-    assert _training_precision({"precision": "bf16"}, "torch", "cpu") == "auto"  # torch's own rule
-    assert _training_precision({"precision": "mixed"}, "auto", "cpu") == ("mixed" if cpu_has_bf16() else "fp32")
+    assert captioning_precision({"precision": "fp32", "runtimes": ["openvino", "torch"]}, "auto", "cpu") == "fp32"
+    assert captioning_precision({"precision": "bf16"}, "torch", "cpu") == "auto"  # torch's own rule
+    assert captioning_precision({"precision": "mixed"}, "auto", "cpu") == ("mixed" if cpu_has_bf16() else "fp32")
 
 
 def test_a_checkpoint_without_a_current_export_gets_one(caption_model, tmp_path):

@@ -23,7 +23,7 @@ import captioner
 from captioner.cli import build_parser
 from captioner.errors import UsageError
 from captioner.device import _nvidia_driver_present, check_device, is_cuda, resolve_device
-from captioner.runtime import resolve
+from captioner.precision import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIP = "Kqb-mmkEWqU_1_5.avi"  # 4 s: the shortest real clip

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from captioner.errors import CaptionerError, UsageError
-from captioner.runtime import OpenVINOFeatures, TorchFeatures, cpu_has_bf16, load_backbone
+from captioner.precision import cpu_has_bf16
+from captioner.runtime import OpenVINOFeatures, TorchFeatures, load_backbone
 from captioner.video import decode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,7 +205,7 @@ def test_mixed_precision_is_bf16_for_clip_members_only():
         combined = load_backbone("efficientnet_lite0+i3d", runtime="openvino", precision="auto")
         assert combined.precision == "mixed" and combined.provenance()["precision"] == "mixed"
     else:  # machines differ: without bf16 units `mixed` is refused and `auto` is plain fp32
-        with pytest.raises(UsageError, match="no bf16 support"):
+        with pytest.raises(UsageError, match="no bf16 units"):
             load_backbone("efficientnet_lite0", runtime="openvino", precision="mixed")
         assert load_backbone("efficientnet_lite0+i3d", runtime="openvino", precision="auto").precision == "fp32"
 

@@ -30,7 +30,7 @@ def test_smoothing_pulls_windows_towards_their_shot_and_never_across_a_cut():
 
 
 def test_neighbours_that_say_the_same_share_the_better_caption():
-    assert content_words("a man is slicing tomatoes") == {"man", "slicing", "tomato"}
+    assert content_words("a man is slicing tomatoes") == content_words("a man slices a tomato") == {"man", "slice", "tomato"}
     assert same_meaning("a man is slicing a tomato", "a man is slicing tomatoes")
     assert same_meaning("a man is slicing", "a man is slicing a tomato")
     assert not same_meaning("a man is slicing a tomato", "a woman is dancing")

@@ -253,7 +253,7 @@ def test_run_directory_and_validation_metric(random_store, data_dir, tmp_path):
 @pytest.mark.parametrize("cpu_has_bf16", [True, False])
 def test_cpu_bf16_autocasts_only_on_a_cpu_with_bf16_units(random_store, data_dir, tmp_path, monkeypatch, capsys,
                                                           cpu_has_bf16):
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: cpu_has_bf16)
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: cpu_has_bf16)
     head_dtypes = set()
     original_init = train_module.CaptionModel.__init__
 
