@@ -7,8 +7,9 @@
 
 `captioner models`, `captioner --version` and every command that takes `--backbone` read these,
 so a typo in a backbone name is reported in a fraction of a second, not after torch has loaded.
-The backbone registry (`captioner.backbones`, which imports torch) is the truth; the table here
-mirrors it, and `tests/test_catalog.py` keeps the two equal (names, and sizes of created backbones).
+This table is the one list of backbones and `parse_backbone` the one parser of their names: the
+registry (`captioner.backbones`, which imports torch) binds a factory to each entry and refuses
+one the table lacks; tests/test_cli.py checks that every entry has a factory and its real size.
 """
 
 from __future__ import annotations
@@ -82,25 +83,53 @@ def _names_hint() -> str:
     return ", ".join(backbone_names() + [f"{family}:ARCH=PATH" for family in FAMILIES])
 
 
-def check_backbone(spec: str) -> None:
-    """Refuse a backbone spec that no registry entry takes, as `captioner.backbones.create` would.
+@dataclass(frozen=True)
+class BackbonePart:
+    """One backbone of a spec ("efficientnet_lite2", "timm:resnet152=r152.pth"), parsed."""
+    name: str                   # as the table names it, or FAMILY:ARCH
+    family: str | None = None   # "timm" or "torchvision" for FAMILY:ARCH
+    arch: str | None = None
+    weights: str | None = None  # a local weights file, for FAMILY:ARCH and user weights
 
-    Whether a timm/torchvision architecture exists and a weights file reads is left to creation."""
+
+def parse_backbone(spec: str, weights: str | None = None) -> list[BackbonePart]:
+    """The parts of a backbone spec ("a+b", each NAME or NAME=PATH), or a one-line UsageError for
+    a name no entry of the table takes. `weights` is a file for a single-part spec.
+
+    The one parser of backbone names: `--backbone` is checked here in a fraction of a second,
+    and `captioner.backbones.create` builds from what it returns. Whether a timm/torchvision
+    architecture exists and a weights file reads is left to creation."""
     parts = [part.strip() for part in str(spec).split("+")]
-    for part in parts:
-        name, sep, weights = (s.strip() for s in part.partition("="))
-        if not name:
-            raise UsageError(f"empty backbone name in {spec!r}; available: {_names_hint()}")
-        if sep and not weights:
-            raise UsageError(f"backbone {name}: empty weights path")
-        family, colon, arch = name.partition(":")
-        if colon:
-            if family not in FAMILIES or not arch:
-                raise UsageError(f"unknown backbone {name!r}; available: {_names_hint()}")
-            if not sep:
-                raise UsageError(f"{name} needs a local weights file: {name}=PATH (nothing is downloaded)")
-        elif name not in _BY_NAME:
+    if len(parts) > 1 and weights is not None:
+        raise UsageError(f"backbone {spec}: give each part of a combination its own weights as NAME=PATH")
+    return [_parse_part(part, weights, spec) for part in parts]
+
+
+def _parse_part(part: str, weights: str | None, spec: str) -> BackbonePart:
+    name, sep, path = (s.strip() for s in part.partition("="))
+    if sep and weights is not None:
+        raise UsageError(f"backbone {part}: weights given twice (in the name and as weights=)")
+    if sep:
+        weights = path
+    if not name:
+        raise UsageError(f"empty backbone name in {spec!r}; available: {_names_hint()}")
+    if weights is not None and not weights:
+        raise UsageError(f"backbone {name}: empty weights path")
+    family, colon, arch = name.partition(":")
+    if colon:
+        if family not in FAMILIES or not arch:
             raise UsageError(f"unknown backbone {name!r}; available: {_names_hint()}")
+        if weights is None:
+            raise UsageError(f"{name} needs a local weights file: {name}=PATH (nothing is downloaded)")
+        return BackbonePart(name, family, arch, weights)
+    if name not in _BY_NAME:
+        raise UsageError(f"unknown backbone {name!r}; available: {_names_hint()}")
+    return BackbonePart(name, weights=weights)
+
+
+def check_backbone(spec: str) -> None:
+    """Refuse a backbone spec that no entry of the table takes (see `parse_backbone`)."""
+    parse_backbone(spec)
 
 
 # ---------------------------------------------------------------------- models

@@ -239,6 +239,8 @@ def test_the_catalogue_matches_the_backbone_registry():
     assert catalog.backbone_names() == backbones.available()
     families = sorted(name[:-1] for name in registry._FACTORIES if name.endswith(":"))
     assert families == sorted(catalog.FAMILIES)
+    with pytest.raises(ValueError, match="not in captioner.catalog.BACKBONES"):
+        registry.register("resnet_uncatalogued")(lambda weights: None)
 
 
 @pytest.mark.slow

@@ -55,10 +55,10 @@ class ConceptBackbone(Backbone):
 
 def _concepts(member_name: str, with_features: bool):
     def factory(weights: str | None) -> ConceptBackbone:
+        from ..catalog import BackbonePart
         from .registry import _create_one
 
-        return ConceptBackbone(_create_one(member_name if weights is None else f"{member_name}={weights}", None),
-                               with_features)
+        return ConceptBackbone(_create_one(BackbonePart(member_name, weights=weights)), with_features)
     return factory
 
 
