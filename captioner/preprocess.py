@@ -16,17 +16,24 @@ def _resized_size(height: int, width: int, size: int) -> tuple[int, int]:
     return (new_long, size) if width <= height else (size, new_long)
 
 
+def centre_frames_only(dtype, shape: tuple, clip_len: int, name: str) -> bool:
+    """Check frames a backbone is given (uint8 (N,H,W,3) or clips (N,L,H,W,3); a ValueError
+    naming the backbone otherwise) for both runtimes. True when an image backbone is given clips:
+    it sees each clip's centre frame, the points in time a clip backbone beside it samples."""
+    dtype = str(dtype).removeprefix("torch.")  # a numpy or a torch dtype
+    if dtype != "uint8" or len(shape) not in (4, 5) or shape[-1] != 3:
+        raise ValueError(f"{name}: expected uint8 frames (N,H,W,3) or clips (N,L,H,W,3), got {dtype} {tuple(shape)}")
+    if clip_len > 1 and len(shape) == 4:
+        raise ValueError(f"{name} is a clip backbone: give it clips (N,L,H,W,3)")
+    return clip_len == 1 and len(shape) == 5
+
+
 def centre_crops(frames: np.ndarray, size: int, clip_len: int, name: str) -> np.ndarray:
     """uint8 frames (N,H,W,3) or clips (N,L,H,W,3) -> (N,[L,]size,size,3) uint8, as the torch
     Backbone.preprocess resizes (antialiased bilinear, PIL's, which torchvision's matches) and
     crops; an image backbone given clips sees each clip's centre frame."""
     frames = np.asarray(frames)
-    if frames.dtype != np.uint8 or frames.ndim not in (4, 5) or frames.shape[-1] != 3:
-        raise ValueError(f"{name}: expected uint8 frames (N,H,W,3) or clips (N,L,H,W,3), "
-                         f"got {frames.dtype} {frames.shape}")
-    if clip_len > 1 and frames.ndim == 4:
-        raise ValueError(f"{name} is a clip backbone: give it clips (N,L,H,W,3)")
-    if clip_len == 1 and frames.ndim == 5:
+    if centre_frames_only(frames.dtype, frames.shape, clip_len, name):
         frames = frames[:, frames.shape[1] // 2]
     height, width = frames.shape[-3:-1]
     new_h, new_w = _resized_size(height, width, size)

@@ -145,7 +145,7 @@ class TorchFeatures:
 
     @property
     def has_clip_members(self) -> bool:
-        return len(self._members) > 1 and any(m.clip_len > 1 for m in self._members)
+        return _has_clip_members(self._members)
 
     def _autocast(self):
         import torch
@@ -189,6 +189,11 @@ class TorchFeatures:
         with torch.inference_mode(), self._autocast():
             x = member.preprocess(torch.from_numpy(np.ascontiguousarray(frames)))
             return member(x).float().cpu().numpy()
+
+
+def _has_clip_members(members) -> bool:
+    """Whether a combination has clip networks (I3D), which a still image has nothing to give."""
+    return len(members) > 1 and any(m.clip_len > 1 for m in members)
 
 
 def _concat_members(members, frames: np.ndarray, run) -> np.ndarray:
@@ -251,7 +256,7 @@ class OpenVINOFeatures:
 
     @property
     def has_clip_members(self) -> bool:
-        return len(self._members) > 1 and any(m.clip_len > 1 for m in self._members)
+        return _has_clip_members(self._members)
 
     def prepare(self, frames: np.ndarray) -> tuple[np.ndarray, ...]:
         return tuple(member.crop(frames) for member in self._members)

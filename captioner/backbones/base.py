@@ -22,6 +22,7 @@ from ..cache import cache_dir
 from ..device import cuda_autocast_dtype
 from ..errors import CaptionerError
 from ..hashing import file_sha256
+from ..preprocess import centre_frames_only
 
 
 class Backbone(torch.nn.Module):
@@ -56,12 +57,7 @@ class Backbone(torch.nn.Module):
         An image backbone given clips sees each clip's centre frame, which is how it samples
         the same points in time as a clip backbone it is combined with.
         """
-        if frames.dtype != torch.uint8 or frames.ndim not in (4, 5) or frames.shape[-1] != 3:
-            raise ValueError(f"{self.name}: expected uint8 frames (N,H,W,3) or clips (N,L,H,W,3), "
-                             f"got {frames.dtype} {tuple(frames.shape)}")
-        if self.clip_len > 1 and frames.ndim == 4:
-            raise ValueError(f"{self.name} is a clip backbone: give it clips (N,L,H,W,3)")
-        if self.clip_len == 1 and frames.ndim == 5:
+        if centre_frames_only(frames.dtype, tuple(frames.shape), self.clip_len, self.name):
             frames = frames[:, frames.shape[1] // 2]
         frames = frames.to(self.device, non_blocking=True)
         leading = frames.shape[:-3]
