@@ -23,7 +23,7 @@ import numpy as np
 from .atomic import atomic_open
 from .errors import CaptionerError
 from . import search
-from .text import PAD_ID, Vocabulary
+from .text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
 
 EXPORT_FORMAT = "captioner-inference"
 EXPORT_VERSION = 1
@@ -90,6 +90,15 @@ class InferenceExport:
 
     def check_features(self, provenance: dict | None, features_path=None) -> None:
         check_provenance(self.provenance, provenance, self.path, features_path)
+
+    def sentence_log_likelihood(self, sentence: str, feats: np.ndarray) -> np.ndarray:
+        """(N,): the mean log-probability per word of `sentence` given each of N feature vectors,
+        as the model would say it of that video (words outside the vocabulary are skipped).
+        How well a video explains a query: what `captioner.library` reranks its hits by."""
+        from .text import tokenize
+
+        words = [i for i in self.vocab.encode(tokenize(sentence)) if i != UNK_ID] + [EOS_ID]
+        return self.decoder.log_likelihood(np.asarray(feats, dtype=np.float32), words)
 
     @classmethod
     def from_arrays(cls, weights: dict[str, np.ndarray], meta: dict, path: Path | None = None) -> "InferenceExport":
@@ -273,6 +282,18 @@ class NumpyDecoder:
 
     def _rows(self, feats) -> np.ndarray:
         return np.asarray(feats, dtype=np.float32).reshape(-1, self.feature_dim)
+
+    def log_likelihood(self, feats: np.ndarray, words: list[int]) -> np.ndarray:
+        """(N,): the mean log-probability of the word ids `words` (ending with <eos>) after <bos>,
+        for each of N videos, the model reading the words as given (teacher forcing)."""
+        rows = self._rows(feats)
+        state = self.begin(rows, None, 1)
+        previous, total = np.full(len(rows), BOS_ID), np.zeros(len(rows))
+        for word in words:
+            log_probs, state = self.log_probs(state, previous)
+            total += log_probs[:, word]
+            previous = np.full(len(rows), word)
+        return total / max(len(words), 1)
 
     # ------------------------------------------------------------------ decoding
     def generate(self, feats, beam_size: int = 1, max_len: int = 20, length_penalty: float = 0.0,

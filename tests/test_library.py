@@ -373,3 +373,26 @@ def test_indexing_is_the_captioning_pass_not_a_second_one(model, clips, tmp_path
         assert library.add(clips[1:2], segments=SEGMENTS, captioner=captioner).indexed == 1
     assert (len(decodes), len(passes)) == captioning
     assert captioner.on_pooled is None  # the hook is the library's only while it indexes
+
+
+def test_the_caption_model_rereads_the_top_hits(indexed, tmp_path):
+    with Library.open(indexed[0], create=False) as library:
+        records = list(library.records(features=True))
+        digest = records[0]["model"].rsplit(":", 1)[-1]
+        scorer = library._rerank_model(digest, None)
+        assert scorer is not None  # the shipped default model indexed these clips
+        feats = np.array([r["features"] for r in records], dtype=np.float32)
+        # Each video's own caption (beam search's choice for exactly these features) is the one
+        # the model finds most likely of it.
+        own = [int(np.argmax(scorer.sentence_log_likelihood(r["caption"], feats))) for r in records]
+        assert sum(k == i for i, k in enumerate(own)) >= len(records) - 1, own
+        query = "a man is riding a motorbike"
+        plain, reranked = library.search(query, len(records), rerank=False), library.search(query, len(records))
+        assert sorted(h.id for h in plain) == sorted(h.id for h in reranked)  # reordered, nothing lost
+    # Without features (indexed with --no-features) the text order stands.
+    bare = tmp_path / "bare.db"
+    shutil.copy(indexed[0], bare)
+    with sqlite3.connect(bare) as connection:
+        connection.execute("UPDATE videos SET features = NULL")
+    with Library.open(bare, create=False) as library:
+        assert [h.id for h in library.search(query, 10)] == [h.id for h in library.search(query, 10, rerank=False)]
