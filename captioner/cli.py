@@ -528,10 +528,6 @@ def _run_pipeline(args) -> int:
     from pipelines import load_pipeline, run_pipeline
 
     config = load_pipeline(args.config, args.overrides)
-    if not (args.dry_run or args.until):  # the whole pipeline: it trains and scores
-        from .extras import require
-
-        require("`captioner pipeline run`", "torch", "pycocoevalcap")
     if args.ray_address:
         config.extract.ray_address = args.ray_address
     run_pipeline(config, until=args.until, force=args.force, dry_run=args.dry_run, progress=not args.quiet)

@@ -478,6 +478,7 @@ def run_pipeline(config: PipelineConfig, *, until: list[str] = (), force: list[s
     run_dir = Path(config.run_dir).resolve()  # the stages may run in other processes, even on other nodes
     if dry_run:
         return _run_locked(config, run_dir, until, force, dry_run, progress, out)
+    _require_extras(plan(build_stages(config, progress), run_dir, until, force))  # before anything is made
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -505,6 +506,20 @@ def _run_locked(config: PipelineConfig, run_dir: Path, until, force, dry_run: bo
     if report is not None:
         print(f"report: {report / 'report.html'}", file=out)
     return steps
+
+
+# What a stage needs beyond the light install (captioner.extras), checked before any stage runs:
+# a missing extra is one line at the start, not a failure after an hour of extraction.
+STAGE_EXTRAS = {"pretrain": ("torch",), "train": ("torch",),
+                "evaluate": ("pycocoevalcap",), "report": ("pycocoevalcap",)}
+
+
+def _require_extras(steps: list[Step]) -> None:
+    from captioner.extras import require
+
+    running = [s.stage.name for s in steps if s.action != "skip"]
+    needed = dict.fromkeys(m for name in running for m in STAGE_EXTRAS.get(name, ()))
+    require(f"`captioner pipeline run` (stages {', '.join(n for n in running if n in STAGE_EXTRAS)})", *needed)
 
 
 def join_training(config: PipelineConfig, stage: str = "train", poll_seconds: float = 2.0, out=None) -> None:

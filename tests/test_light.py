@@ -191,6 +191,8 @@ def _write_config(tmp_path: Path) -> Path:
     (["evaluate", "--predictions", "{tmp}/p.json", "--references", "{tmp}/r.json"], "eval"),
     (["report", "--predictions", "{tmp}/p.json", "--references", "{tmp}/r.json", "--out", "{tmp}/rep"], "eval"),
     (["pipeline", "run", str(ROOT / "configs" / "pipeline_smoke.yaml"), "--set", "run_dir={tmp}/pipe"], "train"),
+    (["pipeline", "run", str(ROOT / "configs" / "pipeline_smoke.yaml"), "--set", "run_dir={tmp}/pipe",
+      "--until", "train"], "train"),
 ])
 def test_a_command_that_needs_a_missing_extra_says_which_in_one_line(argv, extra, light_env, tmp_path, data_dir):
     clip = next((data_dir / "msvd" / "clips").glob("*.avi"))
