@@ -39,3 +39,13 @@ class CaptionerError(Exception):
 
 class UsageError(CaptionerError):
     """Bad command-line usage: exit code 2."""
+
+
+def check_file_format(payload, expected: str, version: int, what: str, path) -> None:
+    """Refuse a file (its decoded payload or metadata dict) that is not `what` in the format
+    `expected`, or was written by a newer captioner (a `version` above this one's)."""
+    if not isinstance(payload, dict) or payload.get("format") != expected:
+        raise CaptionerError(f"not a captioner {what}", path)
+    if payload.get("version", 0) > version:
+        raise CaptionerError(f"{what} version {payload['version']} is newer than this captioner understands; "
+                             "upgrade captioner", path)

@@ -31,7 +31,7 @@ from torch import nn
 
 from . import search
 from .atomic import atomic_open
-from .errors import CaptionerError
+from .errors import CaptionerError, check_file_format
 from .hashing import file_sha256
 from .numpy_decoder import (PROVENANCE_KEYS, SOURCES, InferenceExport, check_provenance,  # noqa: F401
                             export_path, provenance_differences, source_name, write_export)
@@ -300,11 +300,7 @@ def _read_payload(path: Path, device: str | torch.device = "cpu") -> dict:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises many types for a truncated or foreign file
         raise CaptionerError(f"not a readable checkpoint ({type(exc).__name__}: {exc})", path) from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CaptionerError("not a captioner checkpoint", path)
-    if payload.get("version", 0) > CHECKPOINT_VERSION:
-        raise CaptionerError(f"checkpoint version {payload['version']} is newer than this captioner "
-                             "understands; upgrade captioner", path)
+    check_file_format(payload, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "checkpoint", path)
     return payload
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_open
-from .errors import CaptionerError
+from .errors import CaptionerError, check_file_format
 from . import search
 from .text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
 
@@ -117,11 +117,7 @@ def read_export(path: str | os.PathLike) -> InferenceExport:
         raise CaptionerError("inference export not found", path) from None
     except (OSError, ValueError, KeyError) as exc:  # not a zip, no metadata, bad JSON, pickled arrays
         raise CaptionerError(f"not a readable inference export ({type(exc).__name__}: {exc})", path) from None
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        raise CaptionerError("not a captioner inference export", path)
-    if meta.get("version", 0) > EXPORT_VERSION:
-        raise CaptionerError(f"inference export version {meta['version']} is newer than this captioner "
-                             "understands; upgrade captioner", path)
+    check_file_format(meta, EXPORT_FORMAT, EXPORT_VERSION, "inference export", path)
     try:
         return InferenceExport.from_arrays(weights, meta, path)
     except (KeyError, ValueError) as exc:
