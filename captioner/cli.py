@@ -691,6 +691,10 @@ def _add_search(sub) -> None:
     p.add_argument("--min-duration", type=float, default=None, metavar="SECONDS",
                    help="only videos at least this long")
     p.add_argument("--json", action="store_true", help="one JSON object per hit and line")
+    p.add_argument("--model", default=None, metavar="CHECKPOINT",
+                   help="the checkpoint that indexed the library, to rerank by (the default model is found alone)")
+    p.add_argument("--no-rerank", dest="rerank", action="store_false",
+                   help="keep the text ranking: the caption model does not reread the top hits (faster)")
     p.set_defaults(handler=_run_search)
 
 
@@ -708,7 +712,8 @@ def _run_search(args) -> int:
     from .library import Library
 
     with Library.open(args.db, create=False) as library:
-        hits = library.search(args.query, args.limit, concept=args.concept, min_duration=args.min_duration)
+        hits = library.search(args.query, args.limit, concept=args.concept, min_duration=args.min_duration,
+                              rerank=args.rerank, model=args.model)
     for hit in hits:
         if args.json:
             print(json.dumps(hit.to_dict(), ensure_ascii=False))

@@ -666,7 +666,8 @@ class Library:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1):  # a handful of rows: BLAS threads only contend
-            likelihood = scorer.sentence_log_likelihood(query, feats)
+            # The query's words as a caption has them (no FTS syntax), at most as many as the encoder reads.
+            likelihood = scorer.sentence_log_likelihood(" ".join(_words(query)[:MAX_QUERY_TERMS * 4]), feats)
         text = np.array([h.score for h in hits])
         combined = _zscore(text) + RERANK_WEIGHT * _zscore(likelihood)
         order = np.argsort(-combined, kind="stable")
