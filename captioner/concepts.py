@@ -1,6 +1,6 @@
 """Concepts: what the backbones' classifier heads recognise, in the words captions use.
 
-A concept backbone (`backbones/concepts.py`) appends class probabilities to a video's vector:
+A concept backbone (`backbones/concept_backbone.py`) appends class probabilities to a video's vector:
 ImageNet objects from EfficientNet-Lite, Kinetics-400 actions from I3D. This module knows
 where they sit in the vector (`heads`), which caption words each class name stands for
 (`class_words`: "motorcycling" -> riding, motorcycle, road; hand-written

@@ -5,7 +5,7 @@ hand: a corpus such as MSVD has captions for 1,200 training videos, but the vide
 training set joins
   - the clips that have video, with their stored features and their captions;
   - photos (optional), trained on beside the videos; a photo has no motion, so the clip members'
-    part of its vector is zeros (the backbones' own rule, `backbones/concepts.py`);
+    part of its vector is zeros (the backbones' own rule, `backbones/concept_backbone.py`);
   - every other video of the caption corpus, by its captions alone: no appearance (zeros) and
     the class probabilities its captions imply, corrupted the way the real heads err
     (`concepts.text_only_vector`), drawn afresh for each view.

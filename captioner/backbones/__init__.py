@@ -16,7 +16,7 @@ an architecture name (`@register("timm:")`).
 from __future__ import annotations
 
 # Importing the families registers them.
-from . import concepts, efficientnet, i3d, inception, local  # noqa: F401
+from . import concept_backbone, efficientnet, i3d, inception, local  # noqa: F401
 from .base import Backbone
 from .registry import available, create, register
 
