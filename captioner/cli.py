@@ -649,7 +649,9 @@ def _check_export_path(out: str) -> None:
     if Path(out).is_dir():
         raise UsageError(f"export needs a file name, not a folder: {out}")
     if Path(out).suffix.lower() == ".parquet":
-        raise UsageError("Parquet export is not available (it would need pyarrow); write JSON Lines (.jsonl)")
+        from .extras import require
+
+        require("Parquet export", "pyarrow")
 
 
 def _run_index(args) -> int:

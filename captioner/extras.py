@@ -28,6 +28,7 @@ EXTRA_OF_MODULE = {
     "pycocoevalcap": "eval", "matplotlib": "eval", "scipy": "eval",
     "nncf": "int8",
     "ray": "ray",
+    "pyarrow": "parquet",
 }
 
 

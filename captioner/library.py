@@ -869,29 +869,36 @@ class Library:
         return [{"path": p, "error": e} for p, e in self._query("SELECT path, error FROM failures ORDER BY path")]
 
     def export(self, path: str | os.PathLike, features: bool = True, thumbnails: bool = False) -> int:
-        """Write every video as one JSON object per line (JSON Lines); returns how many.
-
-        Parquet would need pyarrow, which the project does not install: JSON Lines loads into
-        pandas (`read_json(lines=True)`), DuckDB, Spark and pyarrow (`pyarrow.json.read_json`) alike.
-        """
+        """Write every video, one record each, to `path`; returns how many. The format follows the
+        suffix: `.parquet` (one row per video, nested columns; needs pyarrow, the `parquet`
+        extra), anything else JSON Lines (one JSON object per line: pandas' read_json(lines=True),
+        DuckDB, Spark). Written to a temporary file and renamed: a failed export leaves no half file."""
         from .atomic import atomic_open
 
         path = Path(path)
-        if path.suffix.lower() == ".parquet":
-            raise UsageError("Parquet export is not available (it would need pyarrow); write JSON Lines (.jsonl), "
-                             "which pyarrow.json.read_json and pandas.read_json(lines=True) load")
         if path.is_dir():
             raise UsageError(f"export needs a file name, not a folder: {path}")
-        count = 0
+        parquet = path.suffix.lower() == ".parquet"
+        if parquet:
+            from .extras import require
+
+            require("Parquet export", "pyarrow")
+        records = []
+        for record in self.records(features=features, thumbnails=thumbnails):
+            record.pop("key")
+            records.append(record)
         try:
-            with atomic_open(path, "w", encoding="utf-8") as out:
-                for record in self.records(features=features, thumbnails=thumbnails):
-                    record.pop("key")
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    count += 1
+            with atomic_open(path, "wb" if parquet else "w", encoding=None if parquet else "utf-8") as out:
+                if parquet:
+                    import pyarrow as pa
+                    import pyarrow.parquet as pq
+
+                    pq.write_table(pa.Table.from_pylist(records), out)
+                else:
+                    out.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
         except OSError as exc:
             raise CaptionerError(f"cannot write the export: {exc.strerror or exc}", path) from None
-        return count
+        return len(records)
 
 
 # ----------------------------------------------------------------------------- helpers

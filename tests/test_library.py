@@ -290,8 +290,26 @@ def test_export_round_trip(indexed, tmp_path):
             assert line == record
             # float32 features survive JSON exactly
             assert np.array_equal(np.asarray(line["features"], dtype=np.float32), library.features(line["id"]))
-    code, stderr, _, _ = probe("export", indexed[0], tmp_path / "library.parquet")
-    assert code == 2 and "Parquet export is not available" in stderr[0]
+    # Parquet: one row per video, the same records, nested columns kept.
+    import pyarrow.parquet as pq
+
+    code, stderr, _, stdout = probe("export", indexed[0], tmp_path / "library.parquet")
+    assert code == 0 and stdout.strip().startswith(f"exported {len(CLIPS)} videos"), stderr
+    rows = pq.read_table(tmp_path / "library.parquet").to_pylist()
+    assert [row["id"] for row in rows] == [line["id"] for line in lines]
+    assert rows[0]["concepts"] == lines[0]["concepts"] and rows[0]["segments"][0]["caption"] == \
+        lines[0]["segments"][0]["caption"]
+    assert np.array_equal(np.asarray(rows[0]["features"], dtype=np.float32), np.asarray(lines[0]["features"], np.float32))
+
+
+def test_parquet_without_pyarrow_is_one_line_naming_the_extra(indexed, tmp_path, monkeypatch):
+    from captioner import extras
+    from captioner.extras import MissingExtra
+
+    monkeypatch.setattr(extras, "installed", lambda module: module != "pyarrow")
+    with Library.open(indexed[0], create=False) as library, pytest.raises(MissingExtra, match=r"\.\[parquet\]"):
+        library.export(tmp_path / "x.parquet")
+    assert not (tmp_path / "x.parquet").exists()
 
 
 CLI_CASES = [
@@ -306,7 +324,7 @@ CLI_CASES = [
     (["index", "{clip}", "--db", "{root}/new.db", "--segments", "0"], 2, "--segments must be a positive number"),
     (["index", "{clip}", "--db", "{root}/no/such/folder.db"], 2, "the folder for --db does not exist"),
     (["index", "{clip}", "--db", "{root}/new.db", "--model", "nope"], 2, "unknown model 'nope'"),
-    (["index", "{clip}", "--db", "{root}/new.db", "--export", "{root}/x.parquet"], 2, "Parquet export"),
+    (["index", "{clip}", "--db", "{root}/new.db", "--export", "{root}"], 2, "export needs a file name, not a folder"),
 ]
 
 
