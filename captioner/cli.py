@@ -623,7 +623,9 @@ def _add_index(sub) -> None:
     p.add_argument("--no-thumbnails", dest="thumbnails", action="store_false", help="keep no keyframe JPEGs")
     p.add_argument("--no-features", dest="features", action="store_false", help="keep no pooled feature vectors")
     p.add_argument("--export", default=None, metavar="FILE",
-                   help="afterwards, write the whole library as JSON Lines (as `captioner export`)")
+                   help="afterwards, write the whole library as JSON Lines or .parquet (as `captioner export`)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="caption on this Ray cluster ('auto' or host:port); this process writes the library")
     add_device_argument(p)
     add_runtime_arguments(p)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -664,6 +666,10 @@ def _run_index(args) -> int:
         _check_export_path(args.export)
     check_runtime_options(args.runtime, args.precision)
     check_device(args.device)
+    if args.ray_address:
+        from .extras import require
+
+        require("--ray-address", "ray")
     from .caption import check_model
 
     check_model(args.model)
@@ -673,7 +679,7 @@ def _run_index(args) -> int:
         summary = library.add(args.inputs, segments=args.segments, model=args.model, thumbnails=args.thumbnails,
                               features=args.features, progress=sys.stderr.isatty() if args.progress is None
                               else args.progress, device=args.device, runtime=args.runtime,
-                              precision=args.precision)
+                              precision=args.precision, ray_address=args.ray_address)
         print(f"captioner: {summary.line()}", file=sys.stderr)
         if args.export:
             count = library.export(args.export)

@@ -404,7 +404,8 @@ class Library:
     # ------------------------------------------------------------------ indexing
     def add(self, paths: Iterable[str | os.PathLike], segments: float | None = DEFAULT_SEGMENTS, captioner=None,
             model: str = "default", thumbnails: bool = True, features: bool = True, progress: bool = False,
-            log=None, embeddings: bool | None = None, **load_options) -> IndexSummary:
+            log=None, embeddings: bool | None = None, ray_address: str | None = None, ray_videos_per_task: int = 4,
+            **load_options) -> IndexSummary:
         """Caption and index videos (files, folders, globs, .txt lists, as `captioner caption` takes).
 
         `segments`: seconds per timed window (None: the whole video only). `captioner`: a loaded
@@ -414,6 +415,9 @@ class Library:
         on `log` (stderr) and returned. Another process indexing into this file: LibraryLocked.
         `embeddings`: keep sentence embeddings of the captions (default: when the optional
         packages are installed, see captioner.embeddings); videos indexed without them get them.
+        `ray_address`: caption on that Ray cluster, `ray_videos_per_task` videos a task (as
+        `extract` does: the workers must see the files and the model's checkpoint); this process
+        stays the library's one writer.
         """
         from . import embeddings as sentence_embeddings
 
@@ -423,6 +427,12 @@ class Library:
 
         if segments is not None and not segments > 0:
             raise UsageError(f"segments must be a positive number of seconds, got {segments}")
+        if ray_videos_per_task < 1:
+            raise UsageError(f"ray_videos_per_task must be at least 1, got {ray_videos_per_task}")
+        if ray_address:
+            from .extras import require
+
+            require("indexing on Ray", "ray")
         log = log or sys.stderr
         started = time.perf_counter()
         summary = IndexSummary()
@@ -461,7 +471,9 @@ class Library:
             if todo and captioner is None:
                 from .caption import Captioner
 
-                captioner = Captioner.load(model, **load_options)
+                # On Ray the workers run the backbones; here the model only names the vocabulary.
+                captioner = Captioner.load(model, **({**load_options, "load_backbone": False} if ray_address
+                                                     else load_options))
             if todo:
                 self._set_vocabulary(captioner.concept_heads)
             if embeddings or (embeddings is None and sentence_embeddings.available()):
@@ -470,8 +482,9 @@ class Library:
                     self._encoder = sentence_embeddings.encoder()
                     self._embed_missing()
             bar = CaptionProgress(len(todo), progress)
+            remote = (ray_address, ray_videos_per_task, load_options) if ray_address else None
             summary_failures = self._index(todo, ids, captioner, segments, thumbnails, features, bar, summary,
-                                           changed, log)
+                                           changed, log, remote)
             summary.failures.extend(summary_failures)
             self._record_failures(summary.failures)
         finally:
@@ -482,31 +495,36 @@ class Library:
             summary.seconds = time.perf_counter() - started
         return summary
 
-    def _index(self, todo, ids, captioner, segments, thumbnails, features, bar, summary, changed, log) -> list:
+    def _index(self, todo, ids, captioner, segments, thumbnails, features, bar, summary, changed, log,
+               remote=None) -> list:
         failures = []
         if not todo:
             return failures
-        collector = _Collector(captioner.concept_heads, thumbnails, features)
         sources = {str(path): source for path, source in todo}
-        previous_hook = captioner.on_pooled
-        captioner.on_pooled = collector
         settings = json.dumps({"model": captioner.model_id, "segments": segments})
-        try:
-            results = captioner.caption_many([path for path, _ in todo], segments=segments, n_best=3,
-                                             progress=bar.segments)
-            for path, result in results:
-                bar.advance()
-                kept = collector.pop(path)
-                if isinstance(result, CaptionerError):
-                    error = result if result.path else CaptionerError(str(result), path)
-                    failures.append({"path": str(path), "error": str(error)})
-                    bar.write(f"captioner: {error}", log)
-                    continue
-                self._write_video(ids[Path(path)], Path(path), sources[str(path)], settings, result, kept)
-                summary.indexed += 1
-                summary.changed += Path(path) in changed
-        finally:
-            captioner.on_pooled = previous_hook
+        paths = [str(path) for path, _ in todo]
+        if remote is None:
+            captioned = _captioned(captioner, paths, segments, thumbnails, features, bar.segments)
+        else:
+            from .distributed import map_chunks_on_ray
+
+            address, per_task, load_options = remote
+            # The shipped model by name: a worker's package may live at another path.
+            checkpoint = "default" if captioner.model_id.startswith("default:") else str(captioner.checkpoint_path)
+            captioned = map_chunks_on_ray(_index_chunk, paths, per_task, (
+                checkpoint, segments, thumbnails, features, load_options), address)
+        for path, outcome in captioned:
+            bar.advance()
+            if not isinstance(outcome, tuple):  # a CaptionerError, or the reason a Ray task failed
+                error = outcome if isinstance(outcome, CaptionerError) else CaptionerError(outcome, path)
+                error = error if error.path else CaptionerError(str(error), path)
+                failures.append({"path": str(path), "error": str(error)})
+                bar.write(f"captioner: {error}", log)
+                continue
+            result, kept = outcome
+            self._write_video(ids[Path(path)], Path(path), sources[str(path)], settings, result, kept)
+            summary.indexed += 1
+            summary.changed += Path(path) in changed
         return failures
 
     def _write_video(self, video_id: str, path: Path, source: dict, settings: str, result, kept: dict) -> None:
@@ -911,6 +929,30 @@ def _query_vector(text: str) -> np.ndarray:
 
     with threadpool_limits(1):  # BLAS threads on a busy 2-core machine: 10x slower (measured)
         return encoder().encode([text])[0]
+
+
+def _captioned(captioner, paths: list[str], segments, thumbnails: bool, features: bool, progress=None):
+    """(path, (Caption, what the library keeps of its pass) or the CaptionerError it failed with),
+    as `captioner.caption_many` finishes each input."""
+    collector = _Collector(captioner.concept_heads, thumbnails, features)
+    previous_hook, captioner.on_pooled = captioner.on_pooled, collector
+    try:
+        for path, result in captioner.caption_many(paths, segments=segments, n_best=3, progress=progress):
+            kept = collector.pop(path)
+            yield path, result if isinstance(result, CaptionerError) else (result, kept)
+    finally:
+        captioner.on_pooled = previous_hook
+
+
+def _index_chunk(paths: list[str], checkpoint: str, segments, thumbnails: bool, features: bool,
+                 load_options: dict) -> list[tuple]:
+    """A Ray task: caption a few videos as `_captioned` does; failures travel as their message."""
+    from .caption import Captioner
+
+    captioner = Captioner.load(checkpoint, **load_options)
+    return [(path, outcome if isinstance(outcome, tuple)
+             else outcome.reason if outcome.path == path else outcome.format())
+            for path, outcome in _captioned(captioner, paths, segments, thumbnails, features)]
 
 
 def _zscore(values: np.ndarray) -> np.ndarray:

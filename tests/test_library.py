@@ -414,3 +414,22 @@ def test_the_caption_model_rereads_the_top_hits(indexed, tmp_path):
         connection.execute("UPDATE videos SET features = NULL")
     with Library.open(bare, create=False) as library:
         assert [h.id for h in library.search(query, 10)] == [h.id for h in library.search(query, 10, rerank=False)]
+
+
+def test_indexing_on_a_local_ray_cluster_writes_what_a_local_run_does(indexed, clips, tmp_path, ray_head):
+    address, _ = ray_head
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video")
+    with Library.open(tmp_path / "ray.db") as library:
+        summary = library.add(clips[:2] + [bad], segments=SEGMENTS, ray_address=address, ray_videos_per_task=1,
+                              log=io.StringIO())
+        assert (summary.indexed, len(summary.failures)) == (2, 1)
+        assert "broken.mp4" in summary.failures[0]["error"] and summary.failures[0]["error"].count("broken.mp4") == 1
+        remote = {r["id"]: r for r in library.records()}
+    with Library.open(indexed[0], create=False) as library:
+        local = {r["id"]: r for r in library.records() if r["id"] in remote}
+    assert set(local) == set(remote) == {c.stem for c in clips[:2]}
+    for video_id, record in remote.items():
+        assert record["caption"] == local[video_id]["caption"]
+        assert [w["caption"] for w in record["segments"]] == [w["caption"] for w in local[video_id]["segments"]]
+        np.testing.assert_allclose(record["features"], local[video_id]["features"], rtol=1e-4, atol=1e-5)
