@@ -717,6 +717,10 @@ def _run_search(args) -> int:
     if not args.query.strip() and args.concept is None and args.min_duration is None:
         raise UsageError("give words to search for, or a filter (--concept, --min-duration)")
     _check_library_path(args.db, must_exist=True)
+    if args.model is not None:
+        from .caption import check_model
+
+        check_model(args.model)
     from .library import Library
 
     with Library.open(args.db, create=False) as library:

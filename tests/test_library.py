@@ -321,6 +321,7 @@ CLI_CASES = [
     (["search", "{db}", ""], 2, "give words to search for"),
     (["search", "{db}", "cat", "--concept", "skatebording"], 2, "unknown concept 'skatebording'"),
     (["search", "{root}", "cat"], 2, "a library is a database file, not a folder"),
+    (["search", "{db}", "cat", "--model", "nope"], 2, "unknown model 'nope'"),
     (["index", "{clip}", "--db", "{root}/new.db", "--segments", "0"], 2, "--segments must be a positive number"),
     (["index", "{clip}", "--db", "{root}/no/such/folder.db"], 2, "the folder for --db does not exist"),
     (["index", "{clip}", "--db", "{root}/new.db", "--model", "nope"], 2, "unknown model 'nope'"),
