@@ -339,7 +339,7 @@ class Library:
         self._encoder = None  # set while `add` embeds captions
         self._vectors = None  # (video keys, window numbers or -1, unit vectors), read once per data version
         self._vectors_version = None
-        self._rerank_models: dict[str, object] = {}  # model digest -> its InferenceExport (None: unavailable)
+        self._rerank_models: dict[tuple, object] = {}  # (digest, model asked) -> its InferenceExport or None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -694,7 +694,10 @@ class Library:
     def _rerank_model(self, digest: str, model):
         """The InferenceExport of the checkpoint with this digest (the default model's, or `model`'s),
         loaded once; None when neither is it."""
-        if digest not in self._rerank_models:
+        # Keyed by the model asked for too: a search naming the checkpoint must not get the None
+        # an earlier search without it found.
+        key = (digest, None if model is None else os.fspath(model))
+        if key not in self._rerank_models:
             from .caption import Captioner
 
             found = None
@@ -705,8 +708,8 @@ class Library:
                         break
                 except CaptionerError:
                     continue
-            self._rerank_models[digest] = found
-        return self._rerank_models[digest]
+            self._rerank_models[key] = found
+        return self._rerank_models[key]
 
     def _search(self, query: str, limit: int, concept: str | None, min_duration: float | None,
                 weights: dict | None, embedding_weight: float | None) -> list[Hit]:
@@ -901,22 +904,25 @@ class Library:
             from .extras import require
 
             require("Parquet export", "pyarrow")
-        records = []
-        for record in self.records(features=features, thumbnails=thumbnails):
-            record.pop("key")
-            records.append(record)
+        records = ({k: v for k, v in record.items() if k != "key"}
+                   for record in self.records(features=features, thumbnails=thumbnails))
+        count = 0
         try:
             with atomic_open(path, "wb" if parquet else "w", encoding=None if parquet else "utf-8") as out:
-                if parquet:
+                if parquet:  # one table of every record
                     import pyarrow as pa
                     import pyarrow.parquet as pq
 
-                    pq.write_table(pa.Table.from_pylist(records), out)
-                else:
-                    out.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+                    table = pa.Table.from_pylist(list(records))
+                    pq.write_table(table, out)
+                    count = table.num_rows
+                else:  # streamed: a large library never sits in memory whole
+                    for record in records:
+                        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                        count += 1
         except OSError as exc:
             raise CaptionerError(f"cannot write the export: {exc.strerror or exc}", path) from None
-        return len(records)
+        return count
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -139,12 +139,17 @@ def test_report_renders_in_chromium(report):
     assert sum(not alt.startswith("frames of ") for alt, _, _ in images) == 4  # the four plots
 
 
+def _written(folder, predictions: dict, references: dict):
+    """(predictions.json, references.json) written in `folder`, as the commands read them."""
+    pred_file, ref_file = folder / "predictions.json", folder / "references.json"
+    pred_file.write_text(json.dumps(predictions), encoding="utf-8")
+    ref_file.write_text(json.dumps(references), encoding="utf-8")
+    return pred_file, ref_file
+
+
 def test_report_command(tmp_path, msvd_case, msvd_clips):
     predictions, references, train_refs, store, run = msvd_case
-    pred_file = tmp_path / "predictions.json"
-    pred_file.write_text(json.dumps(predictions), encoding="utf-8")
-    ref_file = tmp_path / "references.json"
-    ref_file.write_text(json.dumps(references), encoding="utf-8")
+    pred_file, ref_file = _written(tmp_path, predictions, references)
     videos = tmp_path / "some videos"
     videos.mkdir()
     linked = [clip for clip in msvd_clips if clip.stem in predictions][:4]  # the others: no frames
@@ -225,10 +230,7 @@ def test_best_videos_are_not_ranked_by_one_rare_word():
 def test_report_names_each_step_while_it_scores(tmp_path, msvd_case, capsys):
     """`report` spent 85 s silent before its first progress line: now each step is named as it starts."""
     predictions, references, train_refs, store, _ = msvd_case
-    pred_file = tmp_path / "predictions.json"
-    pred_file.write_text(json.dumps(predictions), encoding="utf-8")
-    ref_file = tmp_path / "references.json"
-    ref_file.write_text(json.dumps(references), encoding="utf-8")
+    pred_file, ref_file = _written(tmp_path, predictions, references)
     train_file = tmp_path / "train.json"
     train_file.write_text(json.dumps(train_refs), encoding="utf-8")
     report_files(pred_file, ref_file, tmp_path / "out", metrics="BLEU,CIDEr", train_references=train_file,
