@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import sys
+import threading
 import time
 import zipfile
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,6 +76,25 @@ def run_timing(timing: dict, startup: float, model_load: float, total: float) ->
 
 
 @dataclass
+class _Decoded:
+    """Frames of one input, or of one of its --segments windows, decoded ahead of the backbone
+    (or why that input cannot be decoded)."""
+
+    input: int  # position among the inputs being captioned
+    path: str | os.PathLike
+    windows: list[tuple[float, float]] | None  # the input's windows; None: it is captioned whole
+    window: int | None  # which of them these frames are; None: the whole input
+    video: object  # video.DecodedVideo, or None with an error
+    seconds: float
+    error: CaptionerError | None = None
+
+    @property
+    def last(self) -> bool:
+        """Whether this is the input's last piece: its caption can be made after it."""
+        return self.error is not None or self.window is None or self.window == len(self.windows) - 1
+
+
+@dataclass
 class _Encoded:
     """An input on its way to a caption: its features are computed, its words not yet."""
 
@@ -83,6 +103,8 @@ class _Encoded:
     info: object  # video.VideoInfo
     pooled: np.ndarray
     timing: dict
+    windows: list[tuple[float, float]] | None = None  # with --segments: each window's (start, end)
+    window_vectors: np.ndarray | None = None  # and its pooled features, one row per window
 
 
 class Captioner:
@@ -183,15 +205,16 @@ class Captioner:
         return captioner
 
     # ------------------------------------------------------------------ features
-    def _decoded(self, path, start: float | None = None, end: float | None = None):
-        """(the sampled frames of `path` or of its window start..end, seconds spent decoding)."""
+    def pooled_features(self, path: str | os.PathLike, start: float | None = None, end: float | None = None,
+                        timing: dict | None = None) -> np.ndarray:
+        """The pooled features the model captions `path` from, or its window start..end seconds
+        from; `timing` (if given) gets the decode and backbone seconds."""
         from .video import Sampling, decode
 
         t0 = time.perf_counter()
-        sampling = Sampling.parse(self.sampling, start=start, end=end)
-        decoded = decode(path, sampling, short_side=self.backbone.decode_short_side,
-                         clip_len=self.backbone.clip_len)
-        return decoded, time.perf_counter() - t0
+        decoded = decode(path, Sampling.parse(self.sampling, start=start, end=end),
+                         short_side=self.backbone.decode_short_side, clip_len=self.backbone.clip_len)
+        return self._pooled(decoded, time.perf_counter() - t0, {} if timing is None else timing)
 
     def _pooled(self, decoded, decode_seconds: float, timing: dict):
         """The time-mean of the backbone's features of decoded frames; adds to `timing`."""
@@ -237,11 +260,12 @@ class Captioner:
         progress(windows done, windows in all) is called before the first segment window and after
         each; an exception raised from it stops the work there.
         """
-        decoding = self.decoding.but(beam, length_penalty, max_len, n_best)
-        encoded = self._encode(path, video_id(Path(path)), self._decoded(path))
-        if isinstance(encoded, CaptionerError):
-            raise encoded
-        return self._caption_encoded([encoded], decoding, segments, {path: progress} if progress else None)[0]
+        follow = None if progress is None else (lambda _path, done, total: progress(done, total))
+        ((_, result),) = self.caption_many([path], beam=beam, n_best=n_best, max_len=max_len, segments=segments,
+                                           progress=follow, length_penalty=length_penalty)
+        if isinstance(result, CaptionerError):
+            raise result
+        return result
 
     def caption_many(self, paths, beam: int | None = None, n_best: int | None = None, max_len: int | None = None,
                      segments: float | None = None,
@@ -255,23 +279,26 @@ class Captioner:
         a time; a video's frames are a batch already). `progress(path, windows done, windows in
         all)` follows each input's segment windows.
 
-        Each input's frames are decoded while the one before runs through the backbone and the
-        decoder (`one_ahead`), so on 2 cores decoding and inference overlap.
+        With `segments`, every file is opened once and its windows decoded in order, and the
+        whole input's caption is made from its windows' features (their mean, by duration):
+        each frame and I3D clip is computed once, for its window and for the whole. Decoding runs
+        one piece ahead in a thread (`prefetched`), so on 2 cores it overlaps the backbone and
+        the decoder, which release the GIL, from one input to the next as well.
         """
         decoding = self.decoding.but(beam, length_penalty, max_len, n_best)
         if batch_size < 1:
             raise CaptionerError(f"batch size must be at least 1, got {batch_size}")
+        if segments is not None and not segments > 0:
+            raise CaptionerError(f"segment length must be positive, got {segments}")
         paths = list(paths)
         ids = video_ids([Path(p) for p in paths])  # same-stem inputs get ids of their own, as in a store
-        follow = None if progress is None else {p: (lambda done, total, p=p: progress(p, done, total)) for p in paths}
-        with closing(one_ahead(self._decoded, [(path,) for path in paths])) as decoded:
+        encoded = self._encoded_inputs(paths, [ids[Path(p)] for p in paths], segments, progress)
+        with closing(encoded):
             batch: list = []
-            for k, (path, frames) in enumerate(zip(paths, decoded)):
-                # Pooled at once, so only the vectors of a batch wait for it, never its frames.
-                batch.append(self._encode(path, ids[Path(path)], frames))
+            for k, item in enumerate(encoded):
+                batch.append(item)  # only pooled vectors wait for a batch, never frames
                 if len(batch) == batch_size or k + 1 == len(paths):
-                    yield from zip(paths[k + 1 - len(batch):k + 1],
-                                   self._caption_encoded(batch, decoding, segments, follow))
+                    yield from zip(paths[k + 1 - len(batch):k + 1], self._caption_encoded(batch, decoding, segments))
                     batch = []
 
     def caption_frames(self, frames, fps: float | None = None, beam: int | None = None, n_best: int | None = None,
@@ -285,8 +312,9 @@ class Captioner:
         decoding = self.decoding.but(beam, length_penalty, max_len, n_best)
         t0 = time.perf_counter()
         decoded = _frames_as_video(frames, fps, self.sampling, self.backbone.clip_len, name)
-        return self._caption_encoded([self._encode(name, name, (decoded, time.perf_counter() - t0))], decoding,
-                                    None, None)[0]
+        pooling = _InputPooling(self, name, None)
+        pooling.add(_Decoded(0, name, None, None, decoded, time.perf_counter() - t0))
+        return self._caption_encoded([pooling.result()], decoding, None)[0]
 
     def caption_store(self, store, ids=None, beam: int | None = None, n_best: int | None = None,
                       max_len: int | None = None, length_penalty: float | None = None,
@@ -334,21 +362,43 @@ class Captioner:
             predictions[video_id] = result.caption
         return predictions
 
-    def _encode(self, path, video_id: str, decoded_and_seconds) -> "_Encoded | CaptionerError":
-        """An input's pooled features (from a (decoded, seconds) pair or a future of one), or its error."""
-        timing: dict = {}
-        try:
-            decoded, seconds = decoded_and_seconds.result() if hasattr(decoded_and_seconds, "result") \
-                else decoded_and_seconds
-            pooled = self._pooled(decoded, seconds, timing)
-            if self.on_pooled is not None:
-                self.on_pooled(path, None, decoded, pooled)
-            return _Encoded(path, video_id, decoded.info, pooled, timing)
-        except CaptionerError as error:
-            return error
+    def _decode_inputs(self, paths: list, segments: float | None) -> Iterator[_Decoded]:
+        """Each input's frames, whole or window by window, in the order the backbone takes them;
+        an input that cannot be read is one piece with its error."""
+        from .video import OpenVideo, Sampling
 
-    def _caption_encoded(self, batch: list, decoding: Decoding, segments: float | None,
-                         progress: dict | None) -> list[Caption | CaptionerError]:
+        short_side, clip_len = self.backbone.decode_short_side, self.backbone.clip_len
+        for k, path in enumerate(paths):
+            started, windows = time.perf_counter(), None
+            try:
+                with OpenVideo(path, short_side=short_side) as video:
+                    if segments is not None and not video.info.is_image and video.info.duration > 0:
+                        windows = segment_windows(video.info.duration, segments)
+                    for n, window in enumerate(windows or [None]):
+                        frames = video.decode(Sampling.parse(self.sampling, *(window or (None, None))), clip_len)
+                        yield _Decoded(k, path, windows, None if windows is None else n, frames,
+                                       time.perf_counter() - started)
+                        started = time.perf_counter()
+            except CaptionerError as error:
+                yield _Decoded(k, path, windows, None, None, time.perf_counter() - started, error)
+
+    def _encoded_inputs(self, paths: list, ids: list[str], segments: float | None,
+                        progress: Callable[[str, int, int], None] | None) -> Iterator["_Encoded | CaptionerError"]:
+        """Each input's pooled features (and its windows'), in input order, or its CaptionerError."""
+        self.backbone  # noqa: B018  loaded here, not in the decoding thread that asks for its frame size
+        with closing(prefetched(self._decode_inputs(paths, segments))) as pieces:
+            pooling = None
+            for piece in pieces:
+                if pooling is None:
+                    follow = None if progress is None else (lambda done, total, p=piece.path: progress(p, done, total))
+                    pooling = _InputPooling(self, ids[piece.input], follow)
+                pooling.add(piece)
+                if piece.last:
+                    yield pooling.result()
+                    pooling = None
+
+    def _caption_encoded(self, batch: list, decoding: Decoding,
+                         segments: float | None) -> list[Caption | CaptionerError]:
         """Captions of pooled inputs (errors stay in place), decoded in one batched search."""
         results = list(batch)
         ready = [(k, item) for k, item in enumerate(batch) if isinstance(item, _Encoded)]
@@ -358,60 +408,128 @@ class Captioner:
                                 [source_name(item.info.is_image) for _, item in ready], decoding,
                                 [item.timing for _, item in ready])
         for (k, item), nbest in zip(ready, nbests):
-            try:
-                windows = None if segments is None else self._segments(
-                    item.path, item.info, segments, decoding, item.timing, whole=nbest[0],
-                    progress=None if progress is None else progress.get(item.path))
-            except CaptionerError as error:
-                results[k] = error
-                continue
+            windows = None if segments is None else self._segments(item, decoding, whole=nbest[0])
             results[k] = self._result(item.path, item.id, nbest, item.pooled, decoding, item.timing, windows)
         return results
 
-    def _segments(self, path, info, seconds: float, decoding: Decoding, timing: dict, whole: Hypothesis,
-                  progress: Callable[[int, int], None] | None = None) -> list[Segment]:
-        windows = segment_windows(info.duration, seconds)
-        if info.is_image or info.duration <= 0:  # one segment: the caption of the whole input
-            return [Segment(0.0, max(info.duration, 0.0), *whole)]
-        pooled = []
-        if progress is not None:
-            progress(0, len(windows))
-        with closing(one_ahead(self._decoded, [(path, *window) for window in windows])) as decoded:
-            for window, frames in zip(windows, decoded):
-                frames = frames.result()
-                pooled.append(self._pooled(*frames, timing))
-                if self.on_pooled is not None:
-                    self.on_pooled(path, window, frames[0], pooled[-1])
-                if progress is not None:
-                    progress(len(pooled), len(windows))
-        vectors = np.stack(pooled)
-        starts = [0]
+    def _segments(self, item: _Encoded, decoding: Decoding, whole: Hypothesis) -> list[Segment]:
+        if item.windows is None:  # a still image or an input without duration: one segment, the whole
+            return [Segment(0.0, max(item.info.duration, 0.0), *whole)]
+        vectors, starts = item.window_vectors, [0]
         if self.steady_segments:
             appearance = vectors[:, appearance_mask(vectors.shape[1], self.concept_heads)]
             starts = shot_starts(appearance)
             vectors = smooth_windows(vectors, starts)
-        captions = [tuple(best[0]) for best in self._describe(vectors, ["video"] * len(windows),
-                                                                decoding.but(n_best=1), [timing])]
+        captions = [tuple(best[0]) for best in self._describe(vectors, ["video"] * len(vectors),
+                                                                decoding.but(n_best=1), [item.timing])]
         if self.steady_segments:
             captions = merge_same_meaning(captions, starts)
-        return [Segment(start, end, caption, score) for (start, end), (caption, score) in zip(windows, captions)]
+        return [Segment(start, end, caption, score) for (start, end), (caption, score) in zip(item.windows, captions)]
 
 
-def one_ahead(function: Callable, calls: list[tuple]) -> Iterator[Future]:
-    """function(*args) for each of `calls`, in order, each started in a thread while the caller
-    works on the one before: decoding (frames of videos or of segment windows) overlaps the
-    backbone and the decoder, which release the GIL, on 2 cores. One ahead only, so at most
-    two decoded inputs are in memory. Close the generator to cancel what has not started."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner-decode")
+class _InputPooling:
+    """One input's decoded pieces through the backbone as they arrive, each piece's frames let go
+    once pooled: its windows' vectors and the whole input's, or the error it failed with."""
+
+    def __init__(self, captioner: Captioner, video_id: str, progress: Callable[[int, int], None] | None):
+        self.captioner, self.video_id, self.progress = captioner, video_id, progress
+        self.timing: dict = {}
+        self.vectors: list[np.ndarray] = []
+        self.path, self.windows, self.info = None, None, None  # of the input, from its first piece
+        self.keyframe = None  # the middle window's middle sample, for on_pooled's whole-input call
+        self.error: CaptionerError | None = None
+
+    def add(self, piece: _Decoded) -> None:
+        if self.error is not None:  # the rest of a failed input's windows
+            return
+        if piece.error is not None:
+            self.error = piece.error
+            return
+        self.path, self.windows, self.info = piece.path, piece.windows, piece.video.info
+        captioner, windows = self.captioner, piece.windows
+        if piece.window == 0 and self.progress is not None:
+            self.progress(0, len(windows))
+        try:
+            pooled = captioner._pooled(piece.video, piece.seconds, self.timing)
+        except CaptionerError as error:
+            self.error = error
+            return
+        self.vectors.append(pooled)
+        if captioner.on_pooled is not None:
+            captioner.on_pooled(piece.path, None if windows is None else windows[piece.window], piece.video, pooled)
+            if windows is not None and piece.window == len(windows) // 2:
+                self.keyframe = middle_sample(piece.video)
+        if windows is not None and self.progress is not None:
+            self.progress(len(self.vectors), len(windows))
+
+    def result(self) -> _Encoded | CaptionerError:
+        if self.error is not None:
+            return self.error
+        if self.windows is None:
+            return _Encoded(self.path, self.video_id, self.info, self.vectors[0], self.timing)
+        vectors = np.stack(self.vectors)
+        # The whole input is the time-mean of its windows: the same estimate as its own frames
+        # would give, from more of them, and nothing computed twice.
+        whole = np.average(vectors, axis=0, weights=[end - start for start, end in self.windows]).astype(np.float32)
+        if self.captioner.on_pooled is not None:
+            self.captioner.on_pooled(self.path, None, self.keyframe, whole)
+        return _Encoded(self.path, self.video_id, self.info, whole, self.timing, self.windows, vectors)
+
+
+def middle_sample(decoded):
+    """A DecodedVideo of the middle sample (frame, or clip of frames) of `decoded` alone."""
+    from .video import DecodedVideo
+
+    middle = slice(len(decoded.frames) // 2, len(decoded.frames) // 2 + 1)
+    return DecodedVideo(frames=decoded.frames[middle].copy(), indices=decoded.indices[middle],
+                        timestamps=decoded.timestamps[middle], info=decoded.info)
+
+
+_END = object()
+
+
+def prefetched(items: Iterator, ahead: int = 1) -> Iterator:
+    """The items of the generator `items`, each made in a thread while the caller works on the
+    one before: decoding the next window or video overlaps the backbone and the decoder, which
+    release the GIL, on 2 cores. At most `ahead` items are made before the caller asks for them,
+    so no more than ahead + 1 decoded pieces are ever in memory. An exception the generator
+    raises is raised here in its place. Closing this stops the thread and closes `items` after
+    the item being made, so frames no one will use are not decoded."""
+    made: queue.SimpleQueue = queue.SimpleQueue()
+    slots = threading.Semaphore(ahead)  # one is given back each time the caller takes an item
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            while True:
+                while not slots.acquire(timeout=0.05):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                item = next(items, _END)
+                made.put((item, None))
+                if item is _END:
+                    return
+        except BaseException as error:  # noqa: BLE001  handed to the caller, which raises it
+            made.put((None, error))
+        finally:
+            items.close()
+
+    thread = threading.Thread(target=produce, name="captioner-decode", daemon=True)
+    thread.start()
     try:
-        upcoming = pool.submit(function, *calls[0]) if calls else None
-        for k in range(len(calls)):
-            current = upcoming
-            if k + 1 < len(calls):
-                upcoming = pool.submit(function, *calls[k + 1])
-            yield current
+        while True:
+            item, error = made.get()
+            slots.release()  # the caller is done with the item before this one
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        stop.set()
+        thread.join()
 
 
 def check_model(model: str | os.PathLike) -> Path:

@@ -260,18 +260,48 @@ def decode(path: str | os.PathLike, sampling: Sampling | str = "uniform:16", *, 
     threads: decoder threads; 0 lets the decoder choose (all cores). Worker processes that
         decode in parallel should pass 1.
     """
-    if isinstance(sampling, str):
-        sampling = Sampling.parse(sampling)
-    if short_side is not None and (not isinstance(short_side, (int, np.integer)) or short_side < 1):
-        raise UsageError(f"short_side must be a positive number of pixels, got {short_side!r}")
-    if not isinstance(clip_len, (int, np.integer)) or clip_len < 1:
-        raise UsageError(f"clip_len must be a whole number >= 1, got {clip_len!r}")
-    try:
-        with _open(path, short_side, threads) as reader:
-            return _decode(reader, sampling, clip_len)
-    except _DecordFailed:  # it opened the file but failed on the frames: FFmpeg proper may not
-        with _open(path, short_side, threads, use_decord=False) as reader:
-            return _decode(reader, sampling, clip_len)
+    with OpenVideo(path, short_side=short_side, threads=threads) as video:
+        return video.decode(sampling, clip_len=clip_len)
+
+
+class OpenVideo:
+    """A video or image file opened once, to decode several samplings of it in turn.
+
+    The time windows of `caption --segments` are decoded through one of these: the file is
+    indexed once, not once per window, and windows asked for in order continue the decoder
+    where the last one stopped instead of seeking (or, for AVI, decoding from the first frame)
+    again, so a long video costs time in proportion to its length. Not thread-safe: one
+    thread decodes at a time. `short_side` and `threads` are as in `decode`.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, short_side: int | None = None, threads: int = 0):
+        if short_side is not None and (not isinstance(short_side, (int, np.integer)) or short_side < 1):
+            raise UsageError(f"short_side must be a positive number of pixels, got {short_side!r}")
+        self._short_side, self._threads = short_side, threads
+        self._reader = _open(path, short_side, threads)
+        self.info: VideoInfo = self._reader.info
+
+    def decode(self, sampling: Sampling | str = "uniform:16", clip_len: int = 1) -> DecodedVideo:
+        """The frames `sampling` picks (its time window, if any, inside this file), as `decode`."""
+        if isinstance(sampling, str):
+            sampling = Sampling.parse(sampling)
+        if not isinstance(clip_len, (int, np.integer)) or clip_len < 1:
+            raise UsageError(f"clip_len must be a whole number >= 1, got {clip_len!r}")
+        try:
+            return _decode(self._reader, sampling, clip_len)
+        except _DecordFailed:  # it opened the file but failed on the frames: FFmpeg proper may not
+            self._reader.close()
+            self._reader = _PyAVReader(self._reader.index, self._short_side, self._threads)
+            return _decode(self._reader, sampling, clip_len)
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def __enter__(self) -> "OpenVideo":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _decode(reader: _Reader, sampling: Sampling, clip_len: int) -> DecodedVideo:
@@ -467,6 +497,7 @@ class _DecordReader(_Reader):
     def __init__(self, index: _StreamIndex, short_side: int | None, threads: int):
         decord = _decord()
 
+        self.index = index
         if index.rotation or index.by_position:
             raise _DecordFailed("rotated video or no timestamps")
         width, height = index.coded_size(short_side)
@@ -519,25 +550,36 @@ class _PyAVReader(_Reader):
     def __init__(self, index: _StreamIndex, short_side: int | None, threads: int):
         import av
 
-        self._index, self.path = index, index.path
+        self.index, self.path = index, index.path
         self._size = index.coded_size(short_side)
+        # The running decoder and the position (AVI) or pts of the frame it gave last: a read
+        # after the last one continues from there rather than seeking back.
+        self._frames, self._position = None, None
         self._scale = self._size != (index.coded_width, index.coded_height)
-        try:
-            self._container = av.open(str(index.path))
-            self._stream = self._container.streams.video[0]
-            self._stream.thread_type = "AUTO"
-            self._stream.thread_count = threads
-        except av.FFmpegError as error:
-            self.close()
-            raise CaptionerError(f"{CORRUPT} ({_ffmpeg_reason(error)})", index.path) from None
+        self._threads = threads
+        self._reopen()
         self.timestamps = index.timestamps
         self.info = index.info("pyav")
+
+    def _reopen(self) -> None:
+        import av
+
+        self.close()
+        try:
+            self._container = av.open(str(self.path))
+            self._stream = self._container.streams.video[0]
+            self._stream.thread_type = "AUTO"
+            self._stream.thread_count = self._threads
+        except av.FFmpegError as error:
+            self.close()
+            raise CaptionerError(f"{CORRUPT} ({_ffmpeg_reason(error)})", self.path) from None
+        self._frames, self._position = None, None
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         import av
 
         try:
-            out = self._read_by_position(indices) if self._index.by_position else self._read_by_pts(indices)
+            out = self._read_by_position(indices) if self.index.by_position else self._read_by_pts(indices)
         except av.FFmpegError as error:
             raise CaptionerError(f"{CORRUPT} ({_ffmpeg_reason(error)})", self.path) from None
         missing = [int(i) for i, frame in zip(indices, out) if frame is None]
@@ -548,43 +590,53 @@ class _PyAVReader(_Reader):
     def _read_by_position(self, indices: np.ndarray) -> list[np.ndarray | None]:
         wanted = {int(i): n for n, i in enumerate(indices)}
         out: list[np.ndarray | None] = [None] * len(indices)
+        if self._frames is None or min(wanted) <= self._position:
+            # Frames are known only by their count from the first one: going back means
+            # decoding from the start again, in a container opened afresh.
+            if self._frames is not None:
+                self._reopen()
+            self._frames, self._position = self._container.decode(self._stream), -1
         last = max(wanted)
-        for position, frame in enumerate(self._container.decode(self._stream)):
-            if position in wanted:
-                out[wanted[position]] = self._to_rgb(frame)
-            if position >= last:
+        for frame in self._frames:
+            self._position += 1
+            if self._position in wanted:
+                out[wanted[self._position]] = self._to_rgb(frame)
+            if self._position >= last:
                 break
         return out
 
     def _read_by_pts(self, indices: np.ndarray) -> list[np.ndarray | None]:
-        pts, keyframe_pts = self._index.pts, self._index.pts[self._index.keyframes]
+        pts, keyframe_pts = self.index.pts, self.index.pts[self.index.keyframes]
         wanted = {int(pts[i]): n for n, i in enumerate(indices)}
         out: list[np.ndarray | None] = [None] * len(indices)
-        frames, position = None, None  # the running decoder and the pts it gave last
         for target in sorted(wanted):
             if out[wanted[target]] is not None:
                 continue
             keyframe = keyframe_pts[np.searchsorted(keyframe_pts, target, side="right") - 1]
-            if frames is None or position is None or position < keyframe or position >= target:
+            if self._frames is None or self._position is None or self._position < keyframe \
+                    or self._position >= target:
                 # Seeking flushes the decoder; only worth it when it skips frames.
                 self._container.seek(int(keyframe), stream=self._stream, backward=True)
-                frames = self._container.decode(self._stream)
-            for frame in frames:  # resumes where the previous target left off
-                position = frame.pts
-                if position in wanted and out[wanted[position]] is None:
-                    out[wanted[position]] = self._to_rgb(frame)
-                if position is not None and position >= target:
+                self._frames, self._position = self._container.decode(self._stream), None
+            for frame in self._frames:  # resumes where the previous target left off
+                self._position = frame.pts
+                if self._position in wanted and out[wanted[self._position]] is None:
+                    out[wanted[self._position]] = self._to_rgb(frame)
+                if self._position is not None and self._position >= target:
                     break
         return out
 
     def _to_rgb(self, frame) -> np.ndarray:
-        from av.video.reformatter import Interpolation
+        from av.video.reformatter import Interpolation, VideoReformatter
 
-        if self._scale:  # bicubic, as decord's scale filter
-            frame = frame.reformat(width=self._size[0], height=self._size[1], interpolation=Interpolation.BICUBIC)
-        rgb = frame.to_ndarray(format="rgb24")
+        # One scaler for every frame: a frame's own reformat() sets up FFmpeg's scaler anew each time.
+        reformatter = self.__dict__.setdefault("_reformatter", VideoReformatter())
+        if self._scale:  # bicubic, as decord's scale filter; then RGB, in two steps as before
+            frame = reformatter.reformat(frame, width=self._size[0], height=self._size[1],
+                                         interpolation=Interpolation.BICUBIC)
+        rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
         # The display matrix turns the frame counter-clockwise; so does np.rot90.
-        rotation = self._index.rotation
+        rotation = self.index.rotation
         return np.ascontiguousarray(np.rot90(rgb, rotation // 90)) if rotation else rgb
 
     def close(self) -> None:

@@ -18,6 +18,16 @@ The clip is the shared MSVD clip whose duration is closest to 10 s. Per path the
 --repeats runs is reported with the time split the command itself records (--json timing).
 The line before last is `lite2_only_wall_s=L concept_cost=C` (C = X / L; the goal is <= 2),
 the last line `caption_wall_s=X torch_wall_s=Y ratio_vs_torch=Z` (Z = Y / X).
+
+--folder: throughput of `Captioner.caption_many` over a folder of real clips (the first --count
+MSVD clips), plain and with --segments, for today's code and for an earlier revision of the
+project (--baseline, taken from git history into a temporary folder) side by side. Each
+measurement is a fresh process that loads the default model, captions one clip untimed (warm
+caches) and then the folder; the two revisions alternate, --repeats times. Per path: clips/s,
+real-time factor (seconds of video per second), the seconds each stage took summed over the
+clips (decode, Lite2, I3D, the other backbone work: resizing, cropping, pooling; the caption
+decoder), and whether its captions equal the baseline's. The last lines, one per setting:
+`folder segments=S clips_per_s_baseline=A clips_per_s=B ratio=B/A realtime=R`.
 """
 
 from __future__ import annotations
@@ -37,6 +47,39 @@ DEFAULT_CLIPS = ROOT.parent / "shared" / "data" / "msvd" / "clips"
 PATHS = {"openvino": ["--runtime", "openvino"], "torch": ["--runtime", "torch"]}
 # The last default model with a Lite2-only backbone (uniform:16 frames), before concepts.
 LITE2_COMMIT = "fce6ea7"
+# --folder's "today's code" before the folder and window throughput work (issue 25).
+FOLDER_BASELINE = "00a480d"
+# Run in a fresh process for each --folder measurement: argv = project folder, clips folder,
+# count, segments ("none" or seconds). Prints one JSON line.
+FOLDER_RUN = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from captioner import Captioner
+from captioner.video import probe
+clips = sorted(Path(sys.argv[2]).glob("*.avi"))[:int(sys.argv[3])]
+segments = None if sys.argv[4] == "none" else float(sys.argv[4])
+captioner = Captioner.load()
+captioner.caption(clips[0])
+backbone, spent = captioner.backbone, {}
+for member in backbone._members:
+    def timed(crops, infer=member.infer, name=member.name):
+        started = time.perf_counter()
+        try:
+            return infer(crops)
+        finally:
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - started
+    member.infer = timed
+started = time.perf_counter()
+timing, captions = {}, {}
+for path, result in captioner.caption_many(clips, segments=segments):
+    for key, seconds in result.timing.items():
+        timing[key] = timing.get(key, 0.0) + seconds
+    captions[Path(path).name] = [result.caption] + [s.caption for s in result.segments or []]
+wall = time.perf_counter() - started
+print(json.dumps({"wall": wall, "timing": timing, "members": spent, "captions": captions,
+                  "video_seconds": sum(probe(c).duration for c in clips)}))
+"""
 
 
 def lite2_only_model(out: Path) -> Path | None:
@@ -69,6 +112,62 @@ def run_once(clip: Path, model: str, flags: list[str]) -> tuple[float, dict]:
     return wall, json.loads(result.stdout.splitlines()[-1])
 
 
+def folder_once(project: Path, clips: Path, count: int, segments: str) -> dict:
+    result = subprocess.run([sys.executable, "-c", FOLDER_RUN, str(project), str(clips), str(count), segments],
+                            cwd=project, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"captioning the folder with {project} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def baseline_tree(revision: str, into: Path) -> Path:
+    """The project as it was at `revision`, unpacked from git history into `into`."""
+    archive = subprocess.run(["git", "archive", "--format=tar", revision], cwd=ROOT, capture_output=True)
+    if archive.returncode != 0:
+        sys.exit(f"--baseline {revision}: not in this checkout's git history ({archive.stderr.decode().strip()})")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def folder(args) -> None:
+    settings = [s.strip() for s in args.segments.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"baseline": baseline_tree(args.baseline, Path(tmp)), "today": ROOT}
+        runs: dict = {(name, s): [] for s in settings for name in trees}
+        for _ in range(args.repeats):
+            for setting in settings:
+                for name, tree in trees.items():
+                    runs[name, setting].append(folder_once(tree, args.clips, args.count, setting))
+    print(f"{args.count} clips from {args.clips}, {runs['today', settings[0]][0]['video_seconds']:.1f} s of video; "
+          f"baseline = revision {args.baseline}; median of {args.repeats} alternating runs each")
+    summary = []
+    for setting in settings:
+        medians = {}
+        for name in trees:
+            done = runs[name, setting]
+            wall = statistics.median(r["wall"] for r in done)
+            pick = min(done, key=lambda r: abs(r["wall"] - wall))
+            members = {k.split("_")[0]: v for k, v in pick["members"].items()}
+            other = pick["timing"].get("backbone", 0.0) - sum(members.values())
+            medians[name] = (wall, pick)
+            print(f"segments={setting:4s} {name:8s} {args.count / wall:5.2f} clips/s, "
+                  f"{pick['video_seconds'] / wall:5.1f}x real time (runs " + ", ".join(f"{r['wall']:.1f}" for r in done)
+                  + " s); stages (s, summed): decode " + f"{pick['timing'].get('decode', 0):.1f}, "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in members.items())
+                  + f", other backbone work {other:.1f}, decoder {pick['timing'].get('caption', 0):.1f}")
+        base, today = medians["baseline"][1]["captions"], medians["today"][1]["captions"]
+        whole = sum(base[c][0] == today[c][0] for c in base)
+        windows = [(b[1:], t[1:]) for b, t in ((base[c], today[c]) for c in base)]
+        print(f"segments={setting:4s} same captions as the baseline: whole {whole}/{len(base)}"
+              + ("" if setting == "none" else
+                 f", windows {sum(x == y for b, t in windows for x, y in zip(b, t))}/{sum(len(b) for b, _ in windows)}"))
+        ratio = medians["baseline"][0] / medians["today"][0]
+        summary.append(f"folder segments={setting} clips_per_s_baseline={args.count / medians['baseline'][0]:.3f} "
+                       f"clips_per_s={args.count / medians['today'][0]:.3f} ratio={ratio:.2f} "
+                       f"realtime={medians['today'][1]['video_seconds'] / medians['today'][0]:.1f}")
+    print("\n".join(summary))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=Path, default=DEFAULT_CLIPS, help="folder of real clips (default %(default)s)")
@@ -77,9 +176,18 @@ def main() -> None:
     parser.add_argument("--lite2-model", type=Path, default=None,
                         help=f"a Lite2-only checkpoint to time beside it (default: the previous default model, "
                              f"from git commit {LITE2_COMMIT})")
+    parser.add_argument("--folder", action="store_true", help="folder throughput, today's code against --baseline")
+    parser.add_argument("--count", type=int, default=20, help="--folder: clips to caption (default %(default)s)")
+    parser.add_argument("--segments", default="none,5",
+                        help="--folder: settings to time, 'none' or seconds, comma-separated (default %(default)s)")
+    parser.add_argument("--baseline", default=FOLDER_BASELINE,
+                        help="--folder: the git revision to compare with (default %(default)s)")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.folder:
+        folder(args)
+        return
 
     clip, duration = ten_second_clip(args.clips)
     print(f"clip {clip.name}: {duration:.2f} s", flush=True)

@@ -54,13 +54,13 @@ def main() -> None:
         if cached is not None and cached.is_file():
             pooled = np.load(cached)
         else:
-            pooled = np.stack([captioner._pooled(*captioner._decoded(clip, start, end), timing)
+            pooled = np.stack([captioner.pooled_features(clip, start, end, timing)
                                for start, end in windows])
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 np.save(cached, pooled)
         describe = lambda vectors: [tuple(b[0]) for b in captioner._describe(vectors, ["video"] * len(vectors),
-                                                                             decoding, 1, [timing])]
+                                                                             decoding.but(n_best=1), [timing])]
         alone = [c for c, _ in describe(pooled)]
         starts = shot_starts(pooled[:, appearance_mask(pooled.shape[1], captioner.concept_heads)])
         cut += len(starts) > 1

@@ -559,3 +559,64 @@ def test_a_tab_or_newline_in_a_file_name_is_escaped_in_the_output(caption_model,
     assert name == str(tmp_path) + "/a\\tb\\nc.avi" and caption
     as_json = json.loads(_cli(odd, "--model", caption_model, "--json").stdout)
     assert as_json["path"] == str(odd)  # JSON carries the name as it is
+
+
+def test_segments_compute_each_window_once_and_the_whole_from_them(captioner, msvd_clips):
+    """With --segments a file is decoded window by window and nothing twice: the windows' features
+    are those of each window decoded alone, and the whole caption is made from their mean by
+    duration rather than from a pass of its own."""
+    clip = max(msvd_clips[:8], key=lambda c: probe(c).duration)
+    seen, passes = [], []
+    features = captioner.backbone.features
+    captioner.on_pooled = lambda path, window, decoded, pooled: seen.append((window, pooled))
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(captioner.backbone, "features", lambda *a, **k: (passes.append(1), features(*a, **k))[1])
+            result = captioner.caption(clip, segments=3)
+    finally:
+        captioner.on_pooled = None
+    windows = [(s.start, s.end) for s in result.segments]
+    assert len(windows) >= 2 and len(passes) == len(windows)
+    assert [w for w, _ in seen] == windows + [None]
+    for (start, end), pooled in seen[:-1]:
+        np.testing.assert_allclose(pooled, captioner.pooled_features(clip, start, end), rtol=1e-5, atol=1e-6)
+    weights = [end - start for start, end in windows]
+    np.testing.assert_allclose(seen[-1][1], np.average([p for _, p in seen[:-1]], axis=0, weights=weights),
+                               rtol=1e-5, atol=1e-6)
+    nbest = captioner._describe(seen[-1][1][None], ["video"], captioner.decoding, [{}])[0]
+    assert result.caption == nbest[0].caption
+
+
+def test_a_folder_with_segments_gives_each_file_its_own_captions(captioner, msvd_clips, tmp_path):
+    """Decoding runs ahead across files and windows: results stay in order, a bad file fails alone,
+    and every file gets the captions it gets alone."""
+    bad = media.empty_file(tmp_path)
+    paths = [msvd_clips[2], bad, msvd_clips[5], msvd_clips[2]]
+    together = list(captioner.caption_many(paths, segments=4, batch_size=2))
+    assert [path for path, _ in together] == paths
+    assert isinstance(together[1][1], CaptionerError) and bad.name in str(together[1][1])
+    for path, result in together[:1] + together[2:]:
+        alone = captioner.caption(path, segments=4)
+        assert result.caption == alone.caption
+        assert [(s.start, s.end, s.caption) for s in result.segments] == \
+            [(s.start, s.end, s.caption) for s in alone.segments]
+
+
+def test_a_long_video_keeps_only_a_few_windows_of_frames_in_memory(captioner, tmp_path):
+    """Frames are let go once pooled: decoding a 6-minute video window by window holds no more
+    frames at its peak than a 2-minute one (numpy's allocations, traced; both are long enough
+    for decoding to run its one window ahead)."""
+    import tracemalloc
+
+    peaks = {}
+    for minutes in (2, 6):
+        path = media.synthetic_video(tmp_path / f"{minutes}min.mp4", frames=minutes * 60 * 8, fps=8, width=320,
+                                     height=240, gop=40)
+        tracemalloc.start()
+        try:
+            result = captioner.caption(path, segments=30)
+            peaks[minutes] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert len(result.segments) == 2 * minutes
+    assert peaks[6] < 1.1 * peaks[2], peaks

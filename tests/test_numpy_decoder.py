@@ -69,7 +69,7 @@ def test_equals_the_torch_decoder_on_real_features(caption_model, real_features,
         from captioner.caption import Captioner
 
         captioner = Captioner.load(caption_model, device="cpu")
-        real_features = np.stack([captioner._pooled(*captioner._decoded(clip), {}) for clip in msvd_clips[::5]])
+        real_features = np.stack([captioner.pooled_features(clip) for clip in msvd_clips[::5]])
     assert real_features.shape[1] == checkpoint.model.config.feature_dim
     _assert_decoders_agree(checkpoint.model, export.decoder, real_features)
     hyps = export.decoder.generate(real_features, beam_size=3)

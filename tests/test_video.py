@@ -583,3 +583,26 @@ def test_frame_size_bounds_hold_at_their_edges_and_can_be_changed(tmp_path, monk
         with pytest.raises(UsageError, match=f"{variable} must be a number"):
             probe(tmp_path / "square.png")
         monkeypatch.delenv(variable)
+
+
+@pytest.mark.parametrize("kind", ["avi", "pts", "decord"])
+def test_an_open_video_decodes_windows_in_any_order_as_fresh_decodes_do(tmp_path, msvd_clips, kind):
+    """`caption --segments` reads every window through one OpenVideo: a read continues the decoder
+    where the last stopped (AVI counts frames, others seek by pts), and going back starts over."""
+    if kind == "avi":
+        path = msvd_clips[0]
+    else:
+        codec = "mpeg4" if kind == "pts" else "h264"  # decord refuses MPEG-4 Part 2 with B-frames
+        path = media.synthetic_video(tmp_path / f"{kind}.mp4", frames=90, width=96, height=64, gop=12, b_frames=2,
+                                     codec=codec)
+    duration = probe(path).duration
+    third = duration / 3
+    windows = [(0.0, third), (third, 2 * third), (2 * third, duration), (0.0, third), (third / 2, 2 * third)]
+    with video.OpenVideo(path, short_side=48) as opened:
+        assert opened.info.backend == {"avi": "pyav", "pts": "pyav", "decord": "decord"}[kind]
+        for start, end in windows:
+            sampling = Sampling("uniform", 3, start, end)
+            together = opened.decode(sampling, clip_len=4)
+            alone = decode(path, sampling, short_side=48, clip_len=4)
+            np.testing.assert_array_equal(together.indices, alone.indices)
+            np.testing.assert_array_equal(together.frames, alone.frames)
