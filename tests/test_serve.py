@@ -88,9 +88,12 @@ def test_caption_has_the_fields_of_the_cli_json(client, model, short_clip, capsy
     assert response.status_code == 200, response.text
     api = response.json()
 
-    assert main(["caption", str(short_clip), "--json", "--model", model[1], "--device", "cpu"]) == 0
+    # With segments the whole caption comes from the windows' features: the CLI is asked the same.
+    assert main(["caption", str(short_clip), "--json", "--model", model[1], "--device", "cpu", "--beam", "3",
+                 "--segments", "2"]) == 0
     cli = json.loads(capsys.readouterr().out)
     assert set(cli) <= set(api) and set(api) - set(cli) == {"keyframes", "subtitles"}
+    assert api["segments"] == cli["segments"]
     assert list(api["timing"]) == list(cli["timing"]) == ["startup", "model_load", "decode", "backbone", "caption",
                                                           "total"]
     for key in ("id", "caption", "model"):
