@@ -36,6 +36,12 @@ from .store import pool_over_time
 from .version import __version__
 
 
+# Rows one beam search takes at a time. Its memory grows with its rows (about 1 MB each with the
+# default model: a 10-minute video's 120 windows at once added 110 MB to the peak), so the
+# windows of a long video are described this many at a time and its peak does not grow with it.
+SEARCH_ROWS = 32
+
+
 @dataclass
 class Segment:
     start: float
@@ -230,7 +236,8 @@ class Captioner:
                   timings: list[dict]) -> list[list[Hypothesis]]:
         """Captions of pooled rows; each row's dict in `timings` gets its share of the time."""
         t0 = time.perf_counter()
-        hyps = predict_captions(self.model.decoder, self.model.vocab, pooled, sources, self._searched(decoding))
+        hyps = predict_captions(self.model.decoder, self.model.vocab, pooled, sources, self._searched(decoding),
+                                batch_size=SEARCH_ROWS)
         hyps = [self._reranked(row, nbest)[:decoding.count] for row, nbest in zip(pooled, hyps)]
         share = (time.perf_counter() - t0) / max(1, len(timings))
         for timing in timings:
