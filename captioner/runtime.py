@@ -16,6 +16,7 @@ scale, shift, transpose) inside the graph and a dynamic batch dimension, and sav
     CACHE/openvino/<key>/compiled/     OpenVINO's own compiled blobs (its key includes the precision)
     CACHE/openvino/<key>/int8-<calib>/ the int8 network and its compiled blobs, calib = sha256 of
                                        the calibration files, settings and NNCF version
+    CACHE/openvino/<key>/batch-4/      a clip member's network with its batch fixed (CLIP_BATCH)
 
 A run whose index entry still matches the weight files loads the model without importing
 torch or timm. Anything unreadable in the cache is rebuilt from the torch module, never fatal.
@@ -27,7 +28,7 @@ cosine >= 0.9999): a spec made of shipped networks loads from the package, conve
 needs no torch. Their compiled blobs (and int8 networks) go to the cache, the package being
 possibly read-only:
 
-    CACHE/openvino/shipped/<member>-<weights sha256[:16]>/compiled/   and   .../int8-<calib>/
+    CACHE/openvino/shipped/<member>-<weights sha256[:16]>/compiled/   and .../int8-<calib>/, .../batch-4/
 """
 
 from __future__ import annotations
