@@ -295,8 +295,8 @@ class Captioner:
         decoding = self.decoding.but(beam, length_penalty, max_len, n_best)
         if batch_size < 1:
             raise CaptionerError(f"batch size must be at least 1, got {batch_size}")
-        if segments is not None and not segments > 0:
-            raise CaptionerError(f"segment length must be positive, got {segments}")
+        if segments is not None:
+            check_segment_length(segments)  # once here, not as every input's error in the decoding thread
         paths = list(paths)
         ids = video_ids([Path(p) for p in paths])  # same-stem inputs get ids of their own, as in a store
         encoded = self._encoded_inputs(paths, [ids[Path(p)] for p in paths], segments, progress)
@@ -629,10 +629,14 @@ def _inference_model(path: Path, digest: str) -> InferenceExport:
 MIN_LAST_WINDOW = 0.25
 
 
-def segment_windows(duration: float, seconds: float) -> list[tuple[float, float]]:
-    """(start, end) of consecutive `seconds`-long windows covering `duration` seconds."""
+def check_segment_length(seconds: float) -> None:
     if not seconds > 0:
         raise CaptionerError(f"segment length must be positive, got {seconds}")
+
+
+def segment_windows(duration: float, seconds: float) -> list[tuple[float, float]]:
+    """(start, end) of consecutive `seconds`-long windows covering `duration` seconds."""
+    check_segment_length(seconds)
     count = max(1, math.ceil(duration / seconds - MIN_LAST_WINDOW))
     return [(round(k * seconds, 3), round(duration if k == count - 1 else (k + 1) * seconds, 3))
             for k in range(count)]

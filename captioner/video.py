@@ -548,14 +548,13 @@ class _PyAVReader(_Reader):
     """
 
     def __init__(self, index: _StreamIndex, short_side: int | None, threads: int):
-        import av
+        from av.video.reformatter import VideoReformatter
 
         self.index, self.path = index, index.path
         self._size = index.coded_size(short_side)
-        # The running decoder and the position (AVI) or pts of the frame it gave last: a read
-        # after the last one continues from there rather than seeking back.
-        self._frames, self._position = None, None
         self._scale = self._size != (index.coded_width, index.coded_height)
+        # One scaler for every frame: a frame's own reformat() sets up FFmpeg's scaler anew each time.
+        self._reformatter = VideoReformatter()
         self._threads = threads
         self._reopen()
         self.timestamps = index.timestamps
@@ -573,6 +572,8 @@ class _PyAVReader(_Reader):
         except av.FFmpegError as error:
             self.close()
             raise CaptionerError(f"{CORRUPT} ({_ffmpeg_reason(error)})", self.path) from None
+        # The running decoder and the position (AVI) or pts of the frame it gave last: a read
+        # after the last one continues from there rather than seeking back.
         self._frames, self._position = None, None
 
     def read(self, indices: np.ndarray) -> np.ndarray:
@@ -627,14 +628,12 @@ class _PyAVReader(_Reader):
         return out
 
     def _to_rgb(self, frame) -> np.ndarray:
-        from av.video.reformatter import Interpolation, VideoReformatter
+        from av.video.reformatter import Interpolation
 
-        # One scaler for every frame: a frame's own reformat() sets up FFmpeg's scaler anew each time.
-        reformatter = self.__dict__.setdefault("_reformatter", VideoReformatter())
         if self._scale:  # bicubic, as decord's scale filter; then RGB, in two steps as before
-            frame = reformatter.reformat(frame, width=self._size[0], height=self._size[1],
-                                         interpolation=Interpolation.BICUBIC)
-        rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
+            frame = self._reformatter.reformat(frame, width=self._size[0], height=self._size[1],
+                                               interpolation=Interpolation.BICUBIC)
+        rgb = self._reformatter.reformat(frame, format="rgb24").to_ndarray()
         # The display matrix turns the frame counter-clockwise; so does np.rot90.
         rotation = self.index.rotation
         return np.ascontiguousarray(np.rot90(rgb, rotation // 90)) if rotation else rgb
