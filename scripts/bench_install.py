@@ -32,7 +32,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CLIP = ROOT.parent / "shared" / "data" / "msvd" / "clips" / "klteYv1Uv9A_27_33.avi"
+# The shared MSVD clip closest to 10 s, the one scripts/bench_caption.py times warm: the goals
+# (first caption <= 10 s, second <= 2 s) are stated for a 10-s clip.
+DEFAULT_CLIP = ROOT.parent / "shared" / "data" / "msvd" / "clips" / "WWf0Z6ak3Dg_5_15.avi"
 HEAVY = ("torch", "timm", "torchvision", "transformers")
 
 
