@@ -27,8 +27,9 @@ import numpy as np
 from .catalog import DEFAULT_MODEL
 from .concepts import appearance_mask, heads, top_concepts
 from .errors import CaptionerError, UsageError
+from .feature_spec import FeatureSpec
 from .grounding import RERANK_WEIGHT, head_support, rerank
-from .inputs import video_id, video_ids
+from .inputs import video_ids
 from .numpy_decoder import InferenceExport, export_path, read_export, source_name
 from .predict import Decoding, Hypothesis, checkpoint_decoding, predict_captions
 from .segments import merge_same_meaning, shot_starts, smooth_windows
@@ -131,9 +132,8 @@ class Captioner:
         self.device = device
         self.model_id = model_id
         self.load_seconds = load_seconds
-        provenance = model.provenance or {}
-        self.sampling = provenance.get("frames", "uniform:16")
-        self.concept_heads = heads(provenance)
+        self.sampling = model.provenance.frames if model.provenance and model.provenance.frames else "uniform:16"
+        self.concept_heads = heads(model.provenance)
         self.checkpoint_path = model.path  # load() names the checkpoint the export came from
         # on_pooled(path, window, decoded, pooled): called for every input (window None) and every
         # segment window ((start, end)) as soon as its frames are pooled, so a caller can keep
@@ -190,20 +190,20 @@ class Captioner:
         if not _all_finite(vars(inference.decoder)):
             raise CaptionerError("checkpoint holds NaN or infinite weights (its training diverged); use another "
                                  "checkpoint", path)
-        provenance = inference.provenance or {}
-        if "backbone" not in provenance:
+        trained_on = inference.provenance
+        if trained_on is None or trained_on.backbone is None:
             raise CaptionerError("checkpoint does not record which backbone made its training features", path)
 
         def backbone():
             from .runtime import load_backbone
 
-            chosen = captioning_precision(provenance, runtime, device) if precision == "auto" else precision
-            loaded = load_backbone(provenance, runtime=runtime, precision=chosen, device=device)
-            inference.check_features({**loaded.provenance(), "frames": provenance.get("frames")}, path)
+            chosen = captioning_precision(trained_on, runtime, device) if precision == "auto" else precision
+            loaded = load_backbone(trained_on.backbone, runtime=runtime, precision=chosen, device=device)
+            inference.check_features(FeatureSpec.of(loaded, trained_on.frames), path)
             return loaded
 
         name = "default" if str(model) == "default" else path.stem
-        model_id = f"{name}:{provenance['backbone']}:{digest[:12]}"
+        model_id = f"{name}:{trained_on.backbone}:{digest[:12]}"
         captioner = cls(inference, backbone() if load_backbone else None, device, model_id)
         captioner._backbone_loader = backbone
         captioner.checkpoint_path = path
@@ -342,7 +342,7 @@ class Captioner:
         store = open_features(store) if isinstance(store, (str, os.PathLike)) else store
         self.model.check_features(store.provenance, store.path)
         # Other frames give other pooled vectors, so other captions than `captioner caption`'s.
-        sampled = (store.provenance or {}).get("frames")
+        sampled = store.provenance.frames if store.provenance is not None else None
         if sampled is not None and str(sampled) != str(self.sampling):
             raise CaptionerError(f"the store's features sample frames {sampled}, the model's were {self.sampling}; "
                                  f"re-extract with --frames {self.sampling}", store.path)

@@ -127,6 +127,11 @@ def _parse_part(part: str, weights: str | None, spec: str) -> BackbonePart:
     return BackbonePart(name, weights=weights)
 
 
+def backbone_info(name: str) -> BackboneInfo:
+    """The table's entry of a backbone name (a registry name, not a family's ARCH=PATH)."""
+    return _BY_NAME[name]
+
+
 def check_backbone(spec: str) -> None:
     """Refuse a backbone spec that no entry of the table takes (see `parse_backbone`)."""
     parse_backbone(spec)
@@ -166,10 +171,9 @@ def _describe_checkpoint(name: str, path: Path) -> ModelInfo:
     if export is None or export.checkpoint_sha256 != digest:
         info.note = "no current inference export beside it (the first `caption --model` with it writes one)"
         return info
-    provenance = export.provenance or {}
-    info.backbone = provenance.get("backbone")
-    info.feature_dim = provenance.get("feature_dim")
-    info.frames = provenance.get("frames")
+    if export.provenance is not None:
+        info.backbone, info.feature_dim, info.frames = (export.provenance.backbone, export.provenance.feature_dim,
+                                                        export.provenance.frames)
     info.vocabulary = len(export.vocab)
     label = "default" if name == "default" else path.stem
     info.model_id = f"{label}:{info.backbone}:{digest[:12]}"
@@ -181,8 +185,8 @@ def default_recipe() -> dict:
     unless told otherwise, so `caption --features` takes a store made with the defaults."""
     from .numpy_decoder import export_path, read_export
 
-    provenance = read_export(export_path(DEFAULT_MODEL)).provenance or {}
-    return {"backbone": provenance["backbone"], "frames": provenance.get("frames", "uniform:16")}
+    trained_on = read_export(export_path(DEFAULT_MODEL)).provenance
+    return {"backbone": trained_on.backbone, "frames": trained_on.frames or "uniform:16"}
 
 
 def list_models(runs: str | os.PathLike | None = None) -> list[ModelInfo]:

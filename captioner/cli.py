@@ -150,7 +150,7 @@ def _run_features_info(args) -> int:
 
     store = open_features(args.store)
     print(json.dumps({"path": str(store.path), "videos": len(store), "feature_dim": store.feature_dim,
-                      "provenance": store.provenance}, indent=2))
+                      "provenance": store.provenance and store.provenance.to_dict()}, indent=2))
     return 0
 
 

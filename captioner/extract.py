@@ -32,6 +32,7 @@ import numpy as np
 from .atomic import atomic_write, check_output_path
 from .device import is_cuda, resolve_device
 from .errors import CaptionerError, UsageError, printable
+from .feature_spec import FeatureSpec
 from .inputs import find_inputs, video_ids
 from .version import __version__
 
@@ -283,19 +284,14 @@ def _rows(inputs, start: int, stop: int):
     return inputs[start:stop]
 
 
-def store_provenance(backbone, sampling: str, mirror: bool) -> dict:
-    """What every vector in a store shares: the backbone, the sampling and whether frames were mirrored."""
-    return {**backbone.provenance(), "frames": sampling, **({"mirror": True} if mirror else {})}
-
-
 def mirrored(frames: np.ndarray) -> np.ndarray:
     """Frames (..., H, W, 3) flipped left-right."""
     return frames[..., ::-1, :]
 
 
-def _video_meta(decoded, path: Path, provenance: dict, sampling: str) -> dict:
+def _video_meta(decoded, path: Path, spec: FeatureSpec) -> dict:
     info = decoded.info
-    return {**provenance, "frames": sampling, "path": str(path), "frame_indices": decoded.indices,
+    return {**spec, "path": str(path), "frame_indices": decoded.indices,
             "timestamps": np.round(decoded.timestamps, 4), "fps": info.fps, "duration": info.duration,
             "num_frames": info.num_frames, "width": info.width, "height": info.height,
             "is_image": info.is_image, "decoder": info.backend, "captioner_version": __version__}
@@ -314,7 +310,7 @@ def _embed_chunk(paths: list[str], backbone_name: str, sampling: str, device: st
         # Each worker resolves `auto` for its own node: its CPU decides OpenVINO's precision.
         _RAY_BACKBONES[key] = load_backbone(backbone_name, runtime, precision, device)
     backbone = _RAY_BACKBONES[key]
-    provenance = store_provenance(backbone, sampling, mirror)
+    spec = FeatureSpec.of(backbone, sampling, mirror)
     results = []
     for path in paths:
         path, decoded = _decode_task(path, sampling, backbone.decode_short_side, backbone.clip_len)
@@ -324,7 +320,7 @@ def _embed_chunk(paths: list[str], backbone_name: str, sampling: str, device: st
         frames = mirrored(decoded.frames) if mirror else decoded.frames
         features = np.concatenate([backbone.features(frames[i:i + batch_size], still=decoded.info.is_image)
                                    for i in range(0, len(frames), batch_size)])
-        results.append((path, (features, _video_meta(decoded, Path(path), provenance, sampling))))
+        results.append((path, (features, _video_meta(decoded, Path(path), spec))))
     return results
 
 
@@ -362,21 +358,21 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
     backbone = load_backbone(config.backbone, config.runtime, config.precision, device)
     if config.batch_size is None:
         config = dataclasses.replace(config, batch_size=default_batch_size(device, backbone.runtime))
-    provenance = store_provenance(backbone, sampling, config.mirror)
+    spec = FeatureSpec.of(backbone, sampling, config.mirror)
     store = open_features(store_path, "a")
     try:
-        return _extract_into(store, paths, missing, ids, backbone, provenance, sampling, config, device,
+        return _extract_into(store, paths, missing, ids, backbone, spec, sampling, config, device,
                              failures_path or Path(store_path) / "failures.jsonl", progress, log, started,
                              overwrite)
     finally:
         store.close()
 
 
-def _extract_into(store, paths, missing, ids, backbone, provenance, sampling, config, device, failures_path,
+def _extract_into(store, paths, missing, ids, backbone, spec, sampling, config, device, failures_path,
                   progress, log, started, overwrite) -> ExtractSummary:
     from .store import OtherSettings
 
-    store.set_provenance(provenance, replace=overwrite)
+    store.set_provenance(spec, replace=overwrite)
     summary = ExtractSummary(total=len(paths) + len(missing))
     sources = {path: _source_or_none(path) for path in paths}
     todo = []
@@ -428,7 +424,7 @@ def _extract_into(store, paths, missing, ids, backbone, provenance, sampling, co
                 store.put(ids[Path(path)], features, {**meta, "source": sources[Path(path)]})
                 _advance(bar, summary, len(features))
         else:
-            _extract_local(todo, ids, sources, backbone, config, sampling, device, provenance, store,
+            _extract_local(todo, ids, sources, backbone, config, sampling, device, spec, store,
                            summary, bar, fail)
     finally:
         if bar is not None:
@@ -487,7 +483,7 @@ def _stored_status(store, video_id: str, source: dict | None):
     return "current" if recorded == source else "changed"
 
 
-def _extract_local(todo, ids, sources, backbone, config, sampling, device, provenance, store, summary, bar,
+def _extract_local(todo, ids, sources, backbone, config, sampling, device, spec, store, summary, bar,
                    fail):
     workers = default_workers(device) if config.workers is None else config.workers
     decoder = _Decoder(todo, workers, sampling, backbone.decode_short_side, backbone.clip_len)
@@ -507,7 +503,7 @@ def _extract_local(todo, ids, sources, backbone, config, sampling, device, prove
             fail(path, outcome)
             continue
         video_id = ids[Path(path)]
-        meta = {**_video_meta(outcome, Path(path), provenance, sampling), "source": sources[Path(path)]}
+        meta = {**_video_meta(outcome, Path(path), spec), "source": sources[Path(path)]}
         in_flight[video_id] = (Path(path), meta)
         frames = mirrored(outcome.frames) if config.mirror else outcome.frames
         store_finished(batcher.add(video_id, frames, still=outcome.info.is_image))

@@ -21,6 +21,7 @@ backbone are refused instead of silently producing nonsense.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,9 +33,10 @@ from torch import nn
 from . import search
 from .atomic import atomic_open
 from .errors import CaptionerError, check_file_format
+from .feature_spec import FeatureSpec
 from .hashing import file_sha256
-from .numpy_decoder import (PROVENANCE_KEYS, SOURCES, InferenceExport, check_provenance,  # noqa: F401
-                            export_path, provenance_differences, source_name, write_export)
+from .numpy_decoder import (SOURCES, InferenceExport, check_provenance,  # noqa: F401
+                            export_path, source_name, write_export)
 from .predict import Decoding, Hypothesis, checkpoint_decoding, predict_captions
 from .text import BOS_ID, EOS_ID, PAD_ID, Vocabulary
 from .train_config import ModelConfig  # noqa: F401  (re-exported)
@@ -234,12 +236,13 @@ def source_ids(sources, device=None) -> torch.Tensor:
 
 # ---------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: str | os.PathLike, model: CaptionModel, vocab: Vocabulary, config: dict,
-                    provenance: dict | None, epoch: int, metrics: dict, train_state: dict | None = None) -> None:
+                    provenance: Mapping | None, epoch: int, metrics: dict, train_state: dict | None = None) -> None:
     """Write atomically (temporary file + rename): a crash never leaves half a checkpoint."""
     path = Path(path)
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                "model_config": asdict(model.config), "vocab": vocab.words,
-               "model": model.state_dict(), "config": config, "provenance": provenance,
+               "model": model.state_dict(), "config": config,
+               "provenance": None if provenance is None else FeatureSpec(provenance).to_dict(),
                "epoch": epoch, "metrics": metrics, "train_state": train_state}
     with atomic_open(path) as fh:
         torch.save(payload, fh)
@@ -250,13 +253,16 @@ class Checkpoint:
     model: CaptionModel  # in eval mode
     vocab: Vocabulary
     config: dict  # the training config it was made with
-    provenance: dict | None  # the feature store's provenance at training time
+    provenance: FeatureSpec | None  # of the features it was trained on (the training store's)
     path: Path
     epoch: int = 0
     metrics: dict = field(default_factory=dict)
     train_state: dict | None = None  # optimizer, scheduler, RNG: only what --resume needs
 
-    def check_features(self, provenance: dict | None, features_path=None) -> None:
+    def __post_init__(self):
+        self.provenance = FeatureSpec.from_dict(self.provenance)
+
+    def check_features(self, provenance: Mapping | None, features_path=None) -> None:
         check_provenance(self.provenance, provenance, self.path, features_path)
 
     @property

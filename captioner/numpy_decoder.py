@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_open
 from .errors import CaptionerError, check_file_format
+from .feature_spec import MODEL_KEYS, FeatureSpec, jsonable
 from . import search
 from .text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
 
@@ -31,30 +33,21 @@ EXPORT_SUFFIX = ".inference.npz"
 _META_KEY = "__meta__"  # the JSON metadata, stored as a 0-d string array (no pickle needed)
 # The kinds of input a source-conditioned model tells apart, by index.
 SOURCES = ("image", "video")
-# What must agree between a checkpoint's training features and the features it is given.
-PROVENANCE_KEYS = ("backbone", "feature_dim", "weights_sha256")
-
-
 # ---------------------------------------------------------------------- shared with the checkpoint
 def source_name(is_image: bool) -> str:
     """The source of an input: a still image or a video (a store entry's meta["is_image"])."""
     return "image" if is_image else "video"
 
 
-def provenance_differences(expected: dict | None, given: dict | None, keys=PROVENANCE_KEYS) -> list[str]:
-    """The keys both provenances record with different values."""
-    expected, given = expected or {}, given or {}
-    return [k for k in keys if k in expected and k in given and expected[k] != given[k]]
-
-
-def check_provenance(trained_on: dict | None, given: dict | None, checkpoint_path, features_path) -> None:
+def check_provenance(trained_on: Mapping | None, given: Mapping | None, checkpoint_path, features_path) -> None:
     """Refuse features extracted differently from the ones a checkpoint was trained on."""
-    differing = provenance_differences(trained_on, given)
+    trained_on, given = FeatureSpec.from_dict(trained_on), FeatureSpec.from_dict(given)
+    differing = trained_on.differences(given, MODEL_KEYS) if trained_on is not None and given is not None else []
     if differing:
         what = ", ".join(f"{k} {given[k]!r} (checkpoint {checkpoint_path} expects {trained_on[k]!r})"
                          for k in differing)
         raise CaptionerError(f"features were extracted with a different backbone: {what}; re-extract "
-                             f"with --backbone {trained_on.get('backbone')}", features_path)
+                             f"with --backbone {trained_on.backbone}", features_path)
 
 
 # ---------------------------------------------------------------------- the export file
@@ -69,7 +62,7 @@ def write_export(path: str | os.PathLike, weights: dict[str, np.ndarray], meta: 
     path = Path(path)
     payload = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, **meta}
     with atomic_open(path) as fh:
-        np.savez(fh, **{_META_KEY: np.array(json.dumps(payload))}, **weights)
+        np.savez(fh, **{_META_KEY: np.array(json.dumps(payload, default=jsonable))}, **weights)
     return path
 
 
@@ -80,7 +73,7 @@ class InferenceExport:
         self.decoder = decoder
         self.vocab = vocab
         self.meta = meta
-        self.provenance = meta.get("provenance")
+        self.provenance = FeatureSpec.from_dict(meta.get("provenance"))
         self.path = path
 
     @property
@@ -88,7 +81,7 @@ class InferenceExport:
         """The digest of the checkpoint file this was exported from (None if not recorded)."""
         return self.meta.get("checkpoint_sha256")
 
-    def check_features(self, provenance: dict | None, features_path=None) -> None:
+    def check_features(self, provenance: Mapping | None, features_path=None) -> None:
         check_provenance(self.provenance, provenance, self.path, features_path)
 
     def sentence_log_likelihood(self, sentence: str, feats: np.ndarray) -> np.ndarray:

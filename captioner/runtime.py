@@ -50,6 +50,7 @@ from .atomic import atomic_write, publish_directory
 from .cache import cache_dir
 from .device import resolve_device
 from .errors import CaptionerError
+from .feature_spec import FeatureSpec
 from .openvino_env import openvino, quiet_openvino
 from .precision import features_precision, member_precision, resolve
 from .preprocess import centre_crops
@@ -91,14 +92,13 @@ def _core():
     return _CORE
 
 
-def load_backbone(provenance_or_name: str | dict, runtime: str = "auto", precision: str = "auto",
-                  device: str = "cpu"):
-    """A feature extractor for a backbone spec (or a provenance dict's "backbone"), on the runtime
-    and precision asked for. With runtime="auto", a backbone OpenVINO cannot convert runs on
-    PyTorch (with a warning that says why); with runtime="openvino" that is a CaptionerError."""
+def load_backbone(spec: str, runtime: str = "auto", precision: str = "auto", device: str = "cpu"):
+    """A feature extractor for a backbone spec, on the runtime and precision asked for; what its
+    features are is `FeatureSpec.of(extractor, frames)`. With runtime="auto", a backbone OpenVINO
+    cannot convert runs on PyTorch (with a warning that says why); with runtime="openvino" that is
+    a CaptionerError."""
     from .catalog import check_backbone
 
-    spec = provenance_or_name["backbone"] if isinstance(provenance_or_name, dict) else provenance_or_name
     check_backbone(spec)  # a typo is reported before torch or OpenVINO loads
     device = resolve_device(device)
     asked = runtime
@@ -472,10 +472,7 @@ class _ModelCache:
         what = f"converting backbone {spec} to OpenVINO once (the networks that ship: {shipped})"
         require(what, "torch", "torchvision", "timm")
         notice(f"converting backbone {spec} to OpenVINO, once (10-60 s; cached in {self.root})")
-        from .backbones import base
-
-        with base.recording_weight_files() as files:
-            backbone = _create_torch(spec, "cpu", what)
+        backbone = _create_torch(spec, "cpu", what)
         members = list(getattr(backbone, "members", None) or [backbone])
         keys = []
         for member in members:
@@ -487,7 +484,7 @@ class _ModelCache:
             class_names = backbone.class_names()
         except CaptionerError:
             class_names = None
-        entry = {"files": {str(p): [os.stat(p).st_mtime_ns, os.stat(p).st_size] for p in sorted(files)},
+        entry = {"files": {str(p): [os.stat(p).st_mtime_ns, os.stat(p).st_size] for p in backbone.weight_files},
                  "provenance": backbone.provenance(), "class_names": class_names,
                  "decode_short_side": backbone.decode_short_side, "members": keys}
         index = self._read_index()
@@ -557,7 +554,7 @@ def _input_rules(member) -> dict:
 
 
 def _model_key(member) -> str:
-    material = {"provenance": member.provenance(), "input": _input_rules(member),
+    material = {"provenance": FeatureSpec.of(member).to_dict(), "input": _input_rules(member),
                 "openvino": _ov_version(), "format": FORMAT_VERSION}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
 

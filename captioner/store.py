@@ -20,13 +20,13 @@ SIGKILLed writer never leaves a stale lock behind. Readers take no lock and neve
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import time
 import weakref
 import zipfile
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Iterable, Iterator
 from urllib.parse import quote, unquote
@@ -36,6 +36,7 @@ import numpy as np
 from . import locking
 from .atomic import TMP_PREFIX, atomic_open, atomic_write
 from .errors import CaptionerError, UsageError
+from .feature_spec import FeatureSpec, json_bytes, jsonable
 
 FORMAT = "captioner-features"
 FORMAT_VERSION = 1
@@ -43,7 +44,6 @@ _SUFFIX = ".npz"
 _GROUP_LEAVES = ("features", "frames", "feats")
 _LOCK_NAME = "writer.lock"
 _MEMBERS = ("frames", "pooled", "meta")
-_LARGE_SETTING = 512  # bytes of JSON above which an entry records a setting by its digest
 
 
 class MissingFeatures(CaptionerError, KeyError):
@@ -65,37 +65,6 @@ def _decode_meta(raw: np.ndarray) -> dict:
     return json.loads(bytes(raw).decode("utf-8"))
 
 
-def _json_bytes(value) -> bytes:
-    return json.dumps(value, default=_jsonable, ensure_ascii=False).encode("utf-8")
-
-
-def _normalized(provenance: dict) -> dict:
-    # What store.json and each entry hold after a JSON round trip (tuples become lists, numpy
-    # scalars numbers), so settings compare equal however they were built.
-    return json.loads(_json_bytes(provenance))
-
-
-def _entry_settings(provenance: dict) -> dict:
-    """The settings one entry records: a large value (a concept member's class list runs to
-    32 KB) by its digest, so a store of 45,000 entries does not hold 45,000 copies of it and
-    every read does not parse one."""
-    compact = {}
-    for key, value in provenance.items():
-        if isinstance(value, dict) and set(value) == {"sha256"}:
-            compact[key] = value
-            continue
-        data = _json_bytes(value)
-        compact[key] = value if len(data) <= _LARGE_SETTING else {"sha256": hashlib.sha256(data).hexdigest()}
-    return compact
-
-
-def _differing(recorded: dict, expected: dict) -> list[str]:
-    # "runtimes" lists every runtime that wrote into the store: it grows, and may (see set_provenance).
-    recorded, expected = _entry_settings(recorded), _entry_settings(expected)
-    return sorted(k for k in set(recorded) | set(expected) - {"runtimes"}
-                  if k != "runtimes" and recorded.get(k) != expected.get(k))
-
-
 def _file_name(video_id: str) -> str:
     # Percent-encoding keeps any id (slashes, spaces, non-ASCII) a single, reversible file name.
     name = quote(video_id, safe="-_.,=+@")
@@ -108,15 +77,7 @@ def _video_id(file_name: str) -> str:
     return unquote(file_name[: -len(_SUFFIX)])
 
 
-def _jsonable(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-class FeatureStore:
+class FeatureStore(AbstractContextManager):
     """Random access to extracted features by video id.
 
     Open with `captioner.open_features(path)`; extraction opens it with mode="a", which takes
@@ -173,7 +134,7 @@ class FeatureStore:
         return info
 
     def _write_info(self, info: dict) -> None:
-        self._write(self._index_file, json.dumps(info, indent=2, default=_jsonable).encode())
+        self._write(self._index_file, json.dumps(info, indent=2, default=jsonable).encode())
 
     def _write(self, path: Path, data: bytes) -> None:
         try:
@@ -190,16 +151,17 @@ class FeatureStore:
             self._unlock()
             self.mode = "r"
 
-    def __enter__(self) -> "FeatureStore":
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc) -> None:  # `with` closes it (AbstractContextManager's __enter__ gives self)
         self.close()
 
     @property
-    def provenance(self) -> dict | None:
-        """What every video in this store was extracted with (backbone, weights, sampling)."""
-        return self.info.get("provenance")
+    def provenance(self) -> FeatureSpec | None:
+        """What every video in this store was extracted with (captioner.feature_spec)."""
+        recorded = self.info.get("provenance")
+        cached = self.__dict__.get("_spec")
+        if cached is None or cached[0] is not recorded:
+            cached = self._spec = (recorded, FeatureSpec.from_dict(recorded))
+        return cached[1]
 
     def set_provenance(self, provenance: dict, replace: bool = False) -> None:
         """Record the extraction settings; refuse to mix features of different extractors.
@@ -213,7 +175,7 @@ class FeatureStore:
         precision may not (bf16 vs fp32 features differ more: 0.997 per video for Lite2).
         """
         self._require_writable()
-        provenance = _normalized(provenance)
+        provenance = FeatureSpec.from_dict(provenance).to_dict()
         runtimes = {provenance.pop("runtime")} if "runtime" in provenance else set()
         own_runtimes = set(runtimes)
         current = self.provenance
@@ -234,7 +196,7 @@ class FeatureStore:
         elif current is not None and current != provenance and len(self) > 0:
             raise UsageError(
                 "store already holds features extracted with other settings "
-                f"({', '.join(_differing(current, provenance))} differ); use another --out, delete the "
+                f"({', '.join(FeatureSpec(current).differences(provenance))} differ); use another --out, delete the "
                 "store or pass --overwrite to extract them again", self.path)
         elif current is None:
             # store.json lost (or never given settings) beside existing videos: they still say
@@ -314,16 +276,13 @@ class FeatureStore:
         return values
 
     def _compact_provenance(self) -> dict:
-        """store.json's provenance as entries record it, computed once per provenance."""
-        provenance = self.provenance
-        if getattr(self, "_compact", (None, None))[0] is not provenance:
-            self._compact = (provenance, _entry_settings(provenance))
-        return self._compact[1]
+        """store.json's provenance as entries record it (computed once per provenance)."""
+        return self.provenance.compact()
 
     def _check_settings(self, settings: dict | None, path: Path) -> None:
         if settings is None or self.provenance is None:
             return  # written before entries carried their settings, or by an import
-        differing = _differing(settings, self._compact_provenance())
+        differing = FeatureSpec.from_dict(settings).differences(self._compact_provenance())
         if differing:
             raise CaptionerError(f"features extracted with other settings than store.json records "
                                  f"({', '.join(differing)} differ); re-run `captioner extract` into "
@@ -361,7 +320,7 @@ class FeatureStore:
         with other settings.
         """
         recorded = self._recorded_settings(video_id)
-        differing = _differing_settings(recorded, _normalized(expected) if expected is not None
+        differing = _differing_settings(recorded, FeatureSpec(expected).to_dict() if expected is not None
                                         else self._compact_provenance() if self.provenance else {})
         if differing:
             raise OtherSettings(f"extracted with other settings than store.json records "
@@ -421,9 +380,9 @@ class FeatureStore:
             raise CaptionerError(f"video {video_id!r}: {non_finite}", self.path)
         if not self._index_file.exists():
             self._write_info(self.info)
-        records = {"meta": _json_bytes(meta or {})}
+        records = {"meta": json_bytes(meta or {})}
         if self.provenance is not None:
-            records["settings"] = _json_bytes(self._compact_provenance())
+            records["settings"] = json_bytes(self._compact_provenance())
         buf = io.BytesIO()
         np.savez(buf, frames=frames, pooled=pooled,
                  **{name: np.frombuffer(data, dtype=np.uint8) for name, data in records.items()})
@@ -474,12 +433,12 @@ def _differing_settings(recorded: tuple[dict | None, dict, int], expected: dict)
     """Settings keys on which an entry disagrees with `expected` (a store provenance)."""
     settings, meta, dim = recorded
     if settings is not None:
-        differing = set(_differing(settings, expected))
+        differing = set(FeatureSpec.from_dict(settings).differences(expected))
     else:
         # Written before entries carried their settings: extraction copied the provenance
         # into each video's meta, so compare the keys that has.
         shared = {k: meta[k] for k in expected if k in meta}
-        differing = set(_differing(shared, {k: expected[k] for k in shared}))
+        differing = set(FeatureSpec.from_dict(shared).differences({k: expected[k] for k in shared}))
     if "feature_dim" in expected and dim != int(expected["feature_dim"]):
         differing.add("feature_dim")
     return sorted(differing)
@@ -511,10 +470,10 @@ def _export(store: FeatureStore, dest: Path, fmt: str) -> int:
         import h5py
 
         with atomic_open(dest, "w+b") as fh, h5py.File(fh, "w") as h5:
-            h5.attrs["provenance"] = json.dumps(store.provenance or {}, default=_jsonable)
+            h5.attrs["provenance"] = json.dumps(store.provenance or {}, default=jsonable)
             for vid in ids:
                 ds = h5.create_dataset(vid.replace("/", "%2F"), data=store.frames(vid))
-                ds.attrs["meta"] = json.dumps(store.meta(vid), default=_jsonable, ensure_ascii=False)
+                ds.attrs["meta"] = json.dumps(store.meta(vid), default=jsonable, ensure_ascii=False)
                 ds.attrs["video_id"] = vid
     else:
         dest.mkdir(parents=True, exist_ok=True)

@@ -41,8 +41,9 @@ from .datasets import Captions, join_features, load_captions
 from .device import cuda_autocast_dtype, resolve_device
 from .precision import cpu_has_bf16
 from .errors import CaptionerError, UsageError
-from .model import (PROVENANCE_KEYS, SOURCES, CaptionModel, Checkpoint, check_provenance,
-                    load_checkpoint, provenance_differences, save_checkpoint, source_name)
+from .feature_spec import MODEL_KEYS, FeatureSpec
+from .model import (SOURCES, CaptionModel, Checkpoint, check_provenance, load_checkpoint, save_checkpoint,
+                    source_name)
 from .predict import predict_captions
 from .store import open_features
 from .text import EOS_ID, PAD_ID, Vocabulary, tokenize
@@ -117,11 +118,11 @@ def load_text_only(cfg: DataConfig, with_features: set[str]) -> Captions:
     return {vid: caps[:keep] for vid, caps in captions.items() if vid not in with_features and caps}
 
 
-def view_matrix(view_path: str, video_ids: list[str], feats: np.ndarray, provenance: dict | None) -> np.ndarray:
+def view_matrix(view_path: str, video_ids: list[str], feats: np.ndarray, provenance: FeatureSpec | None) -> np.ndarray:
     """The view store's vectors of `video_ids` (N, D); the main vector where the view has none."""
     view = open_features(view_path)
-    main, other = provenance or {}, view.provenance or {}
-    differing = provenance_differences(main, other, (*PROVENANCE_KEYS, "frames"))
+    main, other = provenance or FeatureSpec({}), view.provenance or FeatureSpec({})
+    differing = main.differences(other, (*MODEL_KEYS, "frames"))
     if differing:
         raise CaptionerError("extracted differently from data.features: " + ", ".join(
             f"{k} {other[k]!r} against {main[k]!r}" for k in differing), view_path)
@@ -479,7 +480,7 @@ class TrainingData:
     val: CaptionTensors | None  # None without validation, and on every rank but 0
     val_refs: Captions | None
     vocab: Vocabulary
-    provenance: dict | None  # of the training features
+    provenance: FeatureSpec | None  # of the training features
     text_only: int  # videos trained on their captions alone (data.text_captions)
     pretrained: Checkpoint | None  # init_from's checkpoint, until its weights are copied
 

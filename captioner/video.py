@@ -20,6 +20,7 @@ import math
 import os
 import re
 import warnings
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,7 +265,7 @@ def decode(path: str | os.PathLike, sampling: Sampling | str = "uniform:16", *, 
         return video.decode(sampling, clip_len=clip_len)
 
 
-class OpenVideo:
+class OpenVideo(AbstractContextManager):
     """A video or image file opened once, to decode several samplings of it in turn.
 
     The time windows of `caption --segments` are decoded through one of these: the file is
@@ -297,10 +298,7 @@ class OpenVideo:
     def close(self) -> None:
         self._reader.close()
 
-    def __enter__(self) -> "OpenVideo":
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc) -> None:  # `with` closes it (AbstractContextManager's __enter__ gives self)
         self.close()
 
 

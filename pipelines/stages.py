@@ -34,7 +34,7 @@ from captioner import locking
 from captioner.atomic import atomic_write
 from captioner.config import load_config, save_config
 from captioner.errors import CaptionerError, UsageError
-from captioner.precision import keyed_precision
+from captioner.feature_spec import FeatureSpec
 from captioner.extract import ExtractConfig
 from captioner.search import check_settings
 from captioner.train_config import TrainConfig  # torch-free: a config typo fails fast
@@ -202,8 +202,7 @@ def _extract_stage(config: PipelineConfig, name: str, progress: bool) -> Stage:
 
     # Where and how fast extraction runs does not change the features, so batch size, workers,
     # device, runtime (see captioner.store) and the Ray address are not part of the key.
-    params = {"backbone": extract_config.backbone, "frames": extract_config.frames,
-              **keyed_precision(extract_config.precision)}
+    params = FeatureSpec.asked(extract_config.backbone, extract_config.frames, extract_config.precision).pipeline_key()
     return Stage(stage_name, run, params=params, inputs=paths, outputs=[f"{STORE}/store.json"], dir_params=params,
                  verify=lambda stage_dir: _store_problem(stage_dir / STORE, paths))
 

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +15,7 @@ from captioner import quantize
 from captioner.errors import CaptionerError, UsageError
 from captioner.runtime import cache_dir, load_backbone
 from captioner.video import decode
+from runtime_helpers import load_in_fresh_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,19 +90,10 @@ def test_int8_is_cached_by_calibration_set_and_loads_without_torch_or_nncf(monke
     again = load_backbone("efficientnet_lite0", runtime="openvino", precision="int8")
     assert np.array_equal(again.features(frames), expected)
     assert again.provenance() == first.provenance()
-    code = ("import json, sys, numpy as np\n"
-            "import captioner.quantize as q\n"
-            "q.CALIBRATION_PHOTOS = 16\n"
-            "from captioner.runtime import load_backbone\n"
-            "fx = load_backbone('efficientnet_lite0', runtime='openvino', precision='int8')\n"
-            "fx.features(np.full((1, 224, 224, 3), 128, np.uint8))\n"
-            "print(json.dumps({'hit': fx.cache_hit, 'mods': [m for m in ('torch', 'timm', 'nncf') if m in sys.modules],"
-            " 'calibration': fx.provenance()['int8_calibration']}))\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.splitlines()[-1]) == {
-        "hit": True, "mods": [], "calibration": first.provenance()["int8_calibration"]}
+    loaded = load_in_fresh_process("efficientnet_lite0", "int8", setup="import captioner.quantize as q\n"
+                                   "q.CALIBRATION_PHOTOS = 16\n")
+    assert (loaded["hit"], loaded["imported"], loaded["provenance"]["int8_calibration"]) == (
+        True, [], first.provenance()["int8_calibration"])
 
     # Another calibration set is another key: quantized anew, recorded in the provenance.
     monkeypatch.setattr(quantize, "quantize", original)

@@ -19,6 +19,7 @@ from captioner.errors import CaptionerError, UsageError
 from captioner.precision import cpu_has_bf16
 from captioner.runtime import OpenVINOFeatures, TorchFeatures, load_backbone
 from captioner.video import decode
+from runtime_helpers import load_in_fresh_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,26 +115,13 @@ def _user_weights(path: Path, seed: int) -> Path:
     return path
 
 
-def _load_in_fresh_process(spec: str) -> dict:
-    """What a new process sees when it loads `spec` on OpenVINO: hit or not, torch imported or not."""
-    code = ("import json, sys, numpy as np\n"
-            "from captioner.runtime import load_backbone\n"
-            f"fx = load_backbone({spec!r}, runtime='openvino')\n"
-            "f = fx.features(np.full((1, 224, 224, 3), 128, np.uint8))\n"
-            "print(json.dumps({'hit': fx.cache_hit, 'torch': 'torch' in sys.modules,"
-            " 'timm': 'timm' in sys.modules, 'shape': list(f.shape)}))\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.splitlines()[-1])
-
-
 def test_cache_hits_without_torch_misses_on_new_weights_and_rebuilds_corrupt_files(tmp_path):
     weights = _user_weights(tmp_path / "r18.pth", seed=0)
     spec = f"timm:resnet18={weights}"
     first = load_backbone(spec, runtime="openvino")
     assert not first.cache_hit
-    assert _load_in_fresh_process(spec) == {"hit": True, "torch": False, "timm": False, "shape": [1, 512]}
+    loaded = load_in_fresh_process(spec)
+    assert (loaded["hit"], loaded["imported"], loaded["shape"]) == (True, [], [1, 512])
 
     # A changed weights file (same path) must not be served the old network.
     _user_weights(weights, seed=1)

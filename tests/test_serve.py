@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -188,6 +189,18 @@ def _multipart_stream(file_bytes: int, head: bytes, chunk: int = 64 * 1024):
     return body(), f"multipart/form-data; boundary={boundary}", consumed
 
 
+@contextlib.contextmanager
+def _raw_upload(url: str, declared_bytes: int, sent: bytes):
+    """A socket to the running server that has sent an upload's headers, promising
+    `declared_bytes`, and then `sent` of its body (a client that may never send the rest)."""
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(b"POST /api/caption HTTP/1.1\r\nHost: localhost\r\n"
+                           b"Content-Type: multipart/form-data; boundary=x\r\n"
+                           + f"Content-Length: {declared_bytes}\r\n\r\n".encode() + sent)
+        yield connection
+
+
 def _post_stream(app, body, content_type: str, headers: dict | None = None) -> httpx.Response:
     async def go():
         transport = httpx.ASGITransport(app=app)  # hands the body over chunk by chunk, as a server does
@@ -218,13 +231,8 @@ def test_declared_oversize_is_refused_before_reading(make_app, short_clip):
 
 def test_real_server_answers_declared_oversize_without_the_body(make_app):
     app = make_app(max_upload_mb=1)
-    with running_server(app) as url:
-        port = int(url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
-            connection.sendall(b"POST /api/caption HTTP/1.1\r\nHost: localhost\r\n"
-                               b"Content-Type: multipart/form-data; boundary=x\r\n"
-                               b"Content-Length: 10000000000\r\n\r\n")  # 10 GB promised, none sent
-            reply = connection.recv(65536)
+    with running_server(app) as url, _raw_upload(url, 10**10, b"") as connection:  # 10 GB promised, none sent
+        reply = connection.recv(65536)
     assert reply.startswith(b"HTTP/1.1 413 ")
 
 
@@ -351,12 +359,8 @@ def test_twenty_concurrent_requests_all_answered(make_app, tiny_video):
 def test_client_leaving_mid_upload_frees_its_slot_and_file(make_app, short_clip):
     app = make_app(queue=1)
     with running_server(app) as url:
-        port = int(url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
-            connection.sendall(b"POST /api/caption HTTP/1.1\r\nHost: localhost\r\n"
-                               b"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 1000000\r\n\r\n"
-                               b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.avi\"\r\n\r\n"
-                               + short_clip.read_bytes()[:100_000])
+        with _raw_upload(url, 1_000_000, b"--x\r\nContent-Disposition: form-data; name=\"file\"; "
+                         b"filename=\"a.avi\"\r\n\r\n" + short_clip.read_bytes()[:100_000]):
             deadline = time.monotonic() + 10
             while not (stored := [p for p in files_under(app.state.upload_dir) if p.is_file()]) \
                     and time.monotonic() < deadline:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import pickle
@@ -33,8 +34,10 @@ class Backbone(torch.nn.Module):
     """
 
     def __init__(self, name: str, *, input_size: int, mean: tuple[float, float, float],
-                 std: tuple[float, float, float], feature_dim: int, weights_sha256: str,
+                 std: tuple[float, float, float], feature_dim: int, weights: str | os.PathLike | tuple,
                  clip_len: int = 1, class_names: list[str] | None = None):
+        """`weights`: the weight file the network was read from, or for a network built from
+        others (a combination, a concept head) (their checksum, their weight files)."""
         super().__init__()
         self.name = name
         self.input_size = int(input_size)
@@ -44,7 +47,12 @@ class Backbone(torch.nn.Module):
         self.clip_len = int(clip_len)
         # preprocess centre-crops a square of the short side, so more pixels would be wasted.
         self.decode_short_side = self.input_size
-        self.weights_sha256 = weights_sha256
+        if isinstance(weights, tuple):
+            self.weights_sha256, files = weights
+        else:
+            self.weights_sha256, files = cached_file_sha256(weights), [weights]
+        # The files whose change must invalidate anything made from this network (the OpenVINO cache).
+        self.weight_files = tuple(sorted({Path(f).resolve() for f in files}))
         self._class_names = class_names
 
     @property
@@ -139,20 +147,23 @@ def normalize(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- weight files
+def weights_file(name: str, weights: str | os.PathLike | None, inside: str) -> Path:
+    """The weight file backbone `name` loads: `weights` if given, else the file `inside` the
+    package that ships them (a glob: the first match), as captioner.catalog names it. A missing
+    package or file is a one-line CaptionerError saying what to install."""
+    if weights is None:
+        from .. import catalog
 
-_RECORDING: list[set[Path]] = []
-
-
-@contextlib.contextmanager
-def recording_weight_files():
-    """Collects every weight file checksummed while backbones are built in this block: the
-    files whose change must invalidate anything made from those backbones (the OpenVINO cache)."""
-    files: set[Path] = set()
-    _RECORDING.append(files)
-    try:
-        yield files
-    finally:
-        _RECORDING.remove(files)
+        info = catalog.backbone_info(name)
+        spec = importlib.util.find_spec(info.module)
+        found = sorted(Path(spec.submodule_search_locations[0]).glob(inside)) if spec else []
+        if not found:
+            raise CaptionerError(f"{name} needs the weights package: {info.pip}")
+        weights = found[0]
+    path = Path(weights)
+    if not path.is_file():
+        raise CaptionerError("weights file not found", path)
+    return path
 
 
 def cached_file_sha256(path: str | os.PathLike) -> str:
@@ -162,8 +173,6 @@ def cached_file_sha256(path: str | os.PathLike) -> str:
     cost more than building the network.
     """
     path = Path(path).resolve()
-    for files in _RECORDING:
-        files.add(path)
     stat = path.stat()
     key = f"{path}|{stat.st_mtime_ns}|{stat.st_size}"
     cache_file = cache_dir() / "sha256.json"

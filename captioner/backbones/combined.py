@@ -27,7 +27,8 @@ class CombinedBackbone(Backbone):
         digest = hashlib.sha256("+".join(m.weights_sha256 for m in members).encode()).hexdigest()
         super().__init__("+".join(m.name for m in members), input_size=max(m.input_size for m in members),
                          mean=(0.0,) * 3, std=(1.0,) * 3, feature_dim=sum(m.feature_dim for m in members),
-                         weights_sha256=digest, clip_len=max(m.clip_len for m in members))
+                         weights=(digest, [f for m in members for f in m.weight_files]),
+                         clip_len=max(m.clip_len for m in members))
         self.members = nn.ModuleList(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

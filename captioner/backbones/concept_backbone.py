@@ -25,7 +25,7 @@ class ConceptBackbone(Backbone):
         classes = member.class_names()
         feature_dim = (member.feature_dim if with_features else 0) + len(classes)
         super().__init__(f"{member.name}_concepts", input_size=member.input_size, mean=member.mean,
-                         std=member.std, feature_dim=feature_dim, weights_sha256=member.weights_sha256,
+                         std=member.std, feature_dim=feature_dim, weights=(member.weights_sha256, member.weight_files),
                          clip_len=member.clip_len, class_names=classes)
         self.member = member
         self.with_features = with_features

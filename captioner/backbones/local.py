@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import CaptionerError, UsageError
-from .base import Backbone, cached_file_sha256, load_strict, read_state_dict
+from .base import Backbone, load_strict, read_state_dict
 from .registry import register
 from .efficientnet import TimmBackbone, imagenet_class_names
 
@@ -70,7 +70,7 @@ class TorchvisionBackbone(Backbone):
     def __init__(self, name: str, body: nn.Module, head: nn.Linear | None, feature_dim: int, path: Path,
                  *, input_size: int, mean, std):
         super().__init__(name, input_size=input_size, mean=mean, std=std, feature_dim=feature_dim,
-                         weights_sha256=cached_file_sha256(path),
+                         weights=path,
                          class_names=_class_names(head.out_features) if head is not None else None)
         self.body = body.to(memory_format=torch.channels_last)
         self.head = head
