@@ -37,6 +37,7 @@ import re
 import sqlite3
 import sys
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -46,6 +47,7 @@ import numpy as np
 from . import locking
 from .errors import CaptionerError, UsageError
 from .text import word_forms
+from .visual_search import zscore
 
 FORMAT = "captioner-library"
 SCHEMA_VERSION = 1
@@ -327,7 +329,7 @@ class _Collector:
 
 
 # ----------------------------------------------------------------------------- the library
-class Library:
+class Library(AbstractContextManager):
     """An indexed collection of videos in one SQLite file. Open with `Library.open(path)`."""
 
     def __init__(self, path: Path, connection: sqlite3.Connection):
@@ -340,6 +342,9 @@ class Library:
         self._vectors = None  # (video keys, window numbers or -1, unit vectors), read once per data version
         self._vectors_version = None
         self._rerank_models: dict[tuple, object] = {}  # (digest, model asked) -> its InferenceExport or None
+        self._visual = None  # (video keys, their visual_search vectors) or (), read once per data version
+        self._visual_version = None
+        self._visual_map = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -380,10 +385,7 @@ class Library:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> "Library":
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc) -> None:  # `with` closes it (AbstractContextManager's __enter__ gives self)
         self.close()
 
     def __len__(self) -> int:
@@ -657,20 +659,21 @@ class Library:
 
     def search(self, query: str, limit: int = 10, concept: str | None = None, min_duration: float | None = None,
                weights: dict | None = None, embedding_weight: float | None = None, rerank: bool = True,
-               model: str | os.PathLike | None = None) -> list[Hit]:
+               model: str | os.PathLike | None = None, visual: bool = True) -> list[Hit]:
         """The `limit` videos that best match `query` (see `_search`); with `rerank`, the best
         RERANK_TOP of them reordered by how likely the caption model that indexed them is to say
         the query of each (the shipped default model, or the checkpoint `model` names; videos
-        indexed without features, or by a model not at hand, keep their order)."""
+        indexed without features, or by a model not at hand, keep their order). With `visual`,
+        what the videos look like counts too (captioner.visual_search; needs the embeddings)."""
         terms = query_terms(query)
         if not (rerank and terms):
-            return self._search(query, limit, concept, min_duration, weights, embedding_weight)
-        hits = self._search(query, max(limit, RERANK_TOP), concept, min_duration, weights, embedding_weight)
+            return self._search(query, limit, concept, min_duration, weights, embedding_weight, visual)
+        hits = self._search(query, max(limit, RERANK_TOP), concept, min_duration, weights, embedding_weight, visual)
         if len(hits) > 1:
-            hits = self._reranked(query, hits[:RERANK_TOP], model) + hits[RERANK_TOP:]
+            hits = self._reranked(query, hits[:RERANK_TOP], model, visual) + hits[RERANK_TOP:]
         return hits[:limit]
 
-    def _reranked(self, query: str, hits: list[Hit], model) -> list[Hit]:
+    def _reranked(self, query: str, hits: list[Hit], model, visual: bool) -> list[Hit]:
         rows = {key: (settings, dim, blob) for key, settings, dim, blob in self._query(
             f"SELECT key, settings, feature_dim, features FROM videos WHERE key IN ({','.join('?' * len(hits))})",
             [h.key for h in hits])}
@@ -687,7 +690,10 @@ class Library:
             # The query's words as a caption has them (no FTS syntax), at most as many as the encoder reads.
             likelihood = scorer.sentence_log_likelihood(" ".join(_words(query)[:MAX_QUERY_TERMS * 4]), feats)
         text = np.array([h.score for h in hits])
-        combined = _zscore(text) + RERANK_WEIGHT * _zscore(likelihood)
+        combined = zscore(text) + RERANK_WEIGHT * zscore(likelihood)
+        looks = self._visual_scores(_query_vector(" ".join(str(query).split()[:MAX_QUERY_TERMS * 4]))) if visual else {}
+        if looks and all(h.key in looks for h in hits):
+            combined += self._visual_map.rerank_weight * zscore(np.array([looks[h.key] for h in hits]))
         order = np.argsort(-combined, kind="stable")
         return [dataclasses.replace(hits[i], score=round(float(combined[i]), 4)) for i in order]
 
@@ -712,7 +718,7 @@ class Library:
         return self._rerank_models[key]
 
     def _search(self, query: str, limit: int, concept: str | None, min_duration: float | None,
-                weights: dict | None, embedding_weight: float | None) -> list[Hit]:
+                weights: dict | None, embedding_weight: float | None, visual: bool = True) -> list[Hit]:
         """The `limit` videos that best match `query`, best first, each at its best-matching window.
 
         `concept` keeps videos in which a classifier head recognised that class (from
@@ -738,7 +744,7 @@ class Library:
         mix = EMBEDDING_WEIGHT if embedding_weight is None else float(embedding_weight)
         vectors = self._embedding_matrix() if terms and mix > 0 else None
         if terms and vectors is not None:
-            return self._search_mixed(query, terms, limit, where, params, weights, mix, vectors)
+            return self._search_mixed(query, terms, limit, where, params, weights, mix, vectors, visual)
         if terms:
             bm25 = f"bm25(video_text, {', '.join(repr(float(weights[c])) for c in COLUMNS)})"
             rows = self._query(
@@ -755,7 +761,7 @@ class Library:
         return [self._hit(key, score, terms) for key, score in rows]
 
     def _search_mixed(self, query: str, terms: list[str], limit: int, where: list, params: list, weights: dict,
-                      mix: float, vectors) -> list[Hit]:
+                      mix: float, vectors, visual: bool) -> list[Hit]:
         """BM25 and sentence-embedding cosine together: each side's best candidates, scored by both."""
         keys, numbers, matrix, starts = vectors
         pool = max(limit, 200)
@@ -764,7 +770,8 @@ class Library:
             f"SELECT v.key, -{bm25} FROM video_text JOIN videos v ON v.key = video_text.rowid "
             f"WHERE video_text MATCH ? {''.join(' AND ' + w for w in where)} ORDER BY {bm25} LIMIT ?",
             [_fts_query(terms), *params, pool]))
-        cosine = matrix @ _query_vector(" ".join(str(query).split()[:MAX_QUERY_TERMS * 4]))
+        query_vector = _query_vector(" ".join(str(query).split()[:MAX_QUERY_TERMS * 4]))
+        cosine = matrix @ query_vector
         video_keys = keys[starts]
         best = np.maximum.reduceat(cosine, starts)  # each video's best caption (rows are grouped by video)
         if where:
@@ -778,8 +785,18 @@ class Library:
         semantic = dict(zip(video_keys[order].tolist(), best_kept[order].tolist()))
         cosine_of = dict(zip(keys[starts].tolist(), best.tolist()))
         top = max(lexical.values(), default=0.0)
+        candidates = set(lexical) | set(semantic)
+        looks = self._visual_scores(query_vector, allowed if where else None) if visual else {}
+        if looks:  # what the videos look like: its best candidates join, and it counts for all
+            keys_looked, values = np.fromiter(looks, np.int64, len(looks)), np.fromiter(looks.values(), float, len(looks))
+            candidates |= set(keys_looked[np.argsort(-values, kind="stable")[:pool]].tolist())
         scores = {key: (1 - mix) * (lexical.get(key, 0.0) / top if top > 0 else 0.0) + mix * cosine_of.get(key, 0.0)
-                  for key in set(lexical) | set(semantic)}
+                  for key in candidates}
+        if looks:
+            keys_in = sorted(scores)
+            fused = zscore(np.array([scores[k] for k in keys_in])) + self._visual_map.pre_weight * zscore(
+                np.array([looks[k] for k in keys_in]))
+            scores = dict(zip(keys_in, fused.tolist()))
         ranked = sorted(scores, key=lambda k: (-scores[k], k))[:limit]
         position = {key: k for k, key in enumerate(keys[starts].tolist())}
         ends = np.append(starts[1:], len(keys))
@@ -810,6 +827,31 @@ class Library:
                        np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]))
         self._vectors, self._vectors_version = vectors, version
         return vectors or None
+
+    def _visual_scores(self, query_vector: np.ndarray, allowed: np.ndarray | None = None) -> dict[int, float]:
+        """{video key: visual score} of the query (captioner.visual_search) over every video (or the
+        `allowed` ones), {} when some video has no features or features the shipped map does not read."""
+        version = self._query("PRAGMA data_version")[0][0]
+        if self._visual is None or version != self._visual_version:
+            self._visual, self._visual_version = self._read_visual_vectors(), version
+        if not self._visual:
+            return {}
+        keys, vectors = self._visual
+        if allowed is not None:
+            keep = np.isin(keys, allowed)
+            keys, vectors = keys[keep], vectors[keep]
+        return dict(zip(keys.tolist(), self._visual_map.scores(query_vector, vectors).tolist())) if len(keys) else {}
+
+    def _read_visual_vectors(self) -> tuple:
+        from .visual_search import shipped_map
+
+        self._visual_map = shipped_map()
+        rows = self._query("SELECT key, settings, feature_dim, features FROM videos ORDER BY key")
+        if self._visual_map is None or not rows or any(
+                blob is None or not self._visual_map.reads(_model_backbone(settings), dim) for _, settings, dim, blob in rows):
+            return ()
+        features = np.stack([np.frombuffer(blob, dtype="<f4") for _, _, _, blob in rows])
+        return np.array([row[0] for row in rows], dtype=np.int64), self._visual_map.video_vectors(features)
 
     def _hit(self, key: int, score: float, terms: list[str], window_number: int | None = None) -> Hit:
         video = self._query("SELECT id, path, caption, concepts, duration FROM videos WHERE key = ?", (key,))[0]
@@ -961,9 +1003,10 @@ def _index_chunk(paths: list[str], checkpoint: str, segments, thumbnails: bool, 
             for path, outcome in _captioned(captioner, paths, segments, thumbnails, features)]
 
 
-def _zscore(values: np.ndarray) -> np.ndarray:
-    spread = values.std()
-    return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values, dtype=np.float64)
+def _model_backbone(settings: str | None) -> str | None:
+    """The backbone of the model a video was indexed with (its model id: NAME:BACKBONE:DIGEST)."""
+    model = json.loads(settings or "{}").get("model", "")
+    return model.split(":", 1)[1].rsplit(":", 1)[0] if model.count(":") >= 2 else None
 
 
 def _model_digest(model: str | os.PathLike) -> str:

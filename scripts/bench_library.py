@@ -46,21 +46,24 @@ ZERO = {name: 0.0 for name in FIELD_WEIGHTS}
 # name -> (BM25 weights (fields at 0 are not read), weight of the sentence-embedding cosine,
 # whether the caption model rereads the top hits). Reranking is the default; the others show
 # what each part adds.
+# name: (BM25 field weights, embedding weight, model rerank, visual score)
 VARIANTS = {
-    "caption": ({**ZERO, "caption": 1.0}, 0.0),
-    "caption+alternatives": ({**ZERO, "caption": 1.0, "alternatives": 0.5}, 0.0),
-    "concepts": ({**ZERO, "concepts": 1.0}, 0.0),
-    "caption+concepts": ({**ZERO, "caption": 1.0, "concepts": 0.5}, 0.0),
-    "windows": ({**ZERO, "windows": 1.0}, 0.0),
-    "caption+alternatives+concepts": ({**ZERO, "caption": 1.0, "alternatives": 0.5, "concepts": 0.5}, 0.0),
-    "caption+alternatives+windows+concepts": ({**FIELD_WEIGHTS, "related": 0.0}, 0.0),
-    "all fields + synonyms (BM25 alone: the default without the extra)": (dict(FIELD_WEIGHTS), 0.0),
-    "embeddings alone": (dict(FIELD_WEIGHTS), 1.0),
-    "all fields + synonyms + embeddings 0.3": (dict(FIELD_WEIGHTS), 0.3),
-    "all fields + synonyms + embeddings 0.5": (dict(FIELD_WEIGHTS), 0.5),
-    "all fields + synonyms + embeddings 0.7": (dict(FIELD_WEIGHTS), 0.7),
-    "all fields + synonyms + model rerank (default without the extra)": (dict(FIELD_WEIGHTS), 0.0, True),
-    "all fields + synonyms + embeddings 0.7 + model rerank (default)": (dict(FIELD_WEIGHTS), 0.7, True),
+    "caption": ({**ZERO, "caption": 1.0}, 0.0, False, False),
+    "caption+alternatives": ({**ZERO, "caption": 1.0, "alternatives": 0.5}, 0.0, False, False),
+    "concepts": ({**ZERO, "concepts": 1.0}, 0.0, False, False),
+    "caption+concepts": ({**ZERO, "caption": 1.0, "concepts": 0.5}, 0.0, False, False),
+    "windows": ({**ZERO, "windows": 1.0}, 0.0, False, False),
+    "caption+alternatives+concepts": ({**ZERO, "caption": 1.0, "alternatives": 0.5, "concepts": 0.5}, 0.0, False, False),
+    "caption+alternatives+windows+concepts": ({**FIELD_WEIGHTS, "related": 0.0}, 0.0, False, False),
+    "all fields + synonyms (BM25 alone: the default without the extra)": (dict(FIELD_WEIGHTS), 0.0, False, False),
+    "embeddings alone": (dict(FIELD_WEIGHTS), 1.0, False, False),
+    "all fields + synonyms + embeddings 0.3": (dict(FIELD_WEIGHTS), 0.3, False, False),
+    "all fields + synonyms + embeddings 0.5": (dict(FIELD_WEIGHTS), 0.5, False, False),
+    "all fields + synonyms + embeddings 0.7": (dict(FIELD_WEIGHTS), 0.7, False, False),
+    "all fields + synonyms + model rerank (default without the extra)": (dict(FIELD_WEIGHTS), 0.0, True, False),
+    "all fields + synonyms + embeddings 0.7 + model rerank": (dict(FIELD_WEIGHTS), 0.7, True, False),
+    "all fields + synonyms + embeddings 0.7 + visual score": (dict(FIELD_WEIGHTS), 0.7, False, True),
+    "all fields + synonyms + embeddings 0.7 + visual score + model rerank (default)": (dict(FIELD_WEIGHTS), 0.7, True, True),
 }
 
 
@@ -79,12 +82,13 @@ def references() -> dict[str, list[str]]:
 
 
 def ranks(library: Library, queries: list[tuple[str, str]], weights: dict, mix: float, gallery: int,
-          rerank: bool = False) -> list[float]:
+          rerank: bool = False, visual: bool = False) -> list[float]:
     """The rank of each query's clip; a clip the query does not match at all shares the places
     after the matched ones (its expected rank among them)."""
     found = []
     for clip, query in queries:
-        hits = library.search(query, limit=gallery, weights=weights, embedding_weight=mix, rerank=rerank)
+        hits = library.search(query, limit=gallery, weights=weights, embedding_weight=mix, rerank=rerank,
+                              visual=visual)
         # Reranked scores are z-scores; the matched ones are the hits the text search returned.
         hits = [h.id for h in hits if h.score > 0 or mix > 0 or rerank]
         if clip in hits:
@@ -130,10 +134,10 @@ def retrieval(db: Path, out: dict) -> None:
         results = {}
         for setup, (lib, queries, size) in setups.items():
             results[setup] = {}
-            for variant, (weights, mix, *rerank) in VARIANTS.items():
+            for variant, (weights, mix, rerank, visual) in VARIANTS.items():
                 if mix > 0 and lib._embedding_matrix() is None:
                     continue  # no embeddings in this library (the optional packages are not installed)
-                results[setup][variant] = summary(ranks(lib, queries, weights, mix, size, bool(rerank)))
+                results[setup][variant] = summary(ranks(lib, queries, weights, mix, size, rerank, visual))
                 print(f"{setup} | {variant}: {results[setup][variant]}", flush=True)
         dev_db.close()
     out["retrieval"] = results

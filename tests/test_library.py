@@ -419,6 +419,40 @@ def test_the_caption_model_rereads_the_top_hits(indexed, tmp_path):
         assert [h.id for h in library.search(query, 10)] == [h.id for h in library.search(query, 10, rerank=False)]
 
 
+def test_what_a_video_looks_like_counts_beside_what_its_captions_say(indexed, tmp_path):
+    """captioner.visual_search: each video's class probabilities in the query's embedding space."""
+    from captioner.concepts import display_name
+    from captioner.visual_search import shipped_map
+
+    visual_map = shipped_map()
+    with Library.open(indexed[0], create=False) as library:
+        records = list(library.records(features=True))
+        assert all(visual_map.reads(r["model"].split(":", 1)[1].rsplit(":", 1)[0], len(r["features"]))
+                   for r in records)  # the default model's features: the ones the map was trained on
+        vectors = visual_map.video_vectors(np.array([r["features"] for r in records], dtype=np.float32))
+        assert vectors.shape == (len(records), 2, 384)
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=2), 1.0, atol=1e-3)
+        # A clip's own top action, asked in words, looks most like that clip to the map.
+        from captioner.embeddings import encoder
+
+        for k, record in enumerate(records):
+            action = record["concepts"]["actions"][0]["name"]
+            looks = visual_map.scores(encoder().encode([display_name(action)])[0], vectors)
+            assert np.argsort(-looks)[:2].tolist().count(k) == 1, (record["id"], action, looks)
+        # It changes the order, never the set; off, the ranking is the text's alone.
+        query = "a person is cooking"
+        with_visual, without = library.search(query, len(records)), library.search(query, len(records), visual=False)
+        assert sorted(h.id for h in with_visual) == sorted(h.id for h in without)
+    # A library whose features the map does not read (here: none kept) ranks by text alone.
+    bare = tmp_path / "bare.db"
+    shutil.copy(indexed[0], bare)
+    with sqlite3.connect(bare) as connection:
+        connection.execute("UPDATE videos SET features = NULL")
+    with Library.open(bare, create=False) as library:
+        assert library._visual_scores(np.ones(384, np.float32) / np.sqrt(384)) == {}
+        assert [h.id for h in library.search(query, 10)] == [h.id for h in library.search(query, 10, visual=False)]
+
+
 def test_indexing_on_a_local_ray_cluster_writes_what_a_local_run_does(indexed, clips, tmp_path, ray_head):
     # In a subprocess, as a user runs it: a Ray driver dies with its cluster, which the fixture stops.
     address, _ = ray_head
