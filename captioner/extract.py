@@ -361,14 +361,14 @@ def extract(inputs: list[str | os.PathLike], store_path: str | os.PathLike,
     spec = FeatureSpec.of(backbone, sampling, config.mirror)
     store = open_features(store_path, "a")
     try:
-        return _extract_into(store, paths, missing, ids, backbone, spec, sampling, config, device,
+        return _extract_into(store, paths, missing, ids, backbone, spec, config, device,
                              failures_path or Path(store_path) / "failures.jsonl", progress, log, started,
                              overwrite)
     finally:
         store.close()
 
 
-def _extract_into(store, paths, missing, ids, backbone, spec, sampling, config, device, failures_path,
+def _extract_into(store, paths, missing, ids, backbone, spec, config, device, failures_path,
                   progress, log, started, overwrite) -> ExtractSummary:
     from .store import OtherSettings
 
@@ -412,7 +412,7 @@ def _extract_into(store, paths, missing, ids, backbone, spec, sampling, config, 
             worker_device = "cuda" if is_cuda(device) else device
             results = map_chunks_on_ray(
                 _embed_chunk, [str(p) for p in todo], config.ray_videos_per_task,
-                (config.backbone, sampling, worker_device, config.batch_size, config.mirror, config.runtime,
+                (config.backbone, spec.frames, worker_device, config.batch_size, config.mirror, config.runtime,
                  config.precision), config.ray_address, gpu=is_cuda(device))
             for path, outcome in results:
                 if isinstance(outcome, str):
@@ -424,7 +424,7 @@ def _extract_into(store, paths, missing, ids, backbone, spec, sampling, config, 
                 store.put(ids[Path(path)], features, {**meta, "source": sources[Path(path)]})
                 _advance(bar, summary, len(features))
         else:
-            _extract_local(todo, ids, sources, backbone, config, sampling, device, spec, store,
+            _extract_local(todo, ids, sources, backbone, config, device, spec, store,
                            summary, bar, fail)
     finally:
         if bar is not None:
@@ -483,10 +483,10 @@ def _stored_status(store, video_id: str, source: dict | None):
     return "current" if recorded == source else "changed"
 
 
-def _extract_local(todo, ids, sources, backbone, config, sampling, device, spec, store, summary, bar,
+def _extract_local(todo, ids, sources, backbone, config, device, spec, store, summary, bar,
                    fail):
     workers = default_workers(device) if config.workers is None else config.workers
-    decoder = _Decoder(todo, workers, sampling, backbone.decode_short_side, backbone.clip_len)
+    decoder = _Decoder(todo, workers, spec.frames, backbone.decode_short_side, backbone.clip_len)
     batcher = _Batcher(backbone, config.batch_size)
     in_flight: dict[str, tuple[Path, dict]] = {}
 

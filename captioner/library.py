@@ -47,7 +47,7 @@ import numpy as np
 from . import locking
 from .errors import CaptionerError, UsageError
 from .text import word_forms
-from .visual_search import zscore
+from .visual_search import VisualMap, shipped_map, zscore
 
 FORMAT = "captioner-library"
 SCHEMA_VERSION = 1
@@ -344,7 +344,6 @@ class Library(AbstractContextManager):
         self._rerank_models: dict[tuple, object] = {}  # (digest, model asked) -> its InferenceExport or None
         self._visual = None  # (video keys, their visual_search vectors) or (), read once per data version
         self._visual_version = None
-        self._visual_map = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -691,9 +690,9 @@ class Library(AbstractContextManager):
             likelihood = scorer.sentence_log_likelihood(" ".join(_words(query)[:MAX_QUERY_TERMS * 4]), feats)
         text = np.array([h.score for h in hits])
         combined = zscore(text) + RERANK_WEIGHT * zscore(likelihood)
-        looks = self._visual_scores(_query_vector(" ".join(str(query).split()[:MAX_QUERY_TERMS * 4]))) if visual else {}
-        if looks and all(h.key in looks for h in hits):
-            combined += self._visual_map.rerank_weight * zscore(np.array([looks[h.key] for h in hits]))
+        looks = self._visual_scores(_query_vector(_embedding_text(query))) if visual else {}
+        if looks:
+            combined += shipped_map().rerank_weight * zscore(np.array([looks[h.key] for h in hits]))
         order = np.argsort(-combined, kind="stable")
         return [dataclasses.replace(hits[i], score=round(float(combined[i]), 4)) for i in order]
 
@@ -770,7 +769,7 @@ class Library(AbstractContextManager):
             f"SELECT v.key, -{bm25} FROM video_text JOIN videos v ON v.key = video_text.rowid "
             f"WHERE video_text MATCH ? {''.join(' AND ' + w for w in where)} ORDER BY {bm25} LIMIT ?",
             [_fts_query(terms), *params, pool]))
-        query_vector = _query_vector(" ".join(str(query).split()[:MAX_QUERY_TERMS * 4]))
+        query_vector = _query_vector(_embedding_text(query))
         cosine = matrix @ query_vector
         video_keys = keys[starts]
         best = np.maximum.reduceat(cosine, starts)  # each video's best caption (rows are grouped by video)
@@ -786,15 +785,19 @@ class Library(AbstractContextManager):
         cosine_of = dict(zip(keys[starts].tolist(), best.tolist()))
         top = max(lexical.values(), default=0.0)
         candidates = set(lexical) | set(semantic)
-        looks = self._visual_scores(query_vector, allowed if where else None) if visual else {}
-        if looks:  # what the videos look like: its best candidates join, and it counts for all
-            keys_looked, values = np.fromiter(looks, np.int64, len(looks)), np.fromiter(looks.values(), float, len(looks))
-            candidates |= set(keys_looked[np.argsort(-values, kind="stable")[:pool]].tolist())
+        looks = self._visual_scores(query_vector) if visual else {}
+        if looks:  # what the videos look like: its best candidates (the filters' own) join, and it counts for all
+            looked = np.fromiter(looks, np.int64, len(looks))
+            values = np.fromiter(looks.values(), float, len(looks))
+            if where:
+                keep = np.isin(looked, allowed)
+                looked, values = looked[keep], values[keep]
+            candidates |= set(looked[np.argsort(-values, kind="stable")[:pool]].tolist())
         scores = {key: (1 - mix) * (lexical.get(key, 0.0) / top if top > 0 else 0.0) + mix * cosine_of.get(key, 0.0)
                   for key in candidates}
         if looks:
             keys_in = sorted(scores)
-            fused = zscore(np.array([scores[k] for k in keys_in])) + self._visual_map.pre_weight * zscore(
+            fused = zscore(np.array([scores[k] for k in keys_in])) + shipped_map().pre_weight * zscore(
                 np.array([looks[k] for k in keys_in]))
             scores = dict(zip(keys_in, fused.tolist()))
         ranked = sorted(scores, key=lambda k: (-scores[k], k))[:limit]
@@ -828,30 +831,26 @@ class Library(AbstractContextManager):
         self._vectors, self._vectors_version = vectors, version
         return vectors or None
 
-    def _visual_scores(self, query_vector: np.ndarray, allowed: np.ndarray | None = None) -> dict[int, float]:
-        """{video key: visual score} of the query (captioner.visual_search) over every video (or the
-        `allowed` ones), {} when some video has no features or features the shipped map does not read."""
+    def _visual_scores(self, query_vector: np.ndarray) -> dict[int, float]:
+        """{video key: visual score} of the query (captioner.visual_search), z over the whole library
+        (the same scores before and inside the rerank); {} when some video has no features or
+        features the shipped map does not read."""
         version = self._query("PRAGMA data_version")[0][0]
         if self._visual is None or version != self._visual_version:
             self._visual, self._visual_version = self._read_visual_vectors(), version
         if not self._visual:
             return {}
         keys, vectors = self._visual
-        if allowed is not None:
-            keep = np.isin(keys, allowed)
-            keys, vectors = keys[keep], vectors[keep]
-        return dict(zip(keys.tolist(), self._visual_map.scores(query_vector, vectors).tolist())) if len(keys) else {}
+        return dict(zip(keys.tolist(), VisualMap.scores(query_vector, vectors).tolist()))
 
     def _read_visual_vectors(self) -> tuple:
-        from .visual_search import shipped_map
-
-        self._visual_map = shipped_map()
+        visual_map = shipped_map()
         rows = self._query("SELECT key, settings, feature_dim, features FROM videos ORDER BY key")
-        if self._visual_map is None or not rows or any(
-                blob is None or not self._visual_map.reads(_model_backbone(settings), dim) for _, settings, dim, blob in rows):
+        if visual_map is None or not rows or any(
+                blob is None or not visual_map.reads(_model_backbone(settings), dim) for _, settings, dim, blob in rows):
             return ()
         features = np.stack([np.frombuffer(blob, dtype="<f4") for _, _, _, blob in rows])
-        return np.array([row[0] for row in rows], dtype=np.int64), self._visual_map.video_vectors(features)
+        return np.array([row[0] for row in rows], dtype=np.int64), visual_map.video_vectors(features)
 
     def _hit(self, key: int, score: float, terms: list[str], window_number: int | None = None) -> Hit:
         video = self._query("SELECT id, path, caption, concepts, duration FROM videos WHERE key = ?", (key,))[0]
@@ -968,6 +967,11 @@ class Library(AbstractContextManager):
 
 
 # ----------------------------------------------------------------------------- helpers
+def _embedding_text(query: str) -> str:
+    """The query as the sentence encoder reads it: at most as many words as it takes."""
+    return " ".join(str(query).split()[:MAX_QUERY_TERMS * 4])
+
+
 @functools.lru_cache(maxsize=1024)
 def _query_vector(text: str) -> np.ndarray:
     """A query's sentence embedding; the gallery and benchmarks ask the same queries again."""
