@@ -275,14 +275,10 @@ class FeatureStore(AbstractContextManager):
         self._check_settings(settings, path)
         return values
 
-    def _compact_provenance(self) -> dict:
-        """store.json's provenance as entries record it (computed once per provenance)."""
-        return self.provenance.compact()
-
     def _check_settings(self, settings: dict | None, path: Path) -> None:
         if settings is None or self.provenance is None:
             return  # written before entries carried their settings, or by an import
-        differing = FeatureSpec.from_dict(settings).differences(self._compact_provenance())
+        differing = FeatureSpec.from_dict(settings).differences(self.provenance)
         if differing:
             raise CaptionerError(f"features extracted with other settings than store.json records "
                                  f"({', '.join(differing)} differ); re-run `captioner extract` into "
@@ -320,8 +316,8 @@ class FeatureStore(AbstractContextManager):
         with other settings.
         """
         recorded = self._recorded_settings(video_id)
-        differing = _differing_settings(recorded, FeatureSpec(expected).to_dict() if expected is not None
-                                        else self._compact_provenance() if self.provenance else {})
+        differing = _differing_settings(recorded, FeatureSpec(expected) if expected is not None
+                                        else self.provenance or FeatureSpec({}))
         if differing:
             raise OtherSettings(f"extracted with other settings than store.json records "
                                  f"({', '.join(differing)} differ)", self._videos / _file_name(video_id))
@@ -382,7 +378,7 @@ class FeatureStore(AbstractContextManager):
             self._write_info(self.info)
         records = {"meta": json_bytes(meta or {})}
         if self.provenance is not None:
-            records["settings"] = json_bytes(self._compact_provenance())
+            records["settings"] = json_bytes(self.provenance.compact())  # large values by digest
         buf = io.BytesIO()
         np.savez(buf, frames=frames, pooled=pooled,
                  **{name: np.frombuffer(data, dtype=np.uint8) for name, data in records.items()})
@@ -429,7 +425,7 @@ def _npy_shape(archive: zipfile.ZipFile, name: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _differing_settings(recorded: tuple[dict | None, dict, int], expected: dict) -> list[str]:
+def _differing_settings(recorded: tuple[dict | None, dict, int], expected: FeatureSpec) -> list[str]:
     """Settings keys on which an entry disagrees with `expected` (a store provenance)."""
     settings, meta, dim = recorded
     if settings is not None:
