@@ -38,9 +38,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def zscore(values) -> np.ndarray:
-    """(v - mean) / std over the values given; zeros when they are all equal."""
+    """(v - mean) / std over the values given; zeros when they are all equal (or there are none)."""
     values = np.asarray(values, dtype=np.float64)
-    spread = values.std()
+    spread = values.std() if values.size else 0.0
     return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
 
 
