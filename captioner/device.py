@@ -68,3 +68,19 @@ def cuda_autocast_dtype():
     import torch
 
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+_BLAS_CONTROLLER = None
+
+
+def one_blas_thread():
+    """A context in which numpy's BLAS runs on one thread: small products (a beam's rows, a
+    query's vector, a handful of reranked videos) only lose to thread start-up and, on a busy
+    2-core machine, ran 10-20x slower with BLAS threads (measured). The libraries are looked up
+    once per process: threadpoolctl's lookup costs about a millisecond each time."""
+    global _BLAS_CONTROLLER
+    from threadpoolctl import ThreadpoolController
+
+    if _BLAS_CONTROLLER is None:
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")

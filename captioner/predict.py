@@ -66,11 +66,10 @@ def predict_captions(decoder, vocab, feats, sources: str | Sequence[str] = "vide
 
 
 def _search_numpy(decoder, feats, sources, decoding):
-    from threadpoolctl import threadpool_limits
+    from .device import one_blas_thread
 
-    # A few (beam, 512) x (512, 2560) products per word: BLAS threads only add overhead here,
-    # and on a busy 2-core machine they made decoding 10-20x slower (measured).
-    with threadpool_limits(1, user_api="blas"):
+    # A few (beam, 512) x (512, 2560) products per word: BLAS threads only add overhead here.
+    with one_blas_thread():
         return search(decoder, np.asarray(feats, dtype=np.float32).reshape(len(feats), -1), sources, decoding)
 
 

@@ -19,7 +19,7 @@ from captioner.model import (CaptionModel, ModelConfig, export_checkpoint, expor
 from captioner.hashing import file_sha256
 from captioner.numpy_decoder import InferenceExport, export_path, read_export
 from captioner.store import open_features
-from captioner.text import PAD_ID, SPECIALS, Vocabulary
+from captioner.text import BOS_ID, PAD_ID, SPECIALS, Vocabulary
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 40
@@ -192,3 +192,24 @@ def test_shipped_model_has_a_current_export_and_the_package_stays_small():
     assert export.checkpoint_sha256 == file_sha256(DEFAULT_MODEL), "re-run the package step"
     shipped = sum(f.stat().st_size for f in DEFAULT_MODEL.parent.iterdir())
     assert shipped <= 30 * 1024 * 1024
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the default model is not built yet")
+def test_a_concept_model_searches_and_reranks_in_float32():
+    # Its class vectors once came out float64 (an int64 division), and every product of the
+    # search after them with it: twice the decoding and reranking time.
+    decoder = read_export(export_path(DEFAULT_MODEL)).decoder
+    assert decoder.concept_heads
+    feats = np.random.default_rng(0).random((3, decoder.feature_dim), dtype=np.float32)
+    state = decoder.begin(feats, None, 2)
+    log_probs, (layers, video_gates) = decoder.log_probs(state, np.full(6, BOS_ID))
+    assert log_probs.dtype == np.float32 and video_gates.dtype == np.float32
+    assert all(part.dtype == np.float32 for layer in layers for part in layer)
+    # The likelihood the library reranks by reads one word row for all videos: the same figures.
+    words = [5, 9, 2]
+    state, previous, expected = decoder.begin(feats, None, 1), np.full(3, BOS_ID), np.zeros(3)
+    for word in words:
+        step_log_probs, state = decoder.log_probs(state, previous)
+        expected += step_log_probs[:, word]
+        previous = np.full(3, word)
+    assert decoder.log_likelihood(feats, words) == pytest.approx(expected / len(words), abs=1e-6)
