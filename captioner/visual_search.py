@@ -76,14 +76,24 @@ class VisualMap:
     def video_vectors(self, features: np.ndarray) -> np.ndarray:
         """(n, 2, 384): each video's learned and concept vectors, from its pooled features."""
         features = np.atleast_2d(np.asarray(features, dtype=np.float32))
+        # In row blocks: a library's first search makes these for every video (10,000 at once),
+        # and each block's (rows, classes) weights stay small.
+        return np.concatenate([self._block_vectors(features[start:start + 2048])
+                               for start in range(0, len(features), 2048)] or [np.zeros((0, 2, 384), np.float32)])
+
+    def _block_vectors(self, features: np.ndarray) -> np.ndarray:
         probabilities = np.clip(features[:, self.prob_start:self.prob_end], 0, None)
         learned = _unit(np.sqrt(probabilities) @ self.weights + self.bias)
-        concepts = np.zeros_like(learned, dtype=np.float64)
+        concepts = np.zeros_like(learned)
         for start, end, class_vectors in self.heads:
-            p = np.clip(features[:, start:end].astype(np.float64), 0, None) ** self.power
+            p = np.clip(features[:, start:end], 0, None)
+            p = np.sqrt(p) if self.power == 0.5 else p ** np.float32(self.power)
             top = np.argpartition(-p, self.top_k - 1, axis=1)[:, :self.top_k]
-            weights = np.take_along_axis(p, top, axis=1)  # a photo's action head: zeros, adds nothing
-            concepts += _unit(np.einsum("nk,nkd->nd", weights, class_vectors[top].astype(np.float64)))
+            # Each video's top-k classes' weights, the rest zero: one product with the class-name
+            # embeddings instead of gathering k of them per video.
+            weights = np.zeros_like(p)
+            np.put_along_axis(weights, top, np.take_along_axis(p, top, axis=1), axis=1)
+            concepts += _unit(weights @ class_vectors)  # a photo's action head: zeros, adds nothing
         return np.stack([learned, _unit(concepts)], axis=1).astype(np.float32)
 
     @staticmethod
