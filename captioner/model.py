@@ -112,12 +112,15 @@ class CaptionModel(nn.Module):
 
     def _video(self, feats: torch.Tensor, sources: torch.Tensor | None) -> torch.Tensor:
         """The projected video vector; `sources` (B,) indexes SOURCES (None: all videos)."""
-        video = self.video_proj(feats[:, self.appearance] if self.concepts is not None else feats)
+        if sources is None:
+            sources = torch.full(feats.shape[:1], SOURCES.index("video"), dtype=torch.long, device=feats.device)
+        appearance = feats[:, self.appearance] if self.concepts is not None else feats
+        if not self.config.video_appearance:
+            appearance = appearance * (sources != SOURCES.index("video")).to(appearance.dtype)[:, None]
+        video = self.video_proj(appearance)
         if self.concepts is not None:
             video = video + self.concepts(feats)
         if self.source_embed is not None:
-            if sources is None:
-                sources = torch.full(feats.shape[:1], SOURCES.index("video"), dtype=torch.long, device=feats.device)
             video = video + self.source_embed(sources)
         return video
 

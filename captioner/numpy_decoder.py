@@ -185,6 +185,7 @@ class NumpyDecoder:
         self.config = dict(model_config)
         self.vocab_size = vocab_size
         self.every_step = self.config.get("video_input", "every_step") == "every_step"
+        self.video_appearance = bool(self.config.get("video_appearance", True))  # exports before it read it
         self.embed_size = int(self.config["embed_size"])
         self.video_weight = np.ascontiguousarray(w["video_proj.weight"].T)
         self.feature_dim = int(self.config.get("feature_dim") or self.video_weight.shape[0])
@@ -220,6 +221,7 @@ class NumpyDecoder:
     # ------------------------------------------------------------------ the per-video input
     def video_vector(self, feats: np.ndarray, sources=None) -> np.ndarray:
         """(B, embed) the decoder sees beside every word; `sources`: SOURCES names (None: videos)."""
+        names = ["video"] * len(feats) if sources is None else list(sources)
         if not self.concept_heads:
             video = feats @ self.video_weight + self.video_bias
         else:
@@ -227,10 +229,12 @@ class NumpyDecoder:
             for start, end in self.concept_heads:
                 per_head.append(feats[:, start:end] @ self.class_vectors[row:row + end - start])
                 row += end - start
-            video = (feats[:, self.appearance] @ self.video_weight + self.video_bias
+            appearance = feats[:, self.appearance]
+            if not self.video_appearance:
+                appearance = appearance * np.array([s != "video" for s in names], np.float32)[:, None]
+            video = (appearance @ self.video_weight + self.video_bias
                      + np.concatenate(per_head, axis=1) @ self.concept_weight + self.concept_bias)
         if self.source_embed is not None:
-            names = ["video"] * len(feats) if sources is None else list(sources)
             video = video + self.source_embed[[SOURCES.index(s) for s in names]]
         return video
 

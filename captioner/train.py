@@ -509,6 +509,7 @@ def load_training_data(cfg: TrainConfig, previous: Checkpoint | None, device: to
         vocab = Vocabulary.build((tokenize(c) for caps in all_captions for c in caps), cfg.data.min_count)
         model_config = ModelConfig(**{**asdict(cfg.model), "feature_dim": train_store.feature_dim,
                                       "concept_heads": [[h.start, h.end] for h in heads(provenance)]})
+        model_config.validate()
     if model_config.feature_dim != train_store.feature_dim:
         raise CaptionerError(f"features are {train_store.feature_dim}-d but the model expects "
                              f"{model_config.feature_dim}-d", cfg.data.features)

@@ -29,6 +29,10 @@ class ModelConfig:
     # [start, end) of each classifier head's probabilities in the input vector (concept
     # backbones, see captioner/concepts.py); the rest of the vector is appearance features.
     concept_heads: list = field(default_factory=list)
+    # False: a video's appearance features are not read, only its heads' probabilities (photos
+    # keep theirs). Caption-only training videos have no appearance, so a model that learned
+    # video mostly from them reads real footage the way it was taught (MODEL_CARD.md).
+    video_appearance: bool = True
 
     def validate(self) -> None:
         """Range checks that need no data (feature_dim 0 means: taken from the feature store)."""
@@ -45,6 +49,10 @@ class ModelConfig:
         if self.tie_weights and self.embed_size != self.hidden_size:
             raise UsageError("model.tie_weights needs model.embed_size == model.hidden_size "
                              f"(got {self.embed_size} and {self.hidden_size})")
+        # The heads are known once the features are (feature_dim set from the store, with them).
+        if not self.video_appearance and self.feature_dim and not self.concept_heads:
+            raise UsageError("model.video_appearance: false needs a concept backbone: without its heads' "
+                             "probabilities a video would be read as nothing")
         for start, end in self.concept_heads:
             if not 0 <= start < end <= (self.feature_dim or end):
                 raise UsageError(f"model.concept_heads: [{start}, {end}) is not inside the "

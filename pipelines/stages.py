@@ -264,12 +264,20 @@ def _training_set_stage(config: PipelineConfig, stores: Mapping[str, str]) -> St
 
 
 # ----------------------------------------------------------------------------- train
+# Model options added after runs were keyed, at the value every earlier run had: left out of the
+# key there, so adding an option never re-trains what was trained without it.
+LATER_MODEL_OPTIONS = {"video_appearance": True}
+
+
 def _train_params(cfg: TrainConfig) -> dict:
     params = asdict(cfg)
     for key in ("run_dir", "device"):
         params.pop(key)
     for key in ("features", "val_features"):
         params["data"].pop(key)
+    for key, before in LATER_MODEL_OPTIONS.items():
+        if params["model"].get(key) == before:
+            params["model"].pop(key)
     return params
 
 

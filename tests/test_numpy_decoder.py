@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from captioner.caption import DEFAULT_MODEL
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, UsageError
 from captioner.model import (CaptionModel, ModelConfig, export_checkpoint, export_inference, inference_export,
                              load_checkpoint, save_checkpoint, source_ids)
 from captioner.hashing import file_sha256
@@ -102,6 +102,8 @@ def _model(seed=0, **overrides) -> CaptionModel:
                                        {"num_layers": 2, "hidden_size": 16, "tie_weights": True},
                                        {"condition_on_source": True},
                                        {"concept_heads": [[12, 18], [18, 24]], "condition_on_source": True},
+                                       {"concept_heads": [[12, 18], [18, 24]], "condition_on_source": True,
+                                        "video_appearance": False},
                                        {"cell": "gru"}, {"cell": "gru", "video_input": "first_step"},
                                        {"cell": "gru", "num_layers": 2, "hidden_size": 16, "tie_weights": True},
                                        {"cell": "gru", "condition_on_source": True}])
@@ -213,3 +215,21 @@ def test_a_concept_model_searches_and_reranks_in_float32():
         expected += step_log_probs[:, word]
         previous = np.full(3, word)
     assert decoder.log_likelihood(feats, words) == pytest.approx(expected / len(words), abs=1e-6)
+
+
+def test_a_heads_only_video_model_reads_no_appearance_of_videos_but_of_photos(tmp_path):
+    model = _model(concept_heads=[[12, 18], [18, 24]], condition_on_source=True, video_appearance=False)
+    decoder = read_export(export_inference(_save(tmp_path, model))).decoder
+    feats = np.random.default_rng(2).normal(size=(4, 24)).astype(np.float32)
+    other_looks = feats.copy()
+    other_looks[:, :12] = np.random.default_rng(3).normal(size=(4, 12))  # the appearance part only
+    for vectors in (decoder.video_vector, lambda f, s: model._video(torch.from_numpy(f), source_ids(s)).detach().numpy()):
+        assert np.allclose(vectors(feats, ["video"] * 4), vectors(other_looks, ["video"] * 4), atol=1e-6)
+        assert not np.allclose(vectors(feats, ["image"] * 4), vectors(other_looks, ["image"] * 4), atol=1e-3)
+
+
+def test_heads_only_video_needs_a_concept_backbone():
+    ModelConfig(video_appearance=False).validate()  # a config before training: the heads come with the store
+    ModelConfig(feature_dim=24, concept_heads=[[12, 24]], video_appearance=False).validate()
+    with pytest.raises(UsageError, match="video_appearance"):
+        ModelConfig(feature_dim=24, video_appearance=False).validate()

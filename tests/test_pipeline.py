@@ -440,3 +440,15 @@ def test_a_write_failing_in_a_stage_is_one_line_naming_the_stage(tmp_path):
         execute(plan([Stage("a", full_disk, outputs=["a.json"])], tmp_path), log=io.StringIO())
     assert str(caught.value) == (f"pipeline stage a failed: {next((tmp_path / 'a').iterdir())}: "
                                  "No space left on device")
+
+
+def test_a_model_option_at_its_earlier_value_keeps_the_train_key():
+    # Runs trained before model.video_appearance existed read video appearance: at that value the
+    # option is left out of the key, so adding it re-trained nothing; any other value re-trains.
+    from captioner.train_config import TrainConfig
+    from pipelines.stages import _train_params
+
+    config = TrainConfig()
+    assert "video_appearance" not in _train_params(config)["model"]
+    config.model.video_appearance = False
+    assert _train_params(config)["model"]["video_appearance"] is False
