@@ -689,7 +689,10 @@ class Library(AbstractContextManager):
             likelihood = scorer.sentence_log_likelihood(" ".join(_words(query)[:MAX_QUERY_TERMS * 4]), feats)
         text = np.array([h.score for h in hits])
         combined = zscore(text) + RERANK_WEIGHT * zscore(likelihood)
-        looks = self._visual_scores(_query_vector(_embedding_text(query))) if visual else {}
+        # The visual score reads the query's sentence embedding: without the encoder (or a library
+        # indexed before it), the text search had none, and neither has the rerank.
+        uses_embeddings = visual and self._embedding_matrix() is not None
+        looks = self._visual_scores(_query_vector(_embedding_text(query))) if uses_embeddings else {}
         if looks:
             combined += shipped_map().rerank_weight * zscore(np.array([looks[h.key] for h in hits]))
         order = np.argsort(-combined, kind="stable")

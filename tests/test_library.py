@@ -453,6 +453,20 @@ def test_what_a_video_looks_like_counts_beside_what_its_captions_say(indexed, tm
         assert [h.id for h in library.search(query, 10)] == [h.id for h in library.search(query, 10, visual=False)]
 
 
+def test_without_the_sentence_encoder_the_default_search_reranks_by_text_and_model(indexed, monkeypatch):
+    # A library with features searched where the embeddings extra is missing: the rerank once
+    # asked the encoder for the visual score and the search failed; now it ranks as BM25 + rerank.
+    from captioner import embeddings
+
+    monkeypatch.setattr(embeddings, "available", lambda: False)
+    embeddings.encoder.cache_clear()
+    with Library.open(indexed[0], create=False) as library:
+        query = "a person is cooking"
+        hits = library.search(query, 10)
+        assert hits and [h.id for h in hits] == [h.id for h in library.search(query, 10, visual=False)]
+    embeddings.encoder.cache_clear()
+
+
 def test_indexing_on_a_local_ray_cluster_writes_what_a_local_run_does(indexed, clips, tmp_path, ray_head):
     # In a subprocess, as a user runs it: a Ray driver dies with its cluster, which the fixture stops.
     address, _ = ray_head
